@@ -1,0 +1,1 @@
+"""Shared code for the task scripts: data, models, training loop, results."""
