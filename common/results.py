@@ -1,0 +1,114 @@
+"""Everything a run writes: the report's metric table, history, plots, config. All atomic."""
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+ROWS = (("train", "Training"), ("validation", "Validation"), ("test", "Testing"))
+COLUMNS = (("loss", "Logloss"), ("top1", "Top 1 accuracy"), ("top3", "Top 3 accuracy"))
+HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_top1", "train_top3",
+                  "val_loss", "val_top1", "val_top3", "seconds")
+
+
+def atomic_write(path, data):
+    """Write bytes or text so that a crash leaves either the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj, path):
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def format_table(metrics):
+    """The report's layout: rows Training/Validation/Testing; Logloss, Top 1, Top 3 (in %)."""
+    lines = ["| | " + " | ".join(title for _, title in COLUMNS) + " |", "|---|---:|---:|---:|"]
+    for key, title in ROWS:
+        m = metrics[key]
+        lines.append(f"| {title} | {m['loss']:.4f} | {m['top1']:.2f} % | {m['top3']:.2f} % |")
+    return "\n".join(lines)
+
+
+def write_metrics(out, metrics):
+    out = Path(out)
+    atomic_write(out / "metrics.md", format_table(metrics) + "\n")
+    atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["split"] + [title for _, title in COLUMNS])
+    for key, title in ROWS:
+        writer.writerow([title] + [f"{metrics[key][c]:.6g}" for c, _ in COLUMNS])
+    atomic_write(out / "metrics.csv", rows.getvalue())
+
+
+def write_history(out, history):
+    rows = io.StringIO()
+    writer = csv.DictWriter(rows, HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write(Path(out) / "history.csv", rows.getvalue())
+
+
+def write_config(out, config):
+    atomic_write(Path(out) / "config.json", json.dumps(config, indent=2, default=str) + "\n")
+
+
+def save_figure(fig, path):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write(path, buffer.getvalue())
+
+
+def plot_history(out, history, title):
+    """The report's figure pair: logloss, and top-1/top-3 accuracy, train and validation."""
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    ax.set(xlabel="epoch", ylabel="logloss", title=f"{title}: logloss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, Path(out) / "loss.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for split, name, color in (("train", "train", "tab:blue"), ("val", "validation", "tab:orange")):
+        ax.plot(epochs, [h[f"{split}_top1"] for h in history], color=color, label=f"{name} top-1")
+        ax.plot(epochs, [h[f"{split}_top3"] for h in history], color=color, ls="--", label=f"{name} top-3")
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 101), title=f"{title}: accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    save_figure(fig, Path(out) / "accuracy.png")
+
+
+def confusion_matrix(labels, predictions, num_classes):
+    counts = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    counts.index_put_((labels, predictions), torch.ones_like(labels), accumulate=True)
+    return counts
+
+
+def plot_confusion(out, counts, classes, title):
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * n, 0.8 + 0.6 * n))
+    counts = counts.numpy()
+    ax.imshow(counts, cmap="Blues")
+    for i in range(n):
+        for j in range(n):
+            value = int(counts[i, j])
+            color = "white" if value > counts.max() / 2 else "black"
+            ax.text(j, i, value, ha="center", va="center", color=color, fontsize=9)
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set(xlabel="predicted", ylabel="true", title=f"{title}: test confusion matrix")
+    save_figure(fig, Path(out) / "confusion.png")

@@ -1,0 +1,53 @@
+"""Device and numeric precision: picked once per run and recorded."""
+import contextlib
+from pathlib import Path
+
+import torch
+
+from common.cli import UserError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_amx():
+    """True on x86 CPUs with AMX tiles, where bf16 matrix work is several times faster than fp32."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def pick_device(name="auto"):
+    """CUDA, then Apple MPS, then CPU, unless the user named one."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device name (try cpu, cuda, cuda:1, mps)") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        raise UserError(f"--device {name}: no such device on this machine")
+    return device
+
+
+def pick_precision(name, device):
+    """bf16 autocast where the hardware runs it fast (AMX CPUs, bf16-capable GPUs), else fp32."""
+    if name != "auto":
+        return name
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    if device.type == "cpu" and cpu_has_amx():
+        return "bf16"
+    return "fp32"
+
+
+def autocast(device, precision):
+    """Context for forward passes: bf16 autocast, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -1,0 +1,37 @@
+"""Shared test helpers: tiny image folders made on the fly, and a private cache per test."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import common.data  # noqa: E402
+
+COLORS = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(common.data, "CACHE_DIR", tmp_path / "cache")
+
+
+def make_image(path, color, seed, size=24):
+    """A solid colour with mild noise: trivially separable by colour, yet no two files alike."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(color) + rng.integers(-20, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def make_split(root, counts=(6, 2, 2), colors=COLORS):
+    """root/{train,validation,test}/<colour>/*.png with the given number of images per class."""
+    seed = 0
+    for split, n in zip(("train", "validation", "test"), counts):
+        for name, color in colors.items():
+            for i in range(n):
+                seed += 1
+                make_image(root / split / name / f"{i}.png", color, seed)
+    return root

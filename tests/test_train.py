@@ -1,0 +1,113 @@
+import argparse
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from common.cli import UserError
+from common.train import add_training_args, start_run, topk_correct, train_and_report
+from conftest import make_split
+
+
+def tiny_model(num_classes=3):
+    """Mean colour -> class, with dropout so that resuming must restore the RNG too."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 16), nn.ReLU(),
+                         nn.Dropout(0.2), nn.Linear(16, num_classes), nn.LogSoftmax(dim=1))
+
+
+def run(data, out, *argv):
+    parser = argparse.ArgumentParser()
+    add_training_args(parser, "test", epochs=4, batch_size=5)
+    args = parser.parse_args(["--data", str(data), "--out", str(out), "--lr", "0.05", "--precision", "fp32", *argv])
+    r = start_run("test", args)
+    return train_and_report(tiny_model(len(r.data.classes)), r, "tiny")
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_split(tmp_path / "data")
+
+
+def test_loop_learns_separable_data_to_100_percent(data, tmp_path):
+    metrics = run(data, tmp_path / "out", "--epochs", "15")
+    assert metrics["train"]["top1"] == 100 and metrics["test"]["top1"] == 100
+    assert metrics["test"]["loss"] < 0.5
+
+
+def test_same_seed_gives_identical_metrics_and_other_seed_differs(data, tmp_path):
+    a = run(data, tmp_path / "a", "--seed", "3")
+    b = run(data, tmp_path / "b", "--seed", "3")
+    c = run(data, tmp_path / "c", "--seed", "4")
+    assert a == b and a != c
+
+
+def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(data, tmp_path):
+    whole = run(data, tmp_path / "whole", "--epochs", "4")
+    run(data, tmp_path / "split", "--epochs", "2")
+    resumed = run(data, tmp_path / "split", "--epochs", "4", "--resume")
+    assert resumed == whole
+    history = (tmp_path / "split" / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 4
+
+
+def test_resume_refuses_other_settings_and_missing_checkpoint(data, tmp_path):
+    run(data, tmp_path / "out", "--epochs", "1")
+    with pytest.raises(UserError, match="other settings"):
+        run(data, tmp_path / "out", "--epochs", "2", "--resume", "--lr", "0.01")
+    with pytest.raises(UserError, match="holds no checkpoint"):
+        run(data, tmp_path / "fresh", "--resume")
+
+
+def test_earlier_run_is_kept_unless_forced(data, tmp_path):
+    run(data, tmp_path / "out", "--epochs", "1")
+    before = (tmp_path / "out" / "metrics.json").read_text()
+    with pytest.raises(UserError, match="already holds a run"):
+        run(data, tmp_path / "out", "--epochs", "1")
+    assert (tmp_path / "out" / "metrics.json").read_text() == before
+    run(data, tmp_path / "out", "--epochs", "2", "--force")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["arguments"]["epochs"] == 2
+
+
+def test_nan_loss_stops_with_the_epoch_named(data, tmp_path):
+    parser = argparse.ArgumentParser()
+    add_training_args(parser, "test", epochs=3, batch_size=5)
+    r = start_run("test", parser.parse_args(["--data", str(data), "--out", str(tmp_path / "o")]))
+
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.tensor(float("nan")))
+
+        def forward(self, x):
+            return torch.log_softmax(x.mean(dim=(2, 3)) * self.scale, dim=1)
+
+    with pytest.raises(UserError, match="loss became nan in epoch 1"):
+        train_and_report(Broken(), r, "broken")
+
+
+def test_topk_against_hand_computed_cases():
+    scores = torch.tensor([[0.1, 0.5, 0.2, 0.15, 0.05],   # label 1: top-1 hit
+                           [0.3, 0.1, 0.4, 0.2, 0.0],     # label 0: second -> top-3 hit
+                           [0.5, 0.2, 0.1, 0.15, 0.05],   # label 4: last -> miss
+                           [0.1, 0.2, 0.3, 0.35, 0.05]])  # label 1: third -> top-3 hit
+    labels = torch.tensor([1, 0, 4, 1])
+    assert topk_correct(scores, labels, (1, 3)) == [1, 3]
+    assert topk_correct(scores, labels, (5,)) == [4]
+
+
+def test_topk_caps_k_at_number_of_classes():
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    assert topk_correct(scores, torch.tensor([0, 0, 1]), (1, 3)) == [1, 3]
+
+
+def test_bad_arguments_are_clear_errors(data, tmp_path):
+    with pytest.raises(UserError, match="--epochs -1 is out of range"):
+        run(data, tmp_path / "o", "--epochs", "-1")
+    with pytest.raises(UserError, match="no such folder"):
+        run(tmp_path / "missing", tmp_path / "o")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="cannot write to --out"):
+        run(data, tmp_path / "file" / "out")
+    with pytest.raises(UserError, match="no such device"):
+        run(data, tmp_path / "o", "--device", "cuda:7" if torch.cuda.is_available() else "cuda")
