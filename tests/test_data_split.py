@@ -1,0 +1,412 @@
+"""data_split.py: layout, manifest, determinism, safety of SRC and DEST, bad input, and the CUB paths."""
+import csv
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # so plain `pytest` finds the script too, not only `python -m pytest`
+import data_split as ds  # noqa: E402
+from common.cli import UserError, run_main  # noqa: E402
+
+
+def make_image(path, index=0, mode="RGB"):
+    """A tiny image whose content depends on index, so every file hashes differently."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colour = {"RGB": (index % 256, index // 256, 99), "L": index % 256}.get(mode)
+    Image.new(mode, (8, 8), colour).save(path)
+    return path
+
+
+def touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("x")
+    return path
+
+
+def make_dataset(root, sizes, reverse=False):
+    """root/<class>/img_NNN.png for {class: count}; `reverse` creates the same files in the opposite order."""
+    files = [(name, i) for name, count in sizes.items() for i in range(count)]
+    for name, i in reversed(files) if reverse else files:
+        make_image(root / name / f"img_{i:03d}.png", index=i + 100 * len(name))
+    return root
+
+
+def read_manifest(dest):
+    with open(dest / "split.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def files_under(root):
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir()}
+
+
+def snapshot(root):
+    """Names, bytes and modification times of everything under root."""
+    return {p.relative_to(root).as_posix(): (p.is_dir() or p.read_bytes(), p.lstat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def src(tmp_path):
+    return make_dataset(tmp_path / "src", {"a": 20, "b": 10, "c": 7})
+
+
+# -----------------------------------------------------------------------------
+# the split itself
+
+def test_layout_and_manifest(src, tmp_path):
+    dest = tmp_path / "dest"
+    ds.main([str(src), str(dest)])
+    rows = read_manifest(dest)
+    assert list(rows[0]) == ["path", "source", "class", "split", "sha256"]
+    for split in ds.SPLITS:
+        assert sorted(p.name for p in (dest / split).iterdir()) == ["a", "b", "c"]
+    sources = [row["source"] for row in rows]
+    assert sorted(sources) == sorted(files_under(src))  # every image in exactly one split
+    assert files_under(dest) == {row["path"] for row in rows} | {"split.csv"}
+    for row in rows:
+        assert row["path"] == f"{row['split']}/{row['source']}" and row["source"].startswith(row["class"] + "/")
+        assert row["sha256"] == sha256(dest / row["path"]) == sha256(src / row["source"])
+
+
+def test_counts_are_stratified(src, tmp_path, capsys):
+    counts = ds.split_dataset(src, tmp_path / "dest", ratios=(0.6, 0.2, 0.2))
+    assert counts == {"a": {"train": 12, "validation": 4, "test": 4},
+                      "b": {"train": 6, "validation": 2, "test": 2},
+                      "c": {"train": 5, "validation": 1, "test": 1}}
+    rows = read_manifest(tmp_path / "dest")
+    for name, per_split in counts.items():
+        for split, count in per_split.items():
+            assert sum(r["class"] == name and r["split"] == split for r in rows) == count
+    table = capsys.readouterr().out
+    assert "total" in table and " 37" in table
+
+
+@pytest.mark.parametrize("ratios", [(0.7, 0.2, 0.1), (0.7, 0.1, 0.2), (0, 0.5, 0.5), (0.5, 0.5, 0), (1, 0, 0),
+                                    (0.34, 0.33, 0.33), (0.1, 0.0, 0.9)])
+def test_split_counts_properties(ratios):
+    nonzero = sum(r > 0 for r in ratios)
+    for n in range(80):
+        counts = ds.split_counts(n, ratios)
+        assert sum(counts) == n and min(counts) >= 0, (n, counts)
+        assert all(c == 0 for c, r in zip(counts, ratios) if r == 0), (n, counts)
+        if n >= nonzero:
+            assert all(c >= 1 for c, r in zip(counts, ratios) if r > 0), (n, counts)
+        if n >= 20:  # past the one-image-each fix-ups, rounding moves each count by at most one image
+            assert all(abs(c - n * r) <= 1 for c, r in zip(counts, ratios)), (n, counts)
+
+
+def test_report_split_of_417_images(tmp_path):
+    """The report's code split its 417 CUB images 291 / 42 / 84 with 0.7 0.1 0.2."""
+    sizes = dict(zip("abcdefg", (60, 60, 60, 60, 59, 59, 59)))
+    counts = ds.split_dataset(make_dataset(tmp_path / "src", sizes), tmp_path / "dest", ratios=(0.7, 0.1, 0.2),
+                              dry_run=True)
+    totals = [sum(c[split] for c in counts.values()) for split in ds.SPLITS]
+    assert totals == [291, 42, 84]
+    assert all(ds.split_counts(n, (0.7, 0.1, 0.2))[1:] == [6, 12] for n in range(58, 63))
+
+
+def test_same_seed_same_split_whatever_the_file_order(tmp_path, monkeypatch):
+    sizes = {"x": 15, "y": 12}
+    first = make_dataset(tmp_path / "first", sizes)
+    second = make_dataset(tmp_path / "second", sizes, reverse=True)
+    ds.main([str(first), str(tmp_path / "d1")])
+    walk = os.walk
+    # another file system lists a folder in another order
+    monkeypatch.setattr(ds.os, "walk", lambda top: ((root, dirs, files[::-1]) for root, dirs, files in walk(top)))
+    ds.main([str(second), str(tmp_path / "d2")])
+    ds.main([str(second), str(tmp_path / "d3"), "--seed", "1"])
+    assert read_manifest(tmp_path / "d1") == read_manifest(tmp_path / "d2")
+    assert read_manifest(tmp_path / "d1") != read_manifest(tmp_path / "d3")
+
+
+# -----------------------------------------------------------------------------
+# SRC stays untouched, DEST is replaced only where it is ours
+
+def test_src_untouched_by_copy_link_and_force(src, tmp_path, monkeypatch):
+    before = snapshot(src)
+    for options in ([], ["--link"]):
+        dest = tmp_path / f"dest{len(options)}"
+        ds.main([str(src), str(dest), *options])
+        ds.main([str(src), str(dest), *options, "--force", "--seed", "7"])
+    monkeypatch.setattr(ds.os, "link", lambda *a: (_ for _ in ()).throw(OSError("cross-device link")))
+    ds.main([str(src), str(tmp_path / "symlinked"), "--link"])
+    ds.main([str(src), str(tmp_path / "symlinked"), "--link", "--force", "--seed", "3"])
+    assert snapshot(src) == before
+
+
+def test_link_makes_hard_links(src, tmp_path):
+    dest = tmp_path / "dest"
+    ds.main([str(src), str(dest), "--link"])
+    for row in read_manifest(dest):
+        target = dest / row["path"]
+        assert not target.is_symlink() and os.path.samefile(target, src / row["source"])
+
+
+def test_link_falls_back_to_symlinks(src, tmp_path, monkeypatch, capsys):
+    def no_hard_links(*args):
+        raise OSError("Invalid cross-device link")
+    monkeypatch.setattr(ds.os, "link", no_hard_links)
+    dest = tmp_path / "dest"
+    ds.main([str(src), str(dest), "--link"])
+    rows = read_manifest(dest)
+    assert all((dest / r["path"]).is_symlink() and (dest / r["path"]).resolve() == (src / r["source"]).resolve()
+               for r in rows)
+    assert f"hard links failed for {len(rows)} files" in capsys.readouterr().err
+
+
+def test_force_replaces_only_manifest_files(src, tmp_path, capsys):
+    dest = tmp_path / "dest"
+    ds.main([str(src), str(dest)])
+    (dest / "notes.txt").write_text("mine")
+    (dest / "train" / "a" / "mine.txt").write_text("also mine")
+    with pytest.raises(UserError, match="not empty"):
+        ds.main([str(src), str(dest), "--seed", "1"])
+    ds.main([str(src), str(dest), "--seed", "1", "--force"])
+    rows = read_manifest(dest)
+    assert files_under(dest) == {r["path"] for r in rows} | {"split.csv", "notes.txt", "train/a/mine.txt"}
+    assert (dest / "notes.txt").read_text() == "mine" and (dest / "train/a/mine.txt").read_text() == "also mine"
+    assert "kept 2 files" in capsys.readouterr().out
+
+
+def test_force_drops_class_folders_of_the_old_split(src, tmp_path):
+    dest = tmp_path / "dest"
+    ds.main([str(src), str(dest)])
+    fewer = make_dataset(tmp_path / "fewer", {"a": 5, "b": 5})
+    ds.main([str(fewer), str(dest), "--force"])
+    for split in ds.SPLITS:  # ImageFolder would take a leftover empty folder for a class
+        assert sorted(p.name for p in (dest / split).iterdir()) == ["a", "b"]
+
+
+def test_force_refuses_to_overwrite_unlisted_files(src, tmp_path):
+    dest = tmp_path / "dest"
+    ds.main([str(src), str(dest)])
+    (dest / "split.csv").unlink()  # the images are now the user's files
+    before = snapshot(dest)
+    with pytest.raises(UserError, match="no previous manifest lists it"):
+        ds.main([str(src), str(dest), "--force"])
+    assert snapshot(dest) == before
+
+
+def test_force_refuses_a_manifest_pointing_outside(src, tmp_path):
+    dest = tmp_path / "dest"
+    ds.main([str(src), str(dest)])
+    with open(dest / "split.csv", "a", newline="") as f:
+        csv.writer(f).writerow(["train/../../src/a/img_000.png", "a/img_000.png", "a", "train", "0"])
+    with pytest.raises(UserError, match="outside DEST"):
+        ds.main([str(src), str(dest), "--force"])
+    assert (src / "a" / "img_000.png").exists()
+
+
+def test_dry_run_writes_nothing(src, tmp_path, capsys):
+    dest = tmp_path / "dest"
+    counts = ds.split_dataset(src, dest, dry_run=True)
+    assert not dest.exists()
+    out = capsys.readouterr().out
+    assert "dry run" in out and all(name in out for name in counts)
+
+
+# -----------------------------------------------------------------------------
+# what gets read
+
+def test_skips_non_images_hidden_and_broken_files(src, tmp_path, capsys):
+    noise = Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3))
+    buffer = io.BytesIO()
+    noise.save(buffer, "JPEG")
+    (src / "a" / "notes.txt").write_text("not an image")
+    make_image(src / "a" / ".hidden.png")
+    make_image(src / "a" / ".ipynb_checkpoints" / "img_000.png")
+    (src / "a" / "empty.jpg").write_bytes(b"")
+    (src / "b" / "truncated.JPG").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+    (src / "c" / "garbage.png").write_bytes(b"\x89PNG this is not really one")
+    dest = tmp_path / "dest"
+    ds.main([str(src), str(dest)])
+    err = capsys.readouterr().err
+    for name in ("empty.jpg: cannot be read as an image (empty file)", "truncated.JPG", "garbage.png"):
+        assert any(line.startswith("warning:") and name in line for line in err.splitlines()), name
+    assert "skipped 1 non-image files" in err
+    assert {r["source"] for r in read_manifest(dest)} == {f"{n}/img_{i:03d}.png" for n, k in
+                                                          {"a": 20, "b": 10, "c": 7}.items() for i in range(k)}
+
+
+def test_small_class_warning(tmp_path, capsys):
+    ds.split_dataset(make_dataset(tmp_path / "src", {"big": 10, "tiny": 2, "three": 3}), tmp_path / "d", dry_run=True)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "tiny" in warnings[0] and "test" in warnings[0]
+
+
+def test_unusual_image_modes_are_accepted(tmp_path):
+    src = make_dataset(tmp_path / "src", {"plain": 4})
+    odd = src / "odd"
+    make_image(odd / "gray.jpg", mode="L")
+    Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(odd / "rgba.png")
+    Image.new("P", (8, 8), 3).save(odd / "palette.png")
+    Image.new("I;16", (8, 8), 40000).save(odd / "sixteen.png")
+    Image.new("CMYK", (8, 8), (0, 128, 255, 0)).save(odd / "cmyk.jpg")
+    counts = ds.split_dataset(src, tmp_path / "dest")
+    assert sum(counts["odd"].values()) == 5
+
+
+# -----------------------------------------------------------------------------
+# bad input: one `error:` line, exit code 2
+
+def cli_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit:
+        run_main(lambda: ds.main([str(a) for a in argv]))
+    out, err = capsys.readouterr()
+    return exit.value.code, out, err
+
+
+BAD_INPUTS = {
+    "src missing": lambda src, tmp: [tmp / "nowhere", tmp / "dest"],
+    "src empty": lambda src, tmp: [touch(tmp / "empty" / ".hidden").parent, tmp / "dest"],
+    "no class folders": lambda src, tmp: [make_image(tmp / "flat" / "x.png").parent, tmp / "dest"],
+    "one class": lambda src, tmp: [make_dataset(tmp / "one", {"a": 5}), tmp / "dest"],
+    "negative ratio": lambda src, tmp: [src, tmp / "dest", "--ratios", "-0.1", "0.6", "0.5"],
+    "ratios not summing to 1": lambda src, tmp: [src, tmp / "dest", "--ratios", "0.5", "0.2", "0.1"],
+    "two ratios": lambda src, tmp: [src, tmp / "dest", "--ratios", "0.8", "0.2"],
+    "dest inside src": lambda src, tmp: [src, src / "a" / "split"],
+    "src inside dest": lambda src, tmp: [src, tmp, "--force"],
+    "dest unwritable": lambda src, tmp: [src, touch(tmp / "file") / "dest"],
+    "dest not empty": lambda src, tmp: [src, touch(tmp / "full" / "x").parent],
+    "only one path": lambda src, tmp: [src],
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_error_line(case, src, tmp_path, capsys):
+    before = snapshot(tmp_path)
+    code, out, err = cli_error(BAD_INPUTS[case](src, tmp_path), capsys)
+    assert code == 2 and out == ""  # refused before reading any image
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert all(path in snapshot(tmp_path) for path in before)  # nothing removed
+
+
+def test_script_in_fresh_processes(src, tmp_path):
+    """Bad input gives one line and exit code 2; another PYTHONHASHSEED splits the same way.
+
+    Both processes run at once: each pays seconds of imports.
+    """
+    script = [sys.executable, str(REPO / "data_split.py")]
+    bad = subprocess.Popen([*script, str(tmp_path / "nowhere"), str(tmp_path / "bad")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    good = subprocess.Popen([*script, str(src), str(tmp_path / "other")], env=dict(os.environ, PYTHONHASHSEED="12345"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, bad_err = bad.communicate()
+    _, good_err = good.communicate()
+    assert bad.returncode == 2 and bad_err.startswith("error: ") and len(bad_err.splitlines()) == 1
+    assert "Traceback" not in bad_err and not (tmp_path / "bad").exists()
+    assert good.returncode == 0, good_err
+    ds.main([str(src), str(tmp_path / "here")])
+    assert read_manifest(tmp_path / "other") == read_manifest(tmp_path / "here")
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        ds.main(["--help"])
+    out = capsys.readouterr().out
+    for option in ("--ratios", "--seed", "--link", "--force", "--dry-run", "--cub", "--work"):
+        assert option in out
+    assert "python data_split.py --cub CUB_200_2011.tgz" in out and "data/demo_split" in out
+
+
+# -----------------------------------------------------------------------------
+# CUB-200-2011
+
+def make_cub(root, classes=ds.CUB_CLASSES):
+    """A fake CUB_200_2011 folder: 3 images in each class, plus a class the report did not use."""
+    for k, name in enumerate([*classes, "001.Black_footed_Albatross"]):
+        for i in range(3):
+            make_image(root / "CUB_200_2011" / "images" / name / f"{name[4:]}_{i}.jpg", index=10 * k + i)
+    return root / "CUB_200_2011"
+
+
+def make_tgz(folder, path):
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname="CUB_200_2011")
+    return path
+
+
+def test_cub_folder(tmp_path):
+    dest = tmp_path / "dest"
+    ds.main(["--cub", str(make_cub(tmp_path)), str(dest)])
+    rows = read_manifest(dest)
+    assert {r["class"] for r in rows} == set(ds.CUB_CLASSES) and len(rows) == 21
+    assert sorted(p.name for p in (dest / "train").iterdir()) == sorted(ds.CUB_CLASSES)
+
+
+def test_cub_archive_is_extracted_once_and_dry_run_leaves_nothing(tmp_path, capsys):
+    archive = make_tgz(make_cub(tmp_path / "cub"), tmp_path / "CUB_200_2011.tgz")
+    ds.main(["--cub", str(archive), str(tmp_path / "dry"), "--dry-run"])
+    assert not (tmp_path / "cub_7classes").exists() and not (tmp_path / "dry").exists()
+    dest = tmp_path / "dest"
+    ds.main(["--cub", str(archive), str(dest)])
+    work = tmp_path / "cub_7classes"  # next to DEST by default
+    assert sorted(p.name for p in work.iterdir()) == sorted(ds.CUB_CLASSES)
+    rows = read_manifest(dest)
+    assert len(rows) == 21 and all(r["sha256"] == sha256(work / r["source"]) for r in rows)
+    capsys.readouterr()
+    ds.main(["--cub", str(archive), str(dest), "--force"])
+    assert "extracted before" in capsys.readouterr().err
+    assert read_manifest(dest) == rows
+
+
+def test_cub_missing_classes_are_named(tmp_path):
+    folder = make_cub(tmp_path / "cub", classes=ds.CUB_CLASSES[:5])
+    with pytest.raises(UserError, match="099.Ovenbird 114.Black_throated_Sparrow"):
+        ds.main(["--cub", str(folder), str(tmp_path / "d1")])
+    archive = make_tgz(folder, tmp_path / "CUB_200_2011.tgz")
+    with pytest.raises(UserError, match="099.Ovenbird 114.Black_throated_Sparrow"):
+        ds.main(["--cub", str(archive), str(tmp_path / "d2"), "--work", str(tmp_path / "work")])
+    assert not (tmp_path / "work").exists() and not (tmp_path / "work.partial").exists()
+
+
+def test_cub_not_an_archive(tmp_path):
+    (tmp_path / "CUB_200_2011.tgz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(UserError, match="cannot read"):
+        ds.main(["--cub", str(tmp_path / "CUB_200_2011.tgz"), str(tmp_path / "dest")])
+
+
+CLASS_DIR = f"CUB_200_2011/images/{ds.CUB_CLASSES[0]}"
+EVIL_MEMBERS = {
+    "dot-dot": (f"{CLASS_DIR}/../../../../evil.jpg", tarfile.REGTYPE, ""),
+    "absolute": ("/tmp/evil_data_split_test.jpg", tarfile.REGTYPE, ""),
+    "symlink out": (f"{CLASS_DIR}/evil.jpg", tarfile.SYMTYPE, "/etc/passwd"),
+    "hardlink out": (f"{CLASS_DIR}/evil.jpg", tarfile.LNKTYPE, "../../../../evil.jpg"),
+    "symlink in class": (f"{CLASS_DIR}/evil.jpg", tarfile.SYMTYPE, "Lazuli_Bunting_0.jpg"),
+}
+
+
+@pytest.mark.parametrize("case", EVIL_MEMBERS)
+def test_cub_archive_member_escaping_is_refused(case, tmp_path):
+    archive = tmp_path / "CUB_200_2011.tgz"
+    name, kind, target = EVIL_MEMBERS[case]
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(make_cub(tmp_path / "cub"), arcname="CUB_200_2011")
+        member = tarfile.TarInfo(name)
+        member.type, member.linkname, member.size = kind, target, 4 if kind == tarfile.REGTYPE else 0
+        tar.addfile(member, io.BytesIO(b"evil") if kind == tarfile.REGTYPE else None)
+    with pytest.raises(UserError, match="refusing to extract"):
+        ds.main(["--cub", str(archive), str(tmp_path / "dest")])
+    assert not list(tmp_path.rglob("evil*")) and not list(tmp_path.glob("cub_7classes*"))
+
+
+# -----------------------------------------------------------------------------
+
+@pytest.mark.skipif(not ds.DEMO_IMAGES.is_dir(), reason="demo set not built")
+def test_demo_set_dry_run(tmp_path):
+    counts = ds.split_dataset(ds.DEMO_IMAGES, tmp_path / "dest", dry_run=True)
+    assert len(counts) == 7 and not (tmp_path / "dest").exists()
+    assert sum(sum(c.values()) for c in counts.values()) == len(list(ds.DEMO_IMAGES.rglob("*.jpg")))
