@@ -31,18 +31,36 @@ def atomic_torch_save(obj, path):
     atomic_write(path, buffer.getvalue())
 
 
+def format_cell(value, digits, unit=""):
+    """A number, or a (mean, std) pair from several seeds."""
+    if isinstance(value, (tuple, list)):
+        mean, std = value
+        return f"{mean:.{digits}f} ± {std:.{digits}f}{unit}"
+    return f"{value:.{digits}f}{unit}"
+
+
 def format_table(metrics):
     """The report's layout: rows Training/Validation/Testing; Logloss, Top 1, Top 3 (in %)."""
     lines = ["| | " + " | ".join(title for _, title in COLUMNS) + " |", "|---|---:|---:|---:|"]
     for key, title in ROWS:
         m = metrics[key]
-        lines.append(f"| {title} | {m['loss']:.4f} | {m['top1']:.2f} % | {m['top3']:.2f} % |")
+        lines.append(f"| {title} | {format_cell(m['loss'], 4)} | {format_cell(m['top1'], 2, ' %')} "
+                     f"| {format_cell(m['top3'], 2, ' %')} |")
     return "\n".join(lines)
 
 
-def write_metrics(out, metrics):
+def mean_std(runs):
+    """Per split and metric, (mean, sample std) over runs; std is 0 for a single run."""
+    def stats(values):
+        values = torch.tensor(values, dtype=torch.float64)
+        return float(values.mean()), float(values.std()) if len(values) > 1 else 0.0
+    return {split: {metric: stats([run[split][metric] for run in runs]) for metric in runs[0][split]}
+            for split in runs[0]}
+
+
+def write_metrics(out, metrics, title):
     out = Path(out)
-    atomic_write(out / "metrics.md", format_table(metrics) + "\n")
+    atomic_write(out / "metrics.md", f"**{title}**\n\n{format_table(metrics)}\n")
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
@@ -71,25 +89,44 @@ def save_figure(fig, path):
     atomic_write(path, buffer.getvalue())
 
 
-def plot_history(out, history, title):
-    """The report's figure pair: logloss, and top-1/top-3 accuracy, train and validation."""
-    epochs = [h["epoch"] for h in history]
+def curve(ax, histories, key, **style):
+    """One line per metric: the run itself, or the mean over seeds with a +-1 std band."""
+    epochs = [h["epoch"] for h in histories[0]]
+    values = torch.tensor([[float(h[key]) for h in history] for history in histories])
+    mean = values.mean(dim=0)
+    line, = ax.plot(epochs, mean, **style)
+    if len(histories) > 1:
+        std = values.std(dim=0)
+        ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.15, lw=0)
+
+
+def plot_history(out, histories, title):
+    """The report's figure pair, logloss and top-1/top-3 accuracy, train and validation.
+
+    `histories` holds one run's per-epoch rows, or several (seeds): then mean +- std.
+    """
+    note = f" (mean ± std of {len(histories)} seeds)" if len(histories) > 1 else ""
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [h["train_loss"] for h in history], label="train")
-    ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
-    ax.set(xlabel="epoch", ylabel="logloss", title=f"{title}: logloss")
+    curve(ax, histories, "train_loss", label="train")
+    curve(ax, histories, "val_loss", label="validation")
+    ax.set(xlabel="epoch", ylabel="logloss", title=f"{title}: logloss{note}")
     ax.grid(alpha=0.3)
     ax.legend()
     save_figure(fig, Path(out) / "loss.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for split, name, color in (("train", "train", "tab:blue"), ("val", "validation", "tab:orange")):
-        ax.plot(epochs, [h[f"{split}_top1"] for h in history], color=color, label=f"{name} top-1")
-        ax.plot(epochs, [h[f"{split}_top3"] for h in history], color=color, ls="--", label=f"{name} top-3")
-    ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 101), title=f"{title}: accuracy")
+        curve(ax, histories, f"{split}_top1", color=color, label=f"{name} top-1")
+        curve(ax, histories, f"{split}_top3", color=color, ls="--", label=f"{name} top-3")
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 101), title=f"{title}: accuracy{note}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     save_figure(fig, Path(out) / "accuracy.png")
+
+
+def read_history(out):
+    with open(Path(out) / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def confusion_matrix(labels, predictions, num_classes):

@@ -1,0 +1,71 @@
+"""Feature-extraction throughput (images/s) per backbone in fp32 and bf16, and bf16's effect on real features."""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python bench/bench_features.py`
+from common.backbones import BACKBONES, load_backbone, run_backbone  # noqa: E402
+from common.runtime import cpu_has_amx  # noqa: E402
+from common.cli import UserError, run_main  # noqa: E402
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=64, help="random 224x224 images to push through (default 64)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES),
+                        help="backbones to time (default: all); random init, which costs the same as trained weights")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the random images and weights (default 0)")
+    args = parser.parse_args()
+    if args.images < 1 or args.batch_size < 1:
+        raise UserError("--images and --batch-size must be at least 1")
+    try:
+        args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise UserError(f"--device {args.device}: not a torch device (e.g. cpu, cuda, cuda:1)")
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: CUDA is not available here")
+    return args
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def images_per_second(backbone, images, batch_size, precision, device):
+    run_backbone(backbone, images[:batch_size], batch_size, precision, device)  # warm-up: kernel selection
+    synchronize(device)
+    start = time.perf_counter()
+    run_backbone(backbone, images, batch_size, precision, device)
+    synchronize(device)
+    return len(images) / (time.perf_counter() - start)
+
+
+def main():
+    args = parse_args()
+    device = args.device
+    torch.manual_seed(args.seed)
+    images = torch.randint(0, 256, (args.images, 3, 224, 224), dtype=torch.uint8)
+    print(f"device {device}, {torch.get_num_threads()} threads, AMX bf16 {cpu_has_amx()}, "
+          f"{args.images} images, batch {args.batch_size}")
+    print(f"{'backbone':20s} {'fp32 img/s':>11s} {'bf16 img/s':>11s} {'speed-up':>9s}")
+    for name in args.backbones:
+        backbone = load_backbone(name, pretrained=False)
+        fp32, bf16 = (images_per_second(backbone, images, args.batch_size, p, device) for p in ("fp32", "bf16"))
+        print(f"{name:20s} {fp32:11.1f} {bf16:11.1f} {bf16 / fp32:8.2f}x", flush=True)
+
+    backbone = load_backbone("efficientnet_lite0")
+    fp32, bf16 = (run_backbone(backbone, images, args.batch_size, p, device) for p in ("fp32", "bf16"))
+    cosine = torch.nn.functional.cosine_similarity(fp32, bf16)
+    print(f"efficientnet_lite0 ImageNet weights, bf16 vs fp32 features: max abs diff "
+          f"{(fp32 - bf16).abs().max():.4f} (fp32 max abs {fp32.abs().max():.2f}), "
+          f"cosine min {cosine.min():.5f} mean {cosine.mean():.5f}")
+
+
+if __name__ == "__main__":
+    run_main(main)

