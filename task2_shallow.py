@@ -8,10 +8,10 @@ from common.train import add_training_args, start_run, train_and_report
 TASK = "task2_shallow"
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     add_training_args(parser, TASK, epochs=100, batch_size=50)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     run = start_run(TASK, args)
     model = ShallowConvNet(len(run.data.classes))
     train_and_report(model, run, "Shallow ConvNet")

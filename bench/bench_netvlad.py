@@ -22,8 +22,9 @@ from common.netvlad import NetVLAD, estimate_forward_bytes, init_from_descriptor
 class BroadcastNetVLAD(NetVLAD):
     """The straightforward form: weighted residuals as a B x K x D x N tensor, summed over N."""
 
-    def aggregate(self, a, x):
-        return ((x.unsqueeze(1) - self.centroids.unsqueeze(-1)) * a.unsqueeze(2)).sum(-1)
+    def aggregate(self, a, x):  # a: B x N x K, x: B x N x D
+        residuals = x.transpose(1, 2).unsqueeze(1) - self.centroids.unsqueeze(-1)  # B x K x D x N
+        return (residuals * a.transpose(1, 2).unsqueeze(2)).sum(-1)
 
 
 def proc_kib(path, field):
@@ -36,7 +37,8 @@ def measure(variant, k, batch, dim, side, repeats):
     """Runs in a fresh process: seconds per forward + backward, peak bytes, output and gradients."""
     torch.manual_seed(0)  # both variants see the same input and the same k-means centres
     layer = {"ours": NetVLAD, "broadcast": BroadcastNetVLAD}[variant](k, dim)
-    x = torch.randn(batch, dim, side, side, requires_grad=True)
+    # channels-last, as the task's convolutions hand it over
+    x = torch.randn(batch, dim, side, side).contiguous(memory_format=torch.channels_last).requires_grad_()
     init_from_descriptors(layer, x.detach()[:4].flatten(2).transpose(1, 2).reshape(-1, dim))
     baseline = proc_kib("/proc/self/status", "VmRSS")
     Path("/proc/self/clear_refs").write_text("5")

@@ -1,6 +1,8 @@
 """Image loading with the report's preprocessing, and the decoded-image cache."""
 import hashlib
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,21 +105,24 @@ def decode_cached(folder, cache_dir):
     """
     cache = Path(cache_dir) / f"decoded_r{RESIZE}_c{CROP}"
     cache.mkdir(parents=True, exist_ok=True)
-    images = []
-    for path, _ in tqdm(folder.samples, desc=f"load {Path(folder.root).name}", unit="img",
-                        leave=False, mininterval=5, disable=None):
+
+    def load(path):
         file = cache / f"{file_sha1(path)}.npy"
         if file.exists():
-            images.append(torch.from_numpy(np.load(file)))
-            continue
+            return torch.from_numpy(np.load(file))
         image = folder.transform(folder.loader(path))
-        tmp = file.with_suffix(f".{os.getpid()}.tmp")
+        tmp = file.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "wb") as f:
             np.save(f, image.numpy())
         os.replace(tmp, file)  # atomic: a crash never leaves a half-written cache entry
-        images.append(image)
-    if not images:
+        return image
+
+    paths = [path for path, _ in folder.samples]
+    if not paths:
         return torch.empty(0, 3, CROP, CROP, dtype=torch.uint8)
+    with ThreadPoolExecutor(os.cpu_count()) as pool:  # PIL decodes outside the GIL
+        images = list(tqdm(pool.map(load, paths), total=len(paths), desc=f"load {Path(folder.root).name}",
+                           unit="img", leave=False, mininterval=5, disable=None))
     return torch.stack(images)
 
 

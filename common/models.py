@@ -1,5 +1,10 @@
 """The report's networks trained from scratch: the shallow ConvNet (Figure 8) and its NetVLAD variant."""
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+from common.data import normalize
+from common.netvlad import NetVLAD, init_from_descriptors
 
 
 def shallow_convolutions():
@@ -25,3 +30,57 @@ class ShallowConvNet(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(x))
+
+
+DESCRIPTOR_DIM = 16  # channels of the second convolution: NetVLAD's descriptor dimension D
+
+
+def descriptor_count(image_size):
+    """Descriptors per image NetVLAD sees: 224 -> 222 -> 111 -> 109, so 109 x 109 = 11,881."""
+    return ((image_size - 2) // 2 - 2) ** 2
+
+
+@torch.inference_mode()
+def sample_descriptors(features, images, per_image, generator, batch_size=50):
+    """(N*per_image) x D descriptors: the feature maps of uint8 images, `per_image` random positions
+    of each, drawn without replacement with `generator`; returned on the CPU for k-means."""
+    device = next(features.parameters()).device
+    samples = []
+    for batch in images.split(batch_size):
+        maps = features(normalize(batch.to(device))).flatten(2).cpu()  # B x D x N
+        picks = torch.rand(maps.shape[0], maps.shape[2], generator=generator)
+        picks = picks.topk(min(per_image, maps.shape[2]), dim=1).indices  # random subset per image
+        samples.append(maps.gather(2, picks[:, None, :].expand(-1, maps.shape[1], -1)).transpose(1, 2))
+    return torch.cat(samples).reshape(-1, maps.shape[1])
+
+
+@torch.no_grad()
+def set_alpha(layer, alpha):
+    """Change a NetVLAD layer's alpha keeping its centres: the initial w = 2 alpha c and b (k-means:
+    -alpha ||c||^2, the report's: -alpha ||c||) are both proportional to alpha, so rescale them."""
+    layer.conv.weight.mul_(alpha / layer.alpha)
+    layer.conv.bias.mul_(alpha / layer.alpha)
+    layer.alpha = alpha
+
+
+class ShallowNetVLAD(nn.Module):
+    """Figure 11: the two Figure-8 convolutions (second pooling removed), NetVLAD with K clusters,
+    Linear(K*16 -> classes), log-softmax. 704 + 33 K + 16 K C + C parameters (1,291 for K=4, C=7)."""
+
+    def __init__(self, num_classes, num_clusters):
+        super().__init__()
+        self.features = shallow_convolutions()
+        self.netvlad = NetVLAD(num_clusters, DESCRIPTOR_DIM)
+        self.classifier = nn.Sequential(nn.Linear(num_clusters * DESCRIPTOR_DIM, num_classes), nn.LogSoftmax(dim=1))
+
+    def forward(self, x):
+        return self.classifier(self.netvlad(self.features(x)))
+
+    def init_kmeans(self, images, generator, per_image=200):
+        """The paper's initialisation: k-means on descriptors that the (fresh) convolutions compute
+        from training images, alpha chosen from them. Returns alpha and the k-means quantisation
+        error (mean squared distance of the L2-normalised descriptors to their nearest centre)."""
+        descriptors = sample_descriptors(self.features, images, per_image, generator)
+        alpha = init_from_descriptors(self.netvlad, descriptors, generator)
+        distances = torch.cdist(F.normalize(descriptors, dim=1), self.netvlad.centroids.detach().cpu())
+        return alpha, distances.pow(2).min(1).values.mean().item()

@@ -74,19 +74,24 @@ class NetVLAD(nn.Module):
         self.conv.bias.copy_(-self.alpha * centroids.pow(2).sum(1))
 
     def soft_assign(self, x):
-        """B x D x H x W (already normalised if normalize_input) -> B x K x N assignment weights."""
-        return self.conv(x).flatten(2).softmax(dim=1)
+        """B x N x D descriptors (already normalised if normalize_input) -> B x N x K assignment weights.
+
+        The 1x1 conv applied as a matrix product over the descriptor axis: with N x D rows
+        (what a channels-last feature map is in memory) the softmax runs over contiguous K.
+        """
+        return F.linear(x, self.conv.weight.flatten(1), self.conv.bias).softmax(dim=2)
 
     def aggregate(self, a, x):
-        """V_k = sum_i a_ki (x_i - c_k) = A X^T - (sum_i a_ki) c_k, so no B x K x D x N residuals."""
-        return torch.bmm(a, x.transpose(1, 2)) - a.sum(2, keepdim=True) * self.centroids
+        """V_k = sum_i a_ik (x_i - c_k) = A^T X - (sum_i a_ik) c_k, so no B x K x D x N residuals."""
+        return torch.bmm(a.transpose(1, 2), x) - a.sum(1).unsqueeze(2) * self.centroids
 
     def forward(self, x):
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(self.centroids.dtype)
             if self.normalize_input:
                 x = F.normalize(x, dim=1)
-            vlad = self.aggregate(self.soft_assign(x), x.flatten(2))  # B x K x D
+            x = x.permute(0, 2, 3, 1).flatten(1, 2)  # B x N x D; free for channels-last input
+            vlad = self.aggregate(self.soft_assign(x), x)  # B x K x D
             vlad = F.normalize(vlad, dim=2)  # intra-normalisation
             return F.normalize(vlad.flatten(1), dim=1)
 

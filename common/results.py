@@ -16,19 +16,25 @@ HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_top1", "train_top3",
                   "val_loss", "val_top1", "val_top3", "seconds")
 
 
+def temp_path(path):
+    """A temporary name beside `path`: os.replace from it is atomic on the same file system."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def atomic_write(path, data):
     """Write bytes or text so that a crash leaves either the old file or the new one, never half."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     with open(tmp, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
 
 
 def atomic_torch_save(obj, path):
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write(path, buffer.getvalue())
+    path = Path(path)
+    tmp = temp_path(path)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def format_cell(value, digits, unit=""):

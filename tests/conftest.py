@@ -1,4 +1,5 @@
 """Shared test helpers: tiny image folders made on the fly, and a private cache per test."""
+import socket
 import sys
 from pathlib import Path
 
@@ -16,6 +17,17 @@ COLORS = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(common.data, "CACHE_DIR", tmp_path / "cache")
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network, and an empty torch hub cache in tmp_path."""
+    def refuse(*args, **kwargs):
+        raise OSError("network blocked by the test")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "torch" / "hub" / "checkpoints"
 
 
 def make_image(path, color, seed, size=24):

@@ -1,5 +1,4 @@
 """Frozen backbones: shapes, frozenness, offline weight loading, real EfficientNet-Lite0 weights, feature cache."""
-import socket
 import sys
 from pathlib import Path
 
@@ -26,17 +25,6 @@ def random_images(n, size=64, seed=0):
 def random_backbones():
     torch.manual_seed(0)
     return {name: load_backbone(name, pretrained=False) for name in BACKBONES}
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """No network, and an empty torch hub cache in tmp_path."""
-    def refuse(*args, **kwargs):
-        raise OSError("network blocked by the test")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    return tmp_path / "torch" / "hub" / "checkpoints"
 
 
 def test_feature_dims(random_backbones):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from common.cli import UserError
-from common.netvlad import (NetVLAD, check_clusters, check_fits, choose_alpha, init_from_descriptors,
+from common.netvlad import (NetVLAD, check_clusters, check_fits, init_from_descriptors,
                             init_like_report, kmeans)
 
 
@@ -91,7 +91,7 @@ def test_chosen_alpha_gives_target_ratio_on_held_out_descriptors():
     alpha = init_from_descriptors(layer, descriptors[:3000], generator=torch.Generator().manual_seed(0))
     assert alpha == layer.alpha
     held_out = F.normalize(descriptors[3000:], dim=1)
-    weights = layer.soft_assign(held_out.T[None, :, :, None]).detach()[0]  # K x N, through the conv
+    weights = layer.soft_assign(held_out[None]).detach()[0].T  # K x N, through the assignment weights
     top_two = weights.topk(2, dim=0).values
     geometric_mean_ratio = (top_two[0].log() - top_two[1].log()).mean().exp().item()
     assert 100 / 3 < geometric_mean_ratio < 100 * 3

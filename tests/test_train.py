@@ -1,5 +1,7 @@
 import argparse
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -111,3 +113,27 @@ def test_bad_arguments_are_clear_errors(data, tmp_path):
         run(data, tmp_path / "file" / "out")
     with pytest.raises(UserError, match="no such device"):
         run(data, tmp_path / "o", "--device", "cuda:7" if torch.cuda.is_available() else "cuda")
+
+
+def test_ctrl_c_finishes_the_epoch_saves_and_resumes_to_the_same_metrics(data, tmp_path):
+    whole = run(data, tmp_path / "whole", "--epochs", "4")
+
+    calls = []
+
+    def press_ctrl_c_in_epoch_2(module, inputs):
+        calls.append(module.training)
+        if sum(calls) == 5:  # the 5th training batch: 4 batches of 5 make one epoch of 18 images
+            os.kill(os.getpid(), signal.SIGINT)
+
+    parser = argparse.ArgumentParser()
+    add_training_args(parser, "test", epochs=4, batch_size=5)
+    r = start_run("test", parser.parse_args(["--data", str(data), "--out", str(tmp_path / "cut"), "--lr", "0.05",
+                                             "--precision", "fp32"]))
+    model = tiny_model()
+    model.register_forward_pre_hook(press_ctrl_c_in_epoch_2)
+    with pytest.raises(SystemExit) as stopped:
+        train_and_report(model, r, "tiny")
+    assert stopped.value.code == 130
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["epoch"] == 2
+    resumed = run(data, tmp_path / "cut", "--epochs", "4", "--resume")
+    assert resumed == whole

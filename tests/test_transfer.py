@@ -1,0 +1,98 @@
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import task1_efficientnet
+import task1_resnet
+from common.backbones import BACKBONES, WeightsUnavailable, load_backbone
+from common.train import add_training_args, count_parameters, start_run, train_and_report
+from common.transfer import linear_head
+from conftest import make_split
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_split(tmp_path / "data", counts=(5, 2, 3))
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_head_size_and_trainable_parameters(name):
+    dim = BACKBONES[name].feature_dim
+    head = linear_head(dim, 7)
+    assert head(torch.zeros(2, dim)).shape == (2, 7)
+    # The report counted weights only: 1024 x 7 = 7,168 for GoogLeNet, 4096 x 7 = 28,672 for VGG16.
+    assert count_parameters(head) == (dim * 7 + 7, dim * 7 + 7)
+
+
+def run_cached(data, out, *argv):
+    task1_efficientnet.main(["--data", str(data), "--out", str(out), "--epochs", "6", "--batch-size", "4",
+                             "--lr", "0.01", "--precision", "fp32", *argv])
+    return json.loads((out / "metrics.json").read_text())
+
+
+def run_uncached(data, out):
+    """The tutorial way: the whole backbone + head forward on every image in every epoch."""
+    parser = argparse.ArgumentParser()
+    add_training_args(parser, "uncached", epochs=6, batch_size=4)
+    run = start_run("uncached", parser.parse_args(["--data", str(data), "--out", str(out), "--lr", "0.01",
+                                                   "--precision", "fp32"]))
+    backbone = load_backbone("efficientnet_lite0")  # same RNG use as run_transfer, so the same head init
+    model = nn.Sequential(backbone, linear_head(BACKBONES["efficientnet_lite0"].feature_dim, len(run.data.classes)))
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    metrics = train_and_report(model, run, "uncached")
+    return metrics, backbone, before
+
+
+def test_cached_features_train_like_a_forward_every_epoch(data, tmp_path):
+    cached = run_cached(data, tmp_path / "cached")
+    uncached, backbone, before = run_uncached(data, tmp_path / "uncached")
+    one_image = 100 / 9
+    for split in ("train", "validation", "test"):
+        assert abs(cached[split]["top1"] - uncached[split]["top1"]) <= one_image + 1e-9
+        assert cached[split]["loss"] == pytest.approx(uncached[split]["loss"], rel=0.05)
+    # The frozen backbone got no gradients and is bit-identical after training.
+    assert all(p.grad is None and not p.requires_grad for p in backbone.parameters())
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+
+
+def test_config_records_backbone_and_weights(data, tmp_path):
+    run_cached(data, tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["backbone"] == "efficientnet_lite0" and config["pretrained"] is True
+    assert config["weights"].endswith("efficientnet-lite0-57934424.pth")
+    assert config["parameters"] == {"trainable": 1280 * 3 + 3, "total": 1280 * 3 + 3}
+    assert config["backbone_parameters"] > 3_000_000
+
+
+def test_no_pretrained_says_so_in_every_output(data, tmp_path, offline):
+    out = tmp_path / "run"
+    task1_resnet.main(["--data", str(data), "--out", str(out), "--epochs", "1", "--no-pretrained"])
+    assert "random-init backbone" in (out / "metrics.md").read_text()
+    assert json.loads((out / "config.json").read_text())["weights"] == "random init"
+
+
+def test_missing_weights_name_the_file_and_the_option(data, tmp_path, offline):
+    with pytest.raises(WeightsUnavailable, match=r"resnet50-0676ba61\.pth.*--weights FILE"):
+        task1_resnet.main(["--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1"])
+
+
+@pytest.mark.parametrize("content, message", [(None, "No such file"), (b"not a checkpoint", "not a PyTorch weight file")])
+def test_bad_weights_file_is_one_line_and_exit_2(data, tmp_path, content, message):
+    weights = tmp_path / "weights.pth"
+    if content is not None:
+        weights.write_bytes(content)
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "HTTPS_PROXY": "http://127.0.0.1:9"}
+    done = subprocess.run([sys.executable, "task1_resnet.py", "--data", str(data), "--out", str(tmp_path / "o"),
+                           "--weights", str(weights)], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and message in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
