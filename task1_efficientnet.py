@@ -2,5 +2,10 @@
 from common.cli import run_main
 from common.transfer import run_transfer
 
+
+def main(argv=None):
+    run_transfer("efficientnet_lite0", "EfficientNet-Lite0", __doc__, argv)
+
+
 if __name__ == "__main__":
-    run_main(lambda: run_transfer("efficientnet_lite0", "EfficientNet-Lite0", __doc__))
+    run_main(main)

@@ -2,5 +2,10 @@
 from common.cli import run_main
 from common.transfer import run_transfer
 
+
+def main(argv=None):
+    run_transfer("resnet50", "ResNet50", __doc__, argv)
+
+
 if __name__ == "__main__":
-    run_main(lambda: run_transfer("resnet50", "ResNet50", __doc__))
+    run_main(main)

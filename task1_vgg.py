@@ -2,5 +2,10 @@
 from common.cli import run_main
 from common.transfer import run_transfer
 
+
+def main(argv=None):
+    run_transfer("vgg16", "VGG16", __doc__, argv)
+
+
 if __name__ == "__main__":
-    run_main(lambda: run_transfer("vgg16", "VGG16", __doc__))
+    run_main(main)
