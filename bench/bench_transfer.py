@@ -1,0 +1,124 @@
+"""Benchmark: task 1 through the project's cached features vs the usual tutorial loop.
+
+Side by side, same data, seed and epochs (20, batch 100, the report's task 1):
+  tutorial  ImageFolder + DataLoader, the frozen backbone + head forward on every image in every
+            epoch, fp32 (the backbone correctly in eval mode)
+  project   decoded-image cache, the backbone run once per image under inference_mode,
+            channels-last, bf16 on AMX CPUs (--precision auto), then 20 epochs of the head alone
+The tutorial loop does identical work every epoch, so with --tutorial-epochs below 20 its
+20-epoch time is its measured time per epoch x 20 (printed as such). ResNet50 is random-init
+(the same compute as pretrained); EfficientNet-Lite0 uses its real ImageNet weights.
+
+    python bench/bench_transfer.py --tutorial-epochs 2
+"""
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision.transforms as T
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import common.data  # noqa: E402
+from common.backbones import BACKBONES, load_backbone  # noqa: E402
+from common.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from common.train import Meter, default_data, seed_everything  # noqa: E402
+from common.transfer import linear_head, run_transfer  # noqa: E402
+
+EPOCHS, BATCH = 20, 100
+
+
+def loader(root, split, shuffle, generator=None):
+    transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return DataLoader(ImageFolder(str(root / split), transform=transform), batch_size=BATCH, shuffle=shuffle,
+                      generator=generator, num_workers=2)
+
+
+def evaluate(model, data):
+    meter = Meter()
+    with torch.no_grad():
+        for x, y in data:
+            out = model(x)
+            meter.add(out, y, F.nll_loss(out, y, reduction="sum"))
+    return meter.result()
+
+
+def tutorial(name, root, epochs, seed):
+    """Seconds for `epochs` epochs of the usual loop, and its test metrics after them."""
+    seed_everything(seed)
+    classes = ImageFolder(str(root / "train")).classes
+    backbone = load_backbone(name, pretrained=name == "efficientnet_lite0")
+    model = nn.Sequential(backbone, linear_head(BACKBONES[name].feature_dim, len(classes)))
+    optimizer = torch.optim.Adam(model[1].parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.9)
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        for x, y in loader(root, "train", True, generator):
+            loss = F.nll_loss(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        evaluate(model, loader(root, "validation", False))
+        scheduler.step()
+    seconds = time.perf_counter() - start
+    return seconds, evaluate(model, loader(root, "test", False))
+
+
+def project(name, root, seed, precision):
+    """Seconds for the whole cached run, feature extraction included, and its test metrics.
+
+    The feature cache starts empty; the decoded-image cache is filled beforehand, since all tasks
+    share it and bench/bench_data.py times it.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        common.data.CACHE_DIR = Path(tmp) / "cache"
+        common.data.load_splits(root)  # the decoded-image cache, shared by both paths' data
+        argv = ["--data", str(root), "--out", f"{tmp}/out", "--seed", str(seed), "--precision", precision]
+        if name == "resnet50":
+            argv.append("--no-pretrained")
+        start = time.perf_counter()
+        with open(f"{tmp}/log.txt", "w") as log:
+            stdout, sys.stdout = sys.stdout, log
+            try:
+                run_transfer(name, name, "", argv)
+            finally:
+                sys.stdout = stdout
+        seconds = time.perf_counter() - start
+        return seconds, json.loads(Path(f"{tmp}/out/metrics.json").read_text())["test"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tutorial-epochs", type=int, default=EPOCHS,
+                        help=f"epochs actually run by the tutorial loop; its {EPOCHS}-epoch time is extrapolated "
+                             f"from them (default: {EPOCHS}, nothing extrapolated)")
+    parser.add_argument("--backbones", nargs="+", default=["resnet50", "efficientnet_lite0"], choices=list(BACKBONES))
+    parser.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
+    parser.add_argument("--data", type=Path, default=None, help="split folder (default: the demo split)")
+    args = parser.parse_args()
+    root = args.data or default_data()
+    print(f"task 1, {EPOCHS} epochs, batch {BATCH}, on {root}; {torch.get_num_threads()} threads")
+    print(f"{'backbone':<20}{'path':<30}{'seconds':>9}{'speed-up':>10}   test logloss / top-1 / top-3")
+    for name in args.backbones:
+        measured, tutorial_test = tutorial(name, root, args.tutorial_epochs, args.seed)
+        tutorial_seconds = measured / args.tutorial_epochs * EPOCHS
+        label = "tutorial, fp32" + ("" if args.tutorial_epochs == EPOCHS else f" ({args.tutorial_epochs} ep x{EPOCHS / args.tutorial_epochs:g})")
+        rows = [(label, tutorial_seconds, tutorial_test if args.tutorial_epochs == EPOCHS else None)]
+        for precision in ("auto", "fp32"):
+            rows.append((f"project, --precision {precision}", *project(name, root, args.seed, precision)))
+        for path, seconds, test in rows:
+            metrics = f"{test['loss']:.4f} / {test['top1']:.2f} % / {test['top3']:.2f} %" if test else "(not run to the end)"
+            print(f"{name:<20}{path:<30}{seconds:>9.1f}{tutorial_seconds / seconds:>9.1f}x   {metrics}")
+
+
+if __name__ == "__main__":
+    main()

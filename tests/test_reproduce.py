@@ -1,0 +1,71 @@
+import re
+
+import pytest
+
+import reproduce
+from conftest import COLORS, make_image
+from test_data_split import make_cub, make_tgz
+
+
+@pytest.fixture
+def images(tmp_path):
+    """An unsplit class folder: 8 tiny images in each of 3 colour classes."""
+    seed = 0
+    for name, color in COLORS.items():
+        for i in range(8):
+            seed += 1
+            make_image(tmp_path / "images" / name / f"{i}.png", color, seed)
+    return tmp_path / "images"
+
+
+def test_end_to_end_report_has_every_task(images, tmp_path, offline):
+    out = tmp_path / "results"
+    reproduce.main(["--data", str(images), "--out", str(out), "--epochs", "1", "--seeds", "2"])
+    report = (out / "REPORT.md").read_text()
+    for task in reproduce.TASKS:
+        assert f"## {task.name}: {task.title}" in report
+    # No torchvision weights offline: listed as unavailable with the file to fetch, never trained at random.
+    for name, file in (("task1_googlenet", "googlenet-1378be20.pth"), ("task1_vgg", "vgg16-397923af.pth"),
+                       ("task1_resnet", "resnet50-0676ba61.pth")):
+        section = report.split(f"## {name}:")[1].split("\n## ")[0]
+        assert "Weights unavailable" in section and file in section
+        assert not (out / name / "seed0" / "metrics.json").exists()
+    # The rest ran twice (seeds 0 and 1) and got a mean +- std table and the figures.
+    for name in ("task1_efficientnet", "task2_shallow", "task3_netvlad"):
+        section = report.split(f"## {name}:")[1].split("\n## ")[0]
+        assert "| Testing |" in section and " ± " in section
+        assert all((out / name / f"seed{s}" / "metrics.json").exists() for s in (0, 1))
+        assert (out / name / "loss.png").exists() and (out / name / "accuracy.png").exists()
+    # The summary ranks the trained models by mean test top-1.
+    summary = report.split("## Summary")[1].split("\n## ")[0]
+    ranked = [float(m) for m in re.findall(r"^\| [^|]+ \| ([\d.]+) ±", summary, re.M)]
+    assert len(ranked) == 3 and ranked == sorted(ranked, reverse=True)
+
+
+def test_rerun_reuses_finished_runs_and_force_redoes_them(images, tmp_path):
+    argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--seeds", "1",
+            "--tasks", "task2_shallow"]
+    reproduce.main(argv)
+    metrics = tmp_path / "r" / "task2_shallow" / "seed0" / "metrics.json"
+    first = metrics.stat().st_mtime_ns
+    reproduce.main(argv)
+    assert metrics.stat().st_mtime_ns == first
+    reproduce.main(argv + ["--force"])
+    assert metrics.stat().st_mtime_ns != first
+
+
+def test_cub_archive_splits_the_report_way(tmp_path):
+    archive = make_tgz(make_cub(tmp_path / "cub"), tmp_path / "CUB_200_2011.tgz")
+    out = tmp_path / "r"
+    reproduce.main(["--cub", str(archive), "--out", str(out), "--epochs", "1", "--seeds", "1",
+                    "--tasks", "task2_shallow"])
+    report = (out / "REPORT.md").read_text()
+    assert "the report's 7 CUB-200-2011 classes; split 0.7/0.1/0.2 into 7 / 7 / 7" in report
+    assert "compare rankings and gaps" not in report  # the report's own data: digits are comparable
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(reproduce.UserError, match="--seeds 0"):
+        reproduce.main(["--seeds", "0", "--out", str(tmp_path)])
+    with pytest.raises(reproduce.UserError, match="no such folder"):
+        reproduce.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path)])

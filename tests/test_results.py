@@ -1,0 +1,67 @@
+import csv
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from common import results
+
+RUNS = [{"train": {"loss": 1.0, "top1": 50.0, "top3": 80.0}, "test": {"loss": 2.0, "top1": 40.0, "top3": 90.0}},
+        {"train": {"loss": 3.0, "top1": 70.0, "top3": 80.0}, "test": {"loss": 2.0, "top1": 60.0, "top3": 90.0}},
+        {"train": {"loss": 2.0, "top1": 60.0, "top3": 80.0}, "test": {"loss": 2.0, "top1": 80.0, "top3": 90.0}}]
+
+
+def test_mean_and_sample_std_against_hand_computed_numbers():
+    stats = results.mean_std(RUNS)
+    assert stats["train"]["loss"] == pytest.approx((2.0, 1.0))      # values 1, 3, 2: mean 2, sample std 1
+    assert stats["train"]["top1"] == pytest.approx((60.0, 10.0))
+    assert stats["test"]["top1"] == pytest.approx((60.0, 20.0))
+    assert stats["test"]["top3"] == pytest.approx((90.0, 0.0))
+    assert results.mean_std(RUNS[:1])["test"]["top1"] == (40.0, 0.0)
+
+
+def metrics():
+    return {split: {"loss": 0.5 + i, "top1": 90.0 - i, "top3": 99.5} for i, split in
+            enumerate(("train", "validation", "test"))}
+
+
+def test_table_has_the_report_layout():
+    lines = results.format_table(metrics()).splitlines()
+    assert lines[0] == "| | Logloss | Top 1 accuracy | Top 3 accuracy |"
+    assert lines[2] == "| Training | 0.5000 | 90.00 % | 99.50 % |"
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["Training", "Validation", "Testing"]
+    assert "| Testing | 2.5000 ± 0.1000 | 88.00 ± 1.00 % |" in results.format_table(
+        {s: {"loss": (0.5 + i, 0.1), "top1": (90.0 - i, 1.0), "top3": (99.5, 0.0)}
+         for i, s in enumerate(("train", "validation", "test"))})
+
+
+def test_every_result_file_is_written_and_parses(tmp_path):
+    results.write_metrics(tmp_path, metrics(), "A model")
+    history = [{"epoch": e, "lr": 1e-3, "train_loss": 1 / e, "train_top1": 50 + e, "train_top3": 80,
+                "val_loss": 1.2 / e, "val_top1": 40 + e, "val_top3": 70, "seconds": 0.1} for e in (1, 2, 3)]
+    results.write_history(tmp_path, history)
+    results.write_config(tmp_path, {"seed": 0, "path": tmp_path})
+    results.plot_history(tmp_path, [history], "A model")
+    counts = results.confusion_matrix(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 3)
+    assert counts.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+    results.plot_confusion(tmp_path, counts, ["a", "b", "c"], "A model")
+
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics()
+    assert (tmp_path / "metrics.md").read_text().startswith("**A model**")
+    with open(tmp_path / "metrics.csv") as f:
+        assert [row[0] for row in csv.reader(f)] == ["split", "Training", "Validation", "Testing"]
+    assert [int(float(r["epoch"])) for r in results.read_history(tmp_path)] == [1, 2, 3]
+    assert json.loads((tmp_path / "config.json").read_text())["path"] == str(tmp_path)
+    for name in ("loss.png", "accuracy.png", "confusion.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG" and image.width > 300
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_plot_of_several_seeds(tmp_path):
+    histories = [[{"epoch": e, "lr": 1e-3, "train_loss": s + 1 / e, "train_top1": 50, "train_top3": 80,
+                   "val_loss": 1.2 / e, "val_top1": 40, "val_top3": 70, "seconds": 0.1} for e in (1, 2)]
+                 for s in range(3)]
+    results.plot_history(tmp_path, histories, "seeds")
+    assert (tmp_path / "loss.png").stat().st_size > 1000
