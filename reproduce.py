@@ -82,6 +82,7 @@ def parse_args(argv):
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="passed to every task (default: auto)")
     parser.add_argument("--force", action="store_true", help="redo finished splits and runs instead of reusing them")
     args = parser.parse_args(argv)
+    args.command = sys.argv[1:] if argv is None else argv
     if args.seeds < 1:
         raise UserError(f"--seeds {args.seeds}: need at least 1")
     if args.epochs is not None and args.epochs < 1:
@@ -149,13 +150,19 @@ def summarise(task, runs, out):
     return {"stats": stats, "config": config}
 
 
+def machine(summaries):
+    """Where the runs trained: device and precision from a run's config, and the CPU count."""
+    config = next(iter(summaries.values()))["config"] if summaries else {}
+    return (f"device {config.get('device', '?')}, precision {config.get('precision', '?')}, "
+            f"{os.cpu_count()} CPU cores ({platform.machine()})")
+
+
 def write_report(args, summaries, missing, ratios, description, seconds, sizes):
     seeds = args.seeds
     lines = [
         "# Reproduction: small-data image classification (CS 6910 Assignment 3 report, 2020)", "",
-        f"Made by `python reproduce.py {' '.join(sys.argv[1:])}`".rstrip() + f" on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
-        f"in {seconds / 60:.1f} minutes on {platform.processor() or platform.machine()} "
-        f"({os.cpu_count()} cores, device {args.device}).", "",
+        f"Made by `python reproduce.py{''.join(' ' + a for a in args.command)}` on "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in {seconds / 60:.1f} minutes, {machine(summaries)}.", "",
         f"- Data: {description}; split {'/'.join(f'{r:g}' for r in ratios)} into "
         f"{sizes['train']} / {sizes['validation']} / {sizes['test']} train / validation / test images"
         f"{', a new split per seed' if args.resplit else ', one split for all seeds'}.",

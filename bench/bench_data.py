@@ -13,18 +13,16 @@ import time
 from pathlib import Path
 
 import torch
-import torchvision.transforms as T
 from torch.utils.data import DataLoader
-from torchvision.datasets import ImageFolder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common.data import IMAGENET_MEAN, IMAGENET_STD, load_splits, normalize  # noqa: E402
+from common.data import load_splits, normalize  # noqa: E402
 from common.train import default_data  # noqa: E402
+from tutorial import tutorial_dataset  # noqa: E402
 
 
 def plain_epoch(root, batch_size, workers):
-    transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    loader = DataLoader(ImageFolder(str(root / "train"), transform=transform), batch_size=batch_size, num_workers=workers)
+    loader = DataLoader(tutorial_dataset(root, "train"), batch_size=batch_size, num_workers=workers)
     return [x for x, _ in loader]
 
 

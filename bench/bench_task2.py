@@ -19,34 +19,22 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms as T
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from common.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from common.models import ShallowConvNet  # noqa: E402
-from common.train import Meter, default_data, seed_everything  # noqa: E402
+from common.train import default_data, seed_everything  # noqa: E402
+from tutorial import tutorial_dataset, tutorial_evaluate  # noqa: E402
 
 BATCH = 50
 
 
 def plain_loader(root, split, order=None):
-    transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    dataset = ImageFolder(str(root / split), transform=transform)
+    dataset = tutorial_dataset(root, split)
     batches = order.split(BATCH) if order is not None else torch.arange(len(dataset)).split(BATCH)
     return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=2)
-
-
-def plain_evaluate(model, loader):
-    model.eval()
-    meter = Meter()
-    with torch.no_grad():
-        for x, y in loader:
-            out = model(x)
-            meter.add(out, y, F.nll_loss(out, y, reduction="sum"))
-    return meter.result()
 
 
 def run_plain(root, epochs, seed):
@@ -64,9 +52,9 @@ def run_plain(root, epochs, seed):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        plain_evaluate(model, plain_loader(root, "validation"))
+        tutorial_evaluate(model, plain_loader(root, "validation"))
         scheduler.step()
-    return {s: plain_evaluate(model, plain_loader(root, s)) for s in ("train", "validation", "test")}
+    return {s: tutorial_evaluate(model, plain_loader(root, s)) for s in ("train", "validation", "test")}
 
 
 def run_project(root, epochs, seed, precision):

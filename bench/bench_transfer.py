@@ -21,33 +21,22 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision.transforms as T
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import common.data  # noqa: E402
 from common.backbones import BACKBONES, load_backbone  # noqa: E402
-from common.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from common.train import Meter, default_data, seed_everything  # noqa: E402
+from common.train import default_data, seed_everything  # noqa: E402
 from common.transfer import linear_head, run_transfer  # noqa: E402
+from tutorial import tutorial_dataset, tutorial_evaluate  # noqa: E402
 
 EPOCHS, BATCH = 20, 100
 
 
 def loader(root, split, shuffle, generator=None):
-    transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    return DataLoader(ImageFolder(str(root / split), transform=transform), batch_size=BATCH, shuffle=shuffle,
-                      generator=generator, num_workers=2)
-
-
-def evaluate(model, data):
-    meter = Meter()
-    with torch.no_grad():
-        for x, y in data:
-            out = model(x)
-            meter.add(out, y, F.nll_loss(out, y, reduction="sum"))
-    return meter.result()
+    return DataLoader(tutorial_dataset(root, split), batch_size=BATCH, shuffle=shuffle, generator=generator,
+                      num_workers=2)
 
 
 def tutorial(name, root, epochs, seed):
@@ -67,10 +56,10 @@ def tutorial(name, root, epochs, seed):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        evaluate(model, loader(root, "validation", False))
+        tutorial_evaluate(model, loader(root, "validation", False))
         scheduler.step()
     seconds = time.perf_counter() - start
-    return seconds, evaluate(model, loader(root, "test", False))
+    return seconds, tutorial_evaluate(model, loader(root, "test", False))
 
 
 def project(name, root, seed, precision):

@@ -97,9 +97,9 @@ def start_run(task, args):
     check_args(args)
     device = pick_device(args.device)
     precision = pick_precision(args.precision, device)
-    prepare_out(args.out, args.resume, args.force)
     if args.data is not None and not args.data.is_dir():
         raise UserError(f"--data {args.data}: no such folder")
+    prepare_out(args.out, args.resume, args.force)
     data = load_splits(args.data if args.data is not None else default_data())
     seed_everything(args.seed)
     return Run(task, args, data, device, precision, args.out)
