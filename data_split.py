@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from common.cli import UserError, run_main
-from common.data import IMAGE_EXTENSIONS, open_rgb
+from common.data import IMAGE_EXTENSIONS, SPLITS, open_rgb
 
 ROOT = Path(__file__).resolve().parent
 DEMO_IMAGES = ROOT / "demo_data" / "images"
@@ -34,7 +34,6 @@ DEMO_SPLIT = ROOT / "data" / "demo_split"
 CUB_SPLIT = ROOT / "data" / "cub_split"
 CUB_CLASSES = ("015.Lazuli_Bunting", "038.Great_Crested_Flycatcher", "041.Scissor_tailed_Flycatcher",
                "050.Eared_Grebe", "078.Gray_Kingbird", "099.Ovenbird", "114.Black_throated_Sparrow")
-SPLITS = ("train", "validation", "test")
 DEFAULT_RATIOS = (0.7, 0.2, 0.1)  # the report's text; its code split 0.7 0.1 0.2
 MANIFEST = "split.csv"
 MANIFEST_COLUMNS = ["path", "source", "class", "split", "sha256"]

@@ -1,6 +1,6 @@
 """Reproduce the whole report: split the data, run every task over N seeds, write results/REPORT.md.
 
-    python reproduce.py                      # the embedded demo data, default seeds
+    python reproduce.py                      # the embedded demo data, one seed
     python reproduce.py --data MY_IMAGES     # any folder with one sub-folder per class
     python reproduce.py --cub CUB_200_2011.tgz --seeds 5
 
@@ -76,8 +76,9 @@ def parse_args(argv):
     parser.add_argument("--ratios", type=float, nargs=3, metavar="R",
                         help="train, validation, test fractions (default: 0.7 0.2 0.1 as the report's text says; "
                              "with --cub 0.7 0.1 0.2 as its code did, so the test set is the report's 84 images)")
-    parser.add_argument("--tasks", nargs="+", choices=[t.name for t in TASKS], default=[t.name for t in TASKS],
-                        help="run only these tasks (default: all)")
+    names = [t.name for t in TASKS]
+    parser.add_argument("--tasks", nargs="+", choices=names, default=names, metavar="TASK",
+                        help=f"run only these tasks, from {', '.join(names)} (default: all)")
     parser.add_argument("--epochs", type=int, help="override every task's epochs, for a quick look (default: the report's)")
     parser.add_argument("--device", default="auto", help="passed to every task (default: auto)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="passed to every task (default: auto)")
