@@ -33,13 +33,22 @@ def proc_kib(path, field):
             return int(line.split()[1])
 
 
-def measure(variant, k, batch, dim, side, repeats):
+def initialised_layer(k, batch, dim, side):
+    """The layer's parameters after k-means on the input, and a channels-last input as the task's
+    convolutions hand it over. Made once, in the parent: k-means in two processes can settle on
+    slightly different centres (float32 ties), which would make the outputs incomparable."""
+    torch.manual_seed(0)
+    layer = NetVLAD(k, dim)
+    x = torch.randn(batch, dim, side, side).contiguous(memory_format=torch.channels_last)
+    init_from_descriptors(layer, x[:4].flatten(2).transpose(1, 2).reshape(-1, dim))
+    return layer.state_dict(), x
+
+
+def measure(variant, k, dim, state, x, repeats):
     """Runs in a fresh process: seconds per forward + backward, peak bytes, output and gradients."""
-    torch.manual_seed(0)  # both variants see the same input and the same k-means centres
     layer = {"ours": NetVLAD, "broadcast": BroadcastNetVLAD}[variant](k, dim)
-    # channels-last, as the task's convolutions hand it over
-    x = torch.randn(batch, dim, side, side).contiguous(memory_format=torch.channels_last).requires_grad_()
-    init_from_descriptors(layer, x.detach()[:4].flatten(2).transpose(1, 2).reshape(-1, dim))
+    layer.load_state_dict(state)
+    x.requires_grad_()
     baseline = proc_kib("/proc/self/status", "VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     times = []
@@ -87,8 +96,9 @@ def main():
     print(f"{'K':>4} {'ours s':>8} {'bcast s':>8} {'speed x':>8} {'ours MiB':>9} {'bcast MiB':>10} {'mem x':>7} "
           f"{'estimate MiB':>13} {'max |diff|':>10}")
     for k in args.clusters:
-        t_ours, m_ours, out_ours, g_ours = run_fresh("ours", k, args.batch, args.dim, args.side, args.repeats)
-        t_bc, m_bc, out_bc, g_bc = run_fresh("broadcast", k, args.batch, args.dim, args.side, args.repeats)
+        state, x = initialised_layer(k, args.batch, args.dim, args.side)
+        t_ours, m_ours, out_ours, g_ours = run_fresh("ours", k, args.dim, state, x, args.repeats)
+        t_bc, m_bc, out_bc, g_bc = run_fresh("broadcast", k, args.dim, state, x, args.repeats)
         same = torch.allclose(out_ours, out_bc, atol=1e-5) and all(
             torch.allclose(a, b, rtol=1e-3, atol=1e-4 * b.abs().max().item()) for a, b in zip(g_ours, g_bc))
         diff = (out_ours - out_bc).abs().max().item()

@@ -97,7 +97,7 @@ def save_figure(fig, path):
 
 def curve(ax, histories, key, **style):
     """One line per metric: the run itself, or the mean over seeds with a +-1 std band."""
-    epochs = [h["epoch"] for h in histories[0]]
+    epochs = [int(float(h["epoch"])) for h in histories[0]]  # rows read back from history.csv hold strings
     values = torch.tensor([[float(h[key]) for h in history] for history in histories])
     mean = values.mean(dim=0)
     line, = ax.plot(epochs, mean, **style)

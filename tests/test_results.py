@@ -65,3 +65,15 @@ def test_plot_of_several_seeds(tmp_path):
                  for s in range(3)]
     results.plot_history(tmp_path, histories, "seeds")
     assert (tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_curves_of_histories_read_back_from_csv_have_numeric_epochs(tmp_path):
+    import matplotlib.pyplot as plt
+    history = [{"epoch": e, "lr": 1e-3, "train_loss": 1 / e, "train_top1": 50, "train_top3": 80,
+                "val_loss": 1.2 / e, "val_top1": 40, "val_top3": 70, "seconds": 0.1} for e in (1, 2, 10)]
+    results.write_history(tmp_path, history)
+    fig, ax = plt.subplots()
+    results.curve(ax, [results.read_history(tmp_path)] * 2, "train_loss")
+    assert list(ax.lines[0].get_xdata()) == [1, 2, 10]  # numbers, not category labels
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([1, 0.5, 0.1])
+    plt.close(fig)
