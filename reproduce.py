@@ -27,6 +27,7 @@ from tqdm import tqdm
 from common import results
 from common.backbones import WeightsUnavailable
 from common.cli import UserError, run_main
+from common.train import run_or_reuse
 from data_split import CUB_CLASSES, DEMO_IMAGES, cub_images, split_dataset
 
 REPO = Path(__file__).resolve().parent
@@ -37,6 +38,7 @@ DEFAULT_SEEDS = 1  # one seed of every task takes about 9 minutes on 2 CPU cores
 class Task:
     name: str          # script module and run folder
     title: str
+    epochs: int        # the report's
     argv: tuple = ()
     report: dict = None  # the 2020 report's table (FACTS.md): split -> (logloss, top-1, top-3)
 
@@ -47,16 +49,16 @@ def report_table(train, validation, test):
 
 
 TASKS = (
-    Task("task1_googlenet", "GoogLeNet, frozen, linear head", report=report_table(
+    Task("task1_googlenet", "GoogLeNet, frozen, linear head", 20, report=report_table(
         (0.2897, 93.47, 100.00), (0.4072, 88.09, 97.62), (0.4880, 86.90, 96.43))),
-    Task("task1_vgg", "VGG16, frozen, linear head", report=report_table(
+    Task("task1_vgg", "VGG16, frozen, linear head", 20, report=report_table(
         (0.0005, 100.00, 100.00), (1.0316, 80.95, 97.62), (0.9658, 77.38, 95.24))),
-    Task("task1_resnet", "ResNet50, frozen, linear head", report=report_table(
+    Task("task1_resnet", "ResNet50, frozen, linear head", 20, report=report_table(
         (0.1447, 98.97, 100.00), (0.2758, 95.24, 100.00), (0.3347, 94.05, 97.62))),
-    Task("task1_efficientnet", "EfficientNet-Lite0, frozen, linear head"),
-    Task("task2_shallow", "Shallow ConvNet", report=report_table(
+    Task("task1_efficientnet", "EfficientNet-Lite0, frozen, linear head", 20),
+    Task("task2_shallow", "Shallow ConvNet", 100, report=report_table(
         (0.7122, 84.19, 97.25), (1.4634, 40.48, 73.81), (1.3038, 47.62, 79.76))),
-    Task("task3_netvlad", "Shallow ConvNet + NetVLAD (K=16, k-means init)", ("--clusters", "16"), report=report_table(
+    Task("task3_netvlad", "Shallow ConvNet + NetVLAD (K=16, k-means init)", 100, ("--clusters", "16"), report=report_table(
         (1.9054, 26.00, 62.31), (1.9287, 30.95, 40.48), (1.9338, 29.24, 40.48))),
 )
 
@@ -128,20 +130,11 @@ def split_sizes(folder):
 
 
 def run_once(task, data, seed, args):
-    """Train one task with one seed into OUT/<task>/seed<N>/; its printed output goes to log.txt there."""
-    out = args.out / task.name / f"seed{seed}"
-    if (out / "metrics.json").exists() and not args.force:
-        return json.loads((out / "metrics.json").read_text())
-    argv = ["--data", str(data), "--out", str(out), "--seed", str(seed), "--device", args.device,
-            "--precision", args.precision, *task.argv]
-    if args.epochs:
-        argv += ["--epochs", str(args.epochs)]
-    resumable = (out / "last.pt").exists() and not args.force  # an interrupted earlier run
-    argv.append("--resume" if resumable else "--force")
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        importlib.import_module(task.name).main(argv)
-    return json.loads((out / "metrics.json").read_text())
+    """Train one task with one seed into OUT/<task>/seed<N>/, or reuse the run finished there."""
+    argv = ["--data", str(data), "--seed", str(seed), "--device", args.device, "--precision", args.precision,
+            *task.argv]
+    return run_or_reuse(importlib.import_module(task.name).main, argv, args.out / task.name / f"seed{seed}",
+                        args.epochs or task.epochs, args.force)
 
 
 def summarise(task, runs, out):

@@ -6,8 +6,6 @@ Each run goes to OUT/<config>/seed<N> with its console output in log.txt; a fini
 is reused, an interrupted or shorter one resumed, so the study can be stopped, restarted and extended.
 """
 import argparse
-import contextlib
-import json
 import sys
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import task2_shallow  # noqa: E402
 import task3_netvlad  # noqa: E402
 from common import results  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
+from common.train import run_or_reuse  # noqa: E402
 
 CONFIGS = {
     "shallow": (task2_shallow.main, []),
@@ -28,22 +27,6 @@ CONFIGS = {
     "netvlad_k64": (task3_netvlad.main, ["--clusters", "64"]),
     "netvlad_k4_report_init": (task3_netvlad.main, ["--clusters", "4", "--init", "random"]),
 }
-
-
-def run_once(main, argv, out, epochs):
-    """Test metrics of one run, training it first unless it finished earlier with the same epochs."""
-    config = out / "config.json"
-    recorded = json.loads(config.read_text())["arguments"]["epochs"] if config.exists() else 0
-    if recorded > epochs:
-        raise UserError(f"{out} holds a {recorded}-epoch run, longer than --epochs {epochs}: pick another --out")
-    if recorded < epochs or not (out / "metrics.json").exists():
-        out.mkdir(parents=True, exist_ok=True)
-        # a shorter or interrupted run continues from its checkpoint; one without any restarts
-        argv = [*argv, "--epochs", str(epochs), "--out", str(out),
-                "--resume" if (out / "last.pt").exists() else "--force"]
-        with open(out / "log.txt", "a") as log, contextlib.redirect_stdout(log):
-            main(argv)
-    return json.loads((out / "metrics.json").read_text())["test"]
 
 
 def table(tests, seeds):
@@ -74,7 +57,7 @@ def main():
     for seed, name in tqdm(jobs, desc="runs", unit="run"):
         main_fn, argv = CONFIGS[name]
         out = args.out / name / f"seed{seed}"
-        tests[name].append(run_once(main_fn, [*argv, *shared, "--seed", str(seed)], out, args.epochs))
+        tests[name].append(run_or_reuse(main_fn, [*argv, *shared, "--seed", str(seed)], out, args.epochs)["test"])
     report = table(tests, args.seeds)
     results.atomic_write(args.out / "study.md", f"{args.epochs} epochs, seeds 0..{args.seeds - 1}\n\n{report}\n")
     print(report)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from common.cli import UserError
 from common.data import IMAGENET_MEAN, IMAGENET_STD, normalize
 from common.results import atomic_torch_save
-from common.runtime import pick_precision
+from common.runtime import autocast, pick_precision
 
 DOWNLOAD_TIMEOUT_S = 30  # per socket operation; without it a firewall that drops packets hangs for minutes
 
@@ -232,7 +232,7 @@ def run_backbone(backbone, images, batch_size, precision, device):
     features = []
     progress = tqdm(total=len(images), desc=f"{backbone.name} features", unit="img", file=sys.stderr,
                     mininterval=1 if sys.stderr.isatty() else 30)  # CI logs: a line every 30 s, not per batch
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.inference_mode(), autocast(device, precision):
         for start in range(0, len(images), batch_size):
             batch = normalize(images[start:start + batch_size].to(device, non_blocking=True))
             features.append(backbone(batch.contiguous(memory_format=torch.channels_last)).float().cpu())

@@ -1,4 +1,6 @@
 """One training loop for every task: Adam + StepLR on logloss, top-1/top-3, checkpoints, results."""
+import contextlib
+import json
 import math
 import platform
 import random
@@ -287,6 +289,28 @@ def config_of(run, model, extra):
                      "torchvision": torchvision.__version__, "numpy": np.__version__},
         **extra,
     }
+
+
+def run_or_reuse(main, argv, out, epochs, force=False):
+    """Run a task script's main(argv) for `epochs` into `out`, its printed output in out/log.txt.
+
+    A finished run of as many epochs is reused; a shorter or interrupted one continues from its
+    checkpoint; `force` starts afresh. Returns the run's metrics. reproduce.py and the NetVLAD
+    study build on this, so that stopping and restarting them loses no finished work.
+    """
+    config = out / "config.json"
+    recorded = json.loads(config.read_text())["arguments"]["epochs"] if config.exists() and not force else None
+    if recorded is not None and recorded > epochs:
+        raise UserError(f"{out} holds a {recorded}-epoch run, more than the {epochs} epochs asked for: "
+                        "use --force or another folder")
+    if recorded == epochs and (out / "metrics.json").exists():
+        return json.loads((out / "metrics.json").read_text())
+    resume = not force and (out / "last.pt").exists()
+    argv = [*argv, "--epochs", str(epochs), "--out", str(out), "--resume" if resume else "--force"]
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        main(argv)
+    return json.loads((out / "metrics.json").read_text())
 
 
 def train_and_report(model, run, title, extra_config=None):

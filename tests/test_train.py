@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from common.cli import UserError
-from common.train import add_training_args, start_run, topk_correct, train_and_report
+from common.train import add_training_args, run_or_reuse, start_run, topk_correct, train_and_report
 from conftest import make_split
 
 
@@ -137,3 +137,24 @@ def test_ctrl_c_finishes_the_epoch_saves_and_resumes_to_the_same_metrics(data, t
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["epoch"] == 2
     resumed = run(data, tmp_path / "cut", "--epochs", "4", "--resume")
     assert resumed == whole
+
+
+def tiny_main(argv):
+    """A task script's main() around the tiny model, for run_or_reuse."""
+    parser = argparse.ArgumentParser()
+    add_training_args(parser, "test", epochs=4, batch_size=5)
+    r = start_run("test", parser.parse_args([*argv, "--lr", "0.05", "--precision", "fp32"]))
+    train_and_report(tiny_model(len(r.data.classes)), r, "tiny")
+
+
+def test_run_or_reuse_reuses_extends_and_refuses_shorter(data, tmp_path):
+    whole = run_or_reuse(tiny_main, ["--data", str(data)], tmp_path / "whole", epochs=3)
+    out = tmp_path / "grown"
+    run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=1)
+    finished = (out / "metrics.json").stat().st_mtime_ns
+    run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=1)  # finished: reused, not retrained
+    assert (out / "metrics.json").stat().st_mtime_ns == finished
+    assert run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=3) == whole  # extended by resuming
+    assert "resuming" in (out / "log.txt").read_text()
+    with pytest.raises(UserError, match="holds a 3-epoch run, more than the 2 epochs"):
+        run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=2)
