@@ -40,11 +40,12 @@ def plain_loader(root, split, order=None):
 def run_plain(root, epochs, seed):
     """The usual tutorial loop, shuffled in the same order as the project's loop."""
     seed_everything(seed)
-    model = ShallowConvNet(len(ImageFolder(str(root / "train")).classes))
+    train = ImageFolder(str(root / "train"))  # file list only: the loaders below decode
+    model = ShallowConvNet(len(train.classes))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.9)
     generator = torch.Generator().manual_seed(seed)
-    n = len(ImageFolder(str(root / "train")))
+    n = len(train)
     for _ in range(epochs):
         model.train()
         for x, y in plain_loader(root, "train", torch.randperm(n, generator=generator)):

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from common.cli import UserError
 from common.data import IMAGENET_MEAN, IMAGENET_STD, normalize
 from common.results import atomic_torch_save
-from common.runtime import autocast, pick_precision
+from common.runtime import autocast, pick_device, pick_precision
 
 DOWNLOAD_TIMEOUT_S = 30  # per socket operation; without it a firewall that drops packets hangs for minutes
 
@@ -248,7 +248,7 @@ def extract_features(backbone, images, batch_size=64, precision="auto", device=N
     """
     if images.dtype != torch.uint8:
         raise ValueError(f"extract_features expects uint8 images, got {images.dtype}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device is not None else pick_device()
     precision = pick_precision(precision, device)
     key = feature_cache_key(backbone, images.cpu(), precision)
     if key in _feature_cache:

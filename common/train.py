@@ -55,7 +55,10 @@ class Run:
     data: SplitData
     device: torch.device
     precision: str
-    out: Path
+
+    @property
+    def out(self):
+        return self.args.out
 
 
 def seed_everything(seed):
@@ -104,7 +107,7 @@ def start_run(task, args):
     prepare_out(args.out, args.resume, args.force)
     data = load_splits(args.data if args.data is not None else default_data())
     seed_everything(args.seed)
-    return Run(task, args, data, device, precision, args.out)
+    return Run(task, args, data, device, precision)
 
 
 def prepare(inputs, device):
