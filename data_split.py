@@ -26,7 +26,8 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from common.cli import UserError, run_main
-from common.data import IMAGE_EXTENSIONS, SPLITS, open_rgb
+from common.data import IMAGE_EXTENSIONS, MANIFEST, SPLITS, UNFINISHED_MANIFEST, open_rgb
+from common.results import atomic_write
 
 ROOT = Path(__file__).resolve().parent
 DEMO_IMAGES = ROOT / "demo_data" / "images"
@@ -35,12 +36,21 @@ CUB_SPLIT = ROOT / "data" / "cub_split"
 CUB_CLASSES = ("015.Lazuli_Bunting", "038.Great_Crested_Flycatcher", "041.Scissor_tailed_Flycatcher",
                "050.Eared_Grebe", "078.Gray_Kingbird", "099.Ovenbird", "114.Black_throated_Sparrow")
 DEFAULT_RATIOS = (0.7, 0.2, 0.1)  # the report's text; its code split 0.7 0.1 0.2
-MANIFEST = "split.csv"
 MANIFEST_COLUMNS = ["path", "source", "class", "split", "sha256"]
 
 
 def warn(message):
     tqdm.write(f"warning: {message}", file=sys.stderr)  # tqdm.write keeps a running bar intact
+
+
+def utf8_name(path):
+    """False for names that are not valid UTF-8 (the manifest is UTF-8 text): such files are left out."""
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        warn(f"{ascii(str(path))}: the name is not valid UTF-8; left out (rename it to include it)")
+        return False
 
 
 # -----------------------------------------------------------------------------
@@ -87,7 +97,7 @@ def find_classes(src, classes=None):
         raise UserError(f"{src} is not a folder")
     if not any(p for p in src.iterdir() if not p.name.startswith(".")):
         raise UserError(f"{src} is empty")
-    folders = {p.name: p for p in sorted(src.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+    folders = {p.name: p for p in sorted(src.iterdir()) if p.is_dir() and not p.name.startswith(".") and utf8_name(p)}
     if classes is not None:
         missing = [c for c in classes if c not in folders]
         if missing:
@@ -101,15 +111,25 @@ def find_classes(src, classes=None):
 
 
 def list_files(src, folders):
-    """Posix paths, relative to SRC, of the non-hidden files in the class folders, and how many are not images."""
+    """Posix paths, relative to SRC, of the non-hidden image files in the class folders.
+
+    Left out with a warning: names that are not UTF-8, and anything but a regular file (reading
+    a FIFO named x.png would wait forever). Other files are counted and skipped.
+    """
     images, others = [], []
     for folder in folders.values():
         for root, dirs, files in os.walk(folder):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            dirs[:] = [d for d in dirs if not d.startswith(".") and utf8_name(Path(root) / d)]
             for name in files:
-                if not name.startswith("."):
-                    rel = (Path(root) / name).relative_to(src).as_posix()
-                    (images if Path(name).suffix.lower() in IMAGE_EXTENSIONS else others).append(rel)
+                path = Path(root) / name
+                if name.startswith(".") or not utf8_name(path):
+                    continue
+                if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                    others.append(path.relative_to(src).as_posix())
+                elif not path.is_file():  # follows links: a link to a regular file is fine
+                    warn(f"{path}: not a regular file; left out")
+                else:
+                    images.append(path.relative_to(src).as_posix())
     if others:
         print(f"skipped {len(others)} non-image files, e.g. {others[0]}", file=sys.stderr)
     return images
@@ -186,15 +206,16 @@ def check_dest(src, dest, force):
 
 
 def read_manifest(dest):
-    """Paths listed by DEST's previous manifest, after checking each stays inside a split folder of DEST."""
-    manifest = dest / MANIFEST
-    if not manifest.exists():
-        return set()
-    with open(manifest, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames != MANIFEST_COLUMNS:
-            raise UserError(f"{manifest} was not written by data_split.py; move it away to use --force")
-        paths = {row["path"] for row in reader}
+    """Paths listed by DEST's previous manifests (a finished one, an interrupted one), after checking
+    each stays inside a split folder of DEST."""
+    paths = set()
+    for manifest in (dest / MANIFEST, dest / UNFINISHED_MANIFEST):
+        if manifest.exists():
+            with open(manifest, newline="", encoding="utf-8", errors="replace") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames != MANIFEST_COLUMNS:
+                    raise UserError(f"{manifest} was not written by data_split.py; move it away to use --force")
+                paths |= {row["path"] for row in reader}
     for path in paths:
         parts = PurePosixPath(path).parts
         escapes = not parts or parts[0] not in SPLITS or ".." in parts or PurePosixPath(path).is_absolute()
@@ -227,22 +248,34 @@ def place(source, target, link):
         return False
 
 
+def write_manifest(path, rows):
+    text = io.StringIO()
+    writer = csv.DictWriter(text, MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, text.getvalue())
+
+
 def write_split(src, dest, rows, classes, link, old_paths):
+    """split.csv appears last, so a DEST without it is unfinished (reproduce.py and the loaders
+    treat it so). Until then split.csv.incomplete lists every path this call may leave behind,
+    the old split's included, so that --force can clean up after an interrupted run."""
+    dest.mkdir(parents=True, exist_ok=True)
+    leftovers = sorted(old_paths - {row["path"] for row in rows})
+    write_manifest(dest / UNFINISHED_MANIFEST, rows + [{"path": path} for path in leftovers])
+    (dest / MANIFEST).unlink(missing_ok=True)
     remove_old_split(dest, old_paths)
     for split in SPLITS:
         for name in classes:
             (dest / split / name).mkdir(parents=True, exist_ok=True)
-    # the manifest goes first so that --force can clean up after an interrupted run
-    with open(dest / MANIFEST, "w", newline="") as f:
-        writer = csv.DictWriter(f, MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
     symlinked = 0
     for row in tqdm(rows, desc="linking" if link else "copying", disable=None):
         (dest / row["path"]).parent.mkdir(parents=True, exist_ok=True)  # images in sub-folders of a class
         symlinked += not place(src / row["source"], dest / row["path"], link)
     if symlinked:
         warn(f"hard links failed for {symlinked} files; made symbolic links to SRC instead")
+    write_manifest(dest / MANIFEST, rows)
+    (dest / UNFINISHED_MANIFEST).unlink()
 
 
 def split_dataset(src, dest, ratios=DEFAULT_RATIOS, seed=0, link=False, force=False, dry_run=False, classes=None):

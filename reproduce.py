@@ -27,7 +27,7 @@ from tqdm import tqdm
 from common import results
 from common.backbones import WeightsUnavailable
 from common.cli import UserError, run_main
-from common.train import run_or_reuse
+from common.run_folder import check_folder_writable, is_inside, lock, make_folder, run_or_reuse
 from data_split import CUB_CLASSES, DEMO_IMAGES, cub_images, split_dataset
 
 REPO = Path(__file__).resolve().parent
@@ -91,6 +91,10 @@ def parse_args(argv):
         raise UserError(f"--seeds {args.seeds}: need at least 1")
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs {args.epochs}: need at least 1")
+    source = args.data or (args.cub if args.cub and args.cub.is_dir() else None)
+    if source is not None and is_inside(args.out, source):
+        raise UserError(f"--out {args.out} is inside {source}: the next split would read the results as a class")
+    check_folder_writable(args.out, "--out")
     return args
 
 
@@ -219,9 +223,15 @@ def write_report(args, summaries, missing, ratios, description, seconds, sizes):
 
 
 def main(argv=None):
+    """Every task over every seed, then REPORT.md."""
     args = parse_args(argv)
+    make_folder(args.out, "--out")
+    with lock(args.out, "--out"):  # two reproductions into one folder would replace each other's files
+        run_all(args)
+
+
+def run_all(args):
     began = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
     splits, ratios, description = make_splits(args)
     tasks = [t for t in TASKS if t.name in args.tasks]
     runs, missing = {}, {}

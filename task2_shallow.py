@@ -3,7 +3,8 @@ import argparse
 
 from common.cli import run_main
 from common.models import ShallowConvNet
-from common.train import add_training_args, start_run, train_and_report
+from common.run_folder import add_training_args
+from common.train import start_run, train_and_report
 
 TASK = "task2_shallow"
 

@@ -14,7 +14,8 @@ from common.cli import UserError, run_main
 from common.data import CROP
 from common.models import DESCRIPTOR_DIM, ShallowNetVLAD, descriptor_count, set_alpha
 from common.netvlad import check_clusters, check_fits, init_like_report
-from common.train import add_training_args, start_run, train_and_report
+from common.run_folder import add_training_args
+from common.train import start_run, train_and_report
 
 TASK = "task3_netvlad"
 INIT_NAMES = {"kmeans": "k-means init", "random": "the report's random init"}

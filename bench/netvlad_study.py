@@ -17,7 +17,7 @@ import task2_shallow  # noqa: E402
 import task3_netvlad  # noqa: E402
 from common import results  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
-from common.train import run_or_reuse  # noqa: E402
+from common.run_folder import run_or_reuse  # noqa: E402
 
 CONFIGS = {
     "shallow": (task2_shallow.main, []),

@@ -7,6 +7,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import timm
 import torch
 import torchvision
@@ -14,8 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from common.cli import UserError
-from common.data import IMAGENET_MEAN, IMAGENET_STD, normalize
-from common.results import atomic_torch_save
+from common.data import IMAGENET_MEAN, IMAGENET_STD, ArrayCache, normalize
 from common.runtime import autocast, pick_device, pick_precision
 
 DOWNLOAD_TIMEOUT_S = 30  # per socket operation; without it a firewall that drops packets hangs for minutes
@@ -253,13 +253,13 @@ def extract_features(backbone, images, batch_size=64, precision="auto", device=N
     key = feature_cache_key(backbone, images.cpu(), precision)
     if key in _feature_cache:
         return _feature_cache[key]
-    path = Path(cache_dir) / f"{key}.pt" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        features = torch.load(path, map_location="cpu", weights_only=True)
+    disk = ArrayCache(cache_dir) if cache_dir is not None else None
+    cached = disk.get(key, (len(images), BACKBONES[backbone.name].feature_dim), np.float32) if disk else None
+    if cached is not None:
+        features = torch.from_numpy(cached)
     else:
         features = run_backbone(backbone, images, batch_size, precision, device)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_torch_save(features, path)
+        if disk:
+            disk.put(key, features.numpy())
     _feature_cache[key] = features
     return features

@@ -1,6 +1,8 @@
 """Image loading with the report's preprocessing, and the decoded-image cache."""
+import contextlib
 import hashlib
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +53,8 @@ def normalize(images):
 # --- the three splits, decoded once -------------------------------------------------
 
 SPLITS = ("train", "validation", "test")
+MANIFEST = "split.csv"  # written by data_split.py once a split is complete
+UNFINISHED_MANIFEST = "split.csv.incomplete"  # what an interrupted data_split.py may have left behind
 RESIZE, CROP = 256, 224
 CACHE_DIR = Path(os.environ.get("REPRO_CACHE_DIR", Path(__file__).resolve().parent.parent / ".cache"))
 
@@ -65,10 +69,11 @@ def report_transform():
 
 @dataclass
 class Split:
-    """One split held in memory: inputs (uint8 images or float features) and labels."""
+    """One split held in memory: inputs (uint8 images or float features), labels, and where each came from."""
     inputs: torch.Tensor
     labels: torch.Tensor
     paths: list
+    digests: list  # sha1 of each image file: the split's identity, whatever its path
 
     def __len__(self):
         return len(self.labels)
@@ -92,51 +97,131 @@ class SplitData:
     def splits(self):
         return {name: getattr(self, name) for name in SPLITS}
 
+    def fingerprint(self):
+        """sha1 over the classes and every split's images and labels, in order: a re-split differs."""
+        digest = hashlib.sha1(repr(self.classes).encode())
+        for name, split in self.splits().items():
+            digest.update(repr((name, split.digests, split.labels.tolist())).encode())
+        return digest.hexdigest()
+
 
 def file_sha1(path):
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
-def decode_cached(folder, cache_dir):
-    """All images of an ImageFolder as one uint8 N x 3 x 224 x 224 tensor.
+def warn(message):
+    tqdm.write(f"warning: {message}", file=sys.stderr)  # tqdm.write keeps a running bar intact
 
-    Each image is decoded once: the result is kept on disk under its content hash,
-    so later runs, other splits and re-splits of the same files load it instead.
+
+class ArrayCache:
+    """numpy arrays in FOLDER/<key>.npy. A corrupt or foreign entry counts as missing and is
+    replaced; a folder that cannot be written turns the cache off with one warning."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.writable = True
+        self._warn_once = threading.Lock()
+
+    def get(self, key, shape, dtype):
+        try:  # allow_pickle=False: a .npy holding pickled objects is refused, never executed
+            array = np.load(self.folder / f"{key}.npy", allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        return array if array.shape == tuple(shape) and array.dtype == dtype else None
+
+    def put(self, key, array):
+        if not self.writable:
+            return
+        file = self.folder / f"{key}.npy"
+        tmp = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                np.save(f, array)
+            os.replace(tmp, file)  # atomic: a crash never leaves a half-written entry
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            with self._warn_once:
+                if self.writable:
+                    self.writable = False
+                    warn(f"cannot write the cache {self.folder} ({e.strerror or e}); "
+                         f"this run keeps what it computes in memory only (set REPRO_CACHE_DIR to move the cache)")
+
+
+def decode_cached(folder, cache):
+    """The images of an ImageFolder that decode, as one uint8 N x 3 x 224 x 224 tensor; and their indices and sha1s.
+
+    Each image is decoded once: the result is kept in `cache` under its content hash, so
+    later runs, other splits and re-splits of the same files load it instead. A file that
+    cannot be read as an image is named in a warning and left out.
     """
-    cache = Path(cache_dir) / f"decoded_r{RESIZE}_c{CROP}"
-    cache.mkdir(parents=True, exist_ok=True)
-
     def load(path):
-        file = cache / f"{file_sha1(path)}.npy"
-        if file.exists():
-            return torch.from_numpy(np.load(file))
-        image = folder.transform(folder.loader(path))
-        tmp = file.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, image.numpy())
-        os.replace(tmp, file)  # atomic: a crash never leaves a half-written cache entry
-        return image
+        try:
+            digest = file_sha1(path)
+            image = cache.get(digest, (3, CROP, CROP), np.uint8)
+            if image is None:
+                image = folder.transform(folder.loader(path)).numpy()
+                cache.put(digest, image)
+            return digest, torch.from_numpy(image)
+        except Exception as e:  # PIL raises many types for bad files (and a decompression bomb); all mean "skip"
+            warn(f"{path}: cannot be read as an image ({type(e).__name__}: {str(e)[:120]}); left out")
+            return None
 
     paths = [path for path, _ in folder.samples]
-    if not paths:
-        return torch.empty(0, 3, CROP, CROP, dtype=torch.uint8)
     with ThreadPoolExecutor(os.cpu_count()) as pool:  # PIL decodes outside the GIL
-        images = list(tqdm(pool.map(load, paths), total=len(paths), desc=f"load {Path(folder.root).name}",
+        loaded = list(tqdm(pool.map(load, paths), total=len(paths), desc=f"load {Path(folder.root).name}",
                            unit="img", leave=False, mininterval=5, disable=None))
-    return torch.stack(images)
+    kept = [i for i, item in enumerate(loaded) if item is not None]
+    images = torch.stack([loaded[i][1] for i in kept]) if kept else torch.empty(0, 3, CROP, CROP, dtype=torch.uint8)
+    return images, kept, [loaded[i][0] for i in kept]
+
+
+def is_image_file(path):
+    """An image extension and a regular file: a FIFO or device named x.png would block reading forever."""
+    if not path.lower().endswith(IMAGE_EXTENSIONS):
+        return False
+    if not os.path.isfile(path):
+        warn(f"{path}: not a regular file; left out")
+        return False
+    return True
 
 
 def image_folder(path):
-    return ImageFolder(str(path), transform=report_transform(), loader=open_rgb, allow_empty=True)
+    classes = [p.name for p in Path(path).iterdir() if p.is_dir()]
+    if not classes:
+        raise UserError(f"{path} holds no class folders: expected {path}/<class>/<images>")
+    return ImageFolder(str(path), transform=report_transform(), loader=open_rgb, is_valid_file=is_image_file,
+                       allow_empty=True)
+
+
+def load_split(folder, cache):
+    images, kept, digests = decode_cached(folder, cache)
+    where = folder.root
+    if not folder.samples:
+        raise UserError(f"{where} holds no images")
+    if not kept:
+        raise UserError(f"{where}: none of its {len(folder.samples)} images can be read (see the warnings above)")
+    if len(kept) < len(folder.samples):
+        warn(f"{where}: using {len(kept)} images, left out {len(folder.samples) - len(kept)} that cannot be read")
+    labels = torch.tensor([folder.targets[i] for i in kept], dtype=torch.long)
+    return Split(images, labels, [folder.samples[i][0] for i in kept], digests)
 
 
 def load_splits(root, cache_dir=None):
-    """Load DIR/{train,validation,test}/<class>/ with the report's preprocessing."""
-    root, cache_dir = Path(root), cache_dir or CACHE_DIR
+    """Load DIR/{train,validation,test}/<class>/ with the report's preprocessing.
+
+    Unreadable images (corrupt, truncated, not an image, a decompression bomb) are named in a
+    warning and left out; a split left with none is an error.
+    """
+    root = Path(root)
+    cache = ArrayCache(Path(cache_dir or CACHE_DIR) / f"decoded_r{RESIZE}_c{CROP}")
     missing = [s for s in SPLITS if not (root / s).is_dir()]
     if missing:
         raise UserError(f"{root} has no {', '.join(missing)} folder: expected {root}/{{train,validation,test}}/<class>/ "
                         f"(make one with: python data_split.py SRC {root})")
+    if (root / UNFINISHED_MANIFEST).exists():
+        raise UserError(f"{root} is a split that data_split.py did not finish; run it again with --force")
     folders = {s: image_folder(root / s) for s in SPLITS}
     classes = folders["train"].classes
     for s in SPLITS[1:]:
@@ -147,10 +232,4 @@ def load_splits(root, cache_dir=None):
                             f"and has extra {only_here or 'none'} compared with train")
     if len(classes) < 2:
         raise UserError(f"{root}/train needs at least 2 class folders, found {len(classes)}")
-    splits = {}
-    for s, folder in folders.items():
-        if not folder.samples:
-            raise UserError(f"{root}/{s} holds no images")
-        labels = torch.tensor(folder.targets, dtype=torch.long)
-        splits[s] = Split(decode_cached(folder, cache_dir), labels, [p for p, _ in folder.samples])
-    return SplitData(root, classes, **splits)
+    return SplitData(root, classes, **{s: load_split(folder, cache) for s, folder in folders.items()})

@@ -1,4 +1,5 @@
 """Everything a run writes: the report's metric table, history, plots, config. All atomic."""
+import contextlib
 import csv
 import io
 import json
@@ -9,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+
+from common.cli import UserError  # noqa: E402
 
 ROWS = (("train", "Training"), ("validation", "Validation"), ("test", "Testing"))
 COLUMNS = (("loss", "Logloss"), ("top1", "Top 1 accuracy"), ("top3", "Top 3 accuracy"))
@@ -21,20 +24,33 @@ def temp_path(path):
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def atomic_write(path, data):
-    """Write bytes or text so that a crash leaves either the old file or the new one, never half."""
+@contextlib.contextmanager
+def replacing(path):
+    """Yield a temporary name beside `path`, then move it over `path` in one step.
+
+    A crash leaves either the old file or the new one, never half; a failed write (a full
+    disk, a read-only folder) removes the temporary file and becomes one UserError.
+    """
     path = Path(path)
     tmp = temp_path(path)
-    with open(tmp, "wb") as f:
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+        raise UserError(f"cannot write {path}: {reason}") from None
+
+
+def atomic_write(path, data):
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def atomic_torch_save(obj, path):
-    path = Path(path)
-    tmp = temp_path(path)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def format_cell(value, digits, unit=""):

@@ -1,6 +1,4 @@
 """One training loop for every task: Adam + StepLR on logloss, top-1/top-3, checkpoints, results."""
-import contextlib
-import json
 import math
 import platform
 import random
@@ -8,8 +6,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,32 +17,11 @@ from tqdm import tqdm
 from common import results
 from common.cli import UserError
 from common.data import SplitData, load_splits, normalize
-from common.runtime import PRECISIONS, autocast, pick_device, pick_precision
+from common.run_folder import (check_args, check_out, check_resumable, load_checkpoint, open_run_folder,
+                               run_key)
+from common.runtime import autocast, pick_device, pick_precision
 
-REPO = Path(__file__).resolve().parent.parent
-RESULT_FILES = ("metrics.json", "last.pt", "config.json")
 CHECKPOINT_EVERY_S = 60
-
-
-def add_training_args(parser, task, epochs, batch_size):
-    """The options every task script shares, with the report's settings as defaults."""
-    parser.add_argument("--data", type=Path, default=None,
-                        help="split folder holding train/, validation/ and test/, each with one folder per class "
-                             "(default: the demo split data/demo_split, made from demo_data/images when missing)")
-    parser.add_argument("--out", type=Path, default=REPO / "results" / task,
-                        help=f"folder for tables, plots, config and checkpoints (default: results/{task})")
-    parser.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default: {epochs})")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size (default: {batch_size})")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    parser.add_argument("--gamma", type=float, default=0.9,
-                        help="StepLR factor applied to the learning rate after every epoch (default: 0.9)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for initialisation, batch order and dropout (default: 0)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or mps (default: auto = CUDA, then MPS, then CPU)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto = bf16 autocast on CPUs with AMX and bf16-capable GPUs, fp32 elsewhere; "
-                             "fp32 turns mixed precision off (default: auto)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--force", action="store_true", help="replace the results of an earlier run in --out")
 
 
 @dataclass
@@ -55,6 +31,7 @@ class Run:
     data: SplitData
     device: torch.device
     precision: str
+    identity: dict = field(default_factory=dict)  # settings known only after loading, e.g. a weights fingerprint
 
     @property
     def out(self):
@@ -67,45 +44,25 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def check_args(args):
-    for name, ok in (("epochs", args.epochs >= 1), ("batch-size", args.batch_size >= 1),
-                     ("lr", args.lr > 0), ("gamma", 0 < args.gamma <= 1)):
-        if not ok:
-            raise UserError(f"--{name} {getattr(args, name.replace('-', '_'))} is out of range")
-
-
-def prepare_out(out, resume, force):
-    """Make the run folder; refuse to overwrite an earlier run unless asked to."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to --out {out}: {e.strerror}") from None
-    if resume and not (out / "last.pt").exists():
-        raise UserError(f"--resume: {out} holds no checkpoint (last.pt)")
-    if not resume and not force and any((out / f).exists() for f in RESULT_FILES):
-        raise UserError(f"{out} already holds a run: --resume continues it, --force replaces it, --out picks another folder")
-
-
 def default_data():
     """The demo split, made from the embedded demo images the first time it is needed."""
     from data_split import DEMO_IMAGES, DEMO_SPLIT, split_dataset
     if not (DEMO_SPLIT / "split.csv").exists():
-        split_dataset(DEMO_IMAGES, DEMO_SPLIT)
+        split_dataset(DEMO_IMAGES, DEMO_SPLIT, force=True)  # force: clears an interrupted demo split
     return DEMO_SPLIT
 
 
 def start_run(task, args):
-    """Everything before the model: checks, seeds, device, precision, run folder, data."""
+    """Everything before the model: checks, seeds, device, precision, data. --out is created only
+    when training starts (train_and_report), so a refused run leaves nothing behind."""
     check_args(args)
     device = pick_device(args.device)
     precision = pick_precision(args.precision, device)
     if args.data is not None and not args.data.is_dir():
         raise UserError(f"--data {args.data}: no such folder")
-    prepare_out(args.out, args.resume, args.force)
-    data = load_splits(args.data if args.data is not None else default_data())
+    root = args.data if args.data is not None else default_data()
+    check_out(args, root)
+    data = load_splits(root)
     seed_everything(args.seed)
     return Run(task, args, data, device, precision)
 
@@ -181,13 +138,6 @@ def evaluate(model, split, run):
     return meter.result(), torch.cat(predictions)
 
 
-def run_key(run):
-    """Settings a resumed run must share with the run it continues."""
-    a = run.args
-    return {"task": run.task, "data": str(run.data.root), "batch_size": a.batch_size, "lr": a.lr,
-            "gamma": a.gamma, "seed": a.seed, "precision": run.precision}
-
-
 class StopAfterEpoch:
     """First Ctrl-C: finish the epoch, save a checkpoint, exit. Second Ctrl-C: quit at once."""
 
@@ -209,8 +159,8 @@ class StopAfterEpoch:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def fit(model, run):
-    """Train for --epochs; returns the per-epoch history.
+def fit(model, run, resumed=None):
+    """Train for --epochs, continuing from the checkpoint `resumed` if given; returns the per-epoch history.
 
     last.pt (everything --resume needs) and best.pt (lowest validation loss) are written at
     most every CHECKPOINT_EVERY_S seconds, at the end and on Ctrl-C: writing Figure 8's
@@ -223,22 +173,24 @@ def fit(model, run):
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=run.args.gamma)
     generator = torch.Generator().manual_seed(run.args.seed)  # batch order, apart from dropout's RNG
     history, best, start = [], {"loss": math.inf}, 1
-    if run.args.resume:
-        state = torch.load(run.out / "last.pt", map_location=run.device, weights_only=False)
-        if state["key"] != run_key(run):
-            raise UserError(f"--resume: the checkpoint in {run.out} was made with other settings: {state['key']}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        generator.set_state(state["shuffle_rng"])
-        history, best, start = state["history"], state["best"], state["epoch"] + 1
-        print(f"resuming {run.out} after epoch {state['epoch']}")
+    if resumed is not None:
+        try:  # the key matched, yet a checkpoint from elsewhere may still not fit
+            model.load_state_dict(resumed["model"])
+            optimizer.load_state_dict(resumed["optimizer"])
+            scheduler.load_state_dict(resumed["scheduler"])
+            torch.set_rng_state(resumed["rng"])
+            generator.set_state(resumed["shuffle_rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"--resume: {run.out / 'last.pt'} does not fit this model "
+                            f"({str(e).splitlines()[0][:200]}); start over with --force") from None
+        history, best, start = resumed["history"], resumed["best"], resumed["epoch"] + 1
+        print(f"resuming {run.out} after epoch {resumed['epoch']}")
+    key = run_key(run)
 
     def save_checkpoint(epoch):
         results.atomic_torch_save(best, run.out / "best.pt")
         results.atomic_torch_save({
-            "epoch": epoch, "key": run_key(run), "model": model.state_dict(),
+            "epoch": epoch, "key": key, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(), "shuffle_rng": generator.get_state(),
             "history": history, "best": best}, run.out / "last.pt")
@@ -294,42 +246,25 @@ def config_of(run, model, extra):
     }
 
 
-def run_or_reuse(main, argv, out, epochs, force=False):
-    """Run a task script's main(argv) for `epochs` into `out`, its printed output in out/log.txt.
-
-    A finished run of as many epochs is reused; a shorter or interrupted one continues from its
-    checkpoint; `force` starts afresh. Returns the run's metrics. reproduce.py and the NetVLAD
-    study build on this, so that stopping and restarting them loses no finished work.
-    """
-    config = out / "config.json"
-    recorded = json.loads(config.read_text())["arguments"]["epochs"] if config.exists() and not force else None
-    if recorded is not None and recorded > epochs:
-        raise UserError(f"{out} holds a {recorded}-epoch run, more than the {epochs} epochs asked for: "
-                        "use --force or another folder")
-    if recorded == epochs and (out / "metrics.json").exists():
-        return json.loads((out / "metrics.json").read_text())
-    resume = not force and (out / "last.pt").exists()
-    argv = [*argv, "--epochs", str(epochs), "--out", str(out), "--resume" if resume else "--force"]
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        main(argv)
-    return json.loads((out / "metrics.json").read_text())
-
-
 def train_and_report(model, run, title, extra_config=None):
     """Train, evaluate every split in eval mode, and write the table, plots and config."""
     config = config_of(run, model, extra_config or {})
     trainable, total = config["parameters"].values()
     print(f"{title}: {trainable:,} trainable of {total:,} parameters; {run.device}, {run.precision}; "
           f"train/validation/test = {'/'.join(str(n) for n in config['split_sizes'].values())} images")
-    results.write_config(run.out, config)
-    history = fit(model, run)
-    metrics, predictions = {}, None
-    for name, split in run.data.splits().items():
-        metrics[name], predictions = evaluate(model, split, run)  # test comes last
-    results.write_metrics(run.out, metrics, title)
-    results.plot_history(run.out, [history], title)
-    counts = results.confusion_matrix(run.data.test.labels, predictions, len(run.data.classes))
-    results.plot_confusion(run.out, counts, run.data.classes, title)
+    with open_run_folder(run.out, run.args.resume, run.args.force):
+        resumed = None
+        if run.args.resume:  # checked before config.json is rewritten with this run's settings
+            resumed = load_checkpoint(run.out / "last.pt", run.device)
+            check_resumable(resumed, run)
+        results.write_config(run.out, config)
+        history = fit(model, run, resumed)
+        metrics, predictions = {}, None
+        for name, split in run.data.splits().items():
+            metrics[name], predictions = evaluate(model, split, run)  # test comes last
+        results.write_metrics(run.out, metrics, title)
+        results.plot_history(run.out, [history], title)
+        counts = results.confusion_matrix(run.data.test.labels, predictions, len(run.data.classes))
+        results.plot_confusion(run.out, counts, run.data.classes, title)
     print(f"\n{title} ({run.out})\n{results.format_table(metrics)}")
     return metrics

@@ -7,8 +7,8 @@ import torch.nn as nn
 
 import common.data
 from common.backbones import BACKBONES, extract_features, load_backbone
-from common.data import Split
-from common.train import add_training_args, count_parameters, start_run, train_and_report
+from common.run_folder import add_training_args
+from common.train import count_parameters, start_run, train_and_report
 
 
 def linear_head(feature_dim, num_classes):
@@ -18,8 +18,8 @@ def linear_head(feature_dim, num_classes):
 def feature_splits(backbone, data, run):
     """The same splits with each image replaced by its backbone features (cached by content)."""
     cache = common.data.CACHE_DIR / "features"
-    splits = {name: Split(extract_features(backbone, split.inputs, precision=run.precision,
-                                           device=run.device, cache_dir=cache), split.labels, split.paths)
+    splits = {name: dataclasses.replace(split, inputs=extract_features(
+                  backbone, split.inputs, precision=run.precision, device=run.device, cache_dir=cache))
               for name, split in data.splits().items()}
     return dataclasses.replace(data, **splits)
 
@@ -43,6 +43,8 @@ def run_transfer(name, title, description, argv=None):
     backbone = load_backbone(name, args.weights, pretrained=not args.no_pretrained)
     if args.no_pretrained:
         title += " (random-init backbone, not pretrained)"
+    if not args.no_pretrained:  # --resume must use the same weights, wherever the file lies now
+        run.identity["backbone weights (sha1)"] = backbone.weights_fingerprint()
     head = linear_head(BACKBONES[name].feature_dim, len(run.data.classes))
     features_run = dataclasses.replace(run, data=feature_splits(backbone, run.data, run))
     _, backbone_parameters = count_parameters(backbone)

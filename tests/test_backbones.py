@@ -2,6 +2,7 @@
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -12,6 +13,7 @@ from common import backbones
 from common.backbones import BACKBONES, WeightsUnavailable, extract_features, feature_cache_key, load_backbone
 from common.cli import UserError
 from common.data import normalize, open_rgb
+from conftest import CreatesFile
 
 DEMO_IMAGES = Path(__file__).resolve().parent.parent / "demo_data" / "images"
 
@@ -134,7 +136,7 @@ def test_cache_skips_the_backbone(random_backbones, tmp_path, monkeypatch):
     monkeypatch.setattr(backbones, "_feature_cache", {})  # a new process: only the disk cache is left
     assert torch.equal(extract_features(backbone, images, precision="fp32", cache_dir=tmp_path), first)
     assert len(calls) == 2
-    assert [p.suffix for p in tmp_path.iterdir()] == [".pt"]  # no temp files left behind
+    assert [p.suffix for p in tmp_path.iterdir()] == [".npy"]  # no temp files left behind
     extract_features(backbone, images, precision="bf16", cache_dir=tmp_path)
     assert len(calls) == 3
     hook.remove()
@@ -166,3 +168,26 @@ def test_bf16_features_close_to_fp32(random_backbones, monkeypatch):
     bf16 = extract_features(random_backbones["resnet50"], images, precision="bf16")
     assert not torch.equal(fp32, bf16)  # bf16 really ran
     assert torch.nn.functional.cosine_similarity(fp32, bf16).min() > 0.99
+
+
+def test_a_pickled_or_corrupt_feature_cache_entry_is_recomputed_never_unpickled(random_backbones, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setattr(backbones, "_feature_cache", {})
+    backbone, images = random_backbones["resnet50"], random_images(2, seed=3)
+    first = extract_features(backbone, images, precision="fp32", cache_dir=tmp_path)
+    entry = next(tmp_path.iterdir())
+    planted = tmp_path.parent / "pwned"
+    with open(entry, "wb") as f:
+        np.save(f, np.array([CreatesFile(planted)], dtype=object), allow_pickle=True)
+    monkeypatch.setattr(backbones, "_feature_cache", {})
+    assert torch.equal(extract_features(backbone, images, precision="fp32", cache_dir=tmp_path), first)
+    assert not planted.exists()
+    assert np.load(entry, allow_pickle=False).shape == (2, 2048)  # replaced by the real features
+
+
+def test_a_weights_file_that_would_run_code_is_refused(tmp_path):
+    planted = tmp_path / "pwned"
+    torch.save({"fc.weight": CreatesFile(planted)}, tmp_path / "evil.pth")
+    with pytest.raises(UserError, match="is not a PyTorch weight file"):
+        load_backbone("resnet50", tmp_path / "evil.pth")
+    assert not planted.exists()

@@ -1,3 +1,10 @@
+import io
+import os
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +13,7 @@ from torchvision.datasets import ImageFolder
 
 from common.cli import UserError
 from common.data import load_splits, normalize, open_rgb, report_transform
-from conftest import make_split
+from conftest import CreatesFile, make_split
 
 
 def test_splits_load_with_report_preprocessing(tmp_path):
@@ -73,3 +80,103 @@ def test_any_image_mode_becomes_rgb(tmp_path, mode):
         assert out.getpixel((0, 0)) == (255, 255, 255)
     if mode == "I;16":  # 16-bit range scaled to 8 bits, not clipped to 255
         assert out.getpixel((0, 0))[0] == 40000 // 256
+
+
+def png_claiming_size(path, width, height):
+    """A tiny valid PNG whose header claims width x height: a decompression bomb for PIL's check."""
+    buffer = io.BytesIO()
+    Image.new("1", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    path.write_bytes(bytes(data))
+
+
+def test_unreadable_images_are_named_and_left_out(tmp_path, capsys):
+    root = make_split(tmp_path / "d")
+    good = (root / "train" / "red" / "0.png").read_bytes()
+    bad = {"truncated.jpg": None, "empty.png": b"", "text.jpg": b"just some text\n", "bomb.png": None}
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(root / "train" / "red" / "truncated.jpg", quality=90)
+    truncated = (root / "train" / "red" / "truncated.jpg").read_bytes()
+    (root / "train" / "red" / "truncated.jpg").write_bytes(truncated[:len(truncated) // 2])
+    (root / "train" / "red" / "empty.png").write_bytes(bad["empty.png"])
+    (root / "train" / "red" / "text.jpg").write_bytes(bad["text.jpg"])
+    png_claiming_size(root / "train" / "red" / "bomb.png", 30000, 30000)
+    data = load_splits(root)
+    err = capsys.readouterr().err
+    for name in bad:
+        assert f"{root / 'train' / 'red' / name}: cannot be read as an image" in err
+    assert "DecompressionBombError" in err
+    assert f"{root / 'train'}: using 18 images, left out 4" in err
+    assert len(data.train) == 18 and len(data.train.paths) == len(data.train.digests) == 18
+    assert not any(Path(p).name in bad for p in data.train.paths)
+    # labels stay aligned with the images that were kept
+    red = data.classes.index("red")
+    assert data.train.labels.tolist().count(red) == 6
+    assert (root / "train" / "red" / "0.png").read_bytes() == good  # nothing of the user's touched
+
+
+def test_a_split_emptied_by_unreadable_images_is_an_error(tmp_path):
+    root = make_split(tmp_path / "d")
+    for f in (root / "test").rglob("*.png"):
+        f.write_bytes(b"not an image")
+    with pytest.raises(UserError, match=r"test: none of its 6 images can be read"):
+        load_splits(root)
+
+
+def test_split_folders_without_class_folders_are_a_clear_error(tmp_path):
+    root = make_split(tmp_path / "d")
+    shutil.rmtree(root / "validation")
+    (root / "validation").mkdir()
+    (root / "validation" / "loose.png").write_bytes((root / "test" / "red" / "0.png").read_bytes())
+    with pytest.raises(UserError, match=r"validation holds no class folders"):
+        load_splits(root)
+
+
+def test_a_fifo_named_like_an_image_is_skipped_not_read(tmp_path, capsys):
+    root = make_split(tmp_path / "d")
+    os.mkfifo(root / "train" / "red" / "pipe.png")
+    data = load_splits(root)  # reading the FIFO would block forever
+    assert len(data.train) == 18
+    assert f"{root / 'train' / 'red' / 'pipe.png'}: not a regular file; left out" in capsys.readouterr().err
+
+
+def test_an_unfinished_split_is_refused(tmp_path):
+    root = make_split(tmp_path / "d")
+    (root / "split.csv.incomplete").write_text("path\n")
+    with pytest.raises(UserError, match="did not finish; run it again with --force"):
+        load_splits(root)
+
+
+def cache_files(cache_dir):
+    return sorted((cache_dir / "decoded_r256_c224").glob("*.npy"))
+
+
+def test_corrupt_or_pickled_cache_entries_are_decoded_again_and_replaced(tmp_path):
+    root, cache_dir = make_split(tmp_path / "d"), tmp_path / "cache"
+    first = load_splits(root, cache_dir)
+    files = cache_files(cache_dir)
+    truncated, pickled, wrong_shape = files[:3]
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    planted = tmp_path / "pwned"
+    with open(pickled, "wb") as f:  # an object array: np.load would need allow_pickle to read it
+        np.save(f, np.array([CreatesFile(planted)], dtype=object), allow_pickle=True)
+    np.save(wrong_shape, np.zeros((3, 8, 8), dtype=np.uint8))
+    second = load_splits(root, cache_dir)
+    assert not planted.exists()
+    for name, split in first.splits().items():
+        assert torch.equal(split.inputs, second.splits()[name].inputs)
+    for file in (truncated, pickled, wrong_shape):  # healed: the next load reads them as they should be
+        assert np.load(file, allow_pickle=False).shape == (3, 224, 224)
+
+
+def test_an_unwritable_cache_falls_back_to_memory_with_one_warning(tmp_path, capsys):
+    root = make_split(tmp_path / "d")
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder should be")
+    data = load_splits(root, blocked / "cache")
+    assert len(data.train) == 18
+    err = capsys.readouterr().err
+    assert err.count("cannot write the cache") == 1 and "in memory only" in err
+    assert torch.equal(data.test.inputs, load_splits(root, tmp_path / "cache").test.inputs)

@@ -322,6 +322,63 @@ def test_help_explains_every_option(capsys):
     assert "python data_split.py --cub CUB_200_2011.tgz" in out and "data/demo_split" in out
 
 
+def test_a_file_name_that_is_not_utf8_is_left_out_with_a_warning(src, tmp_path, capsys):
+    odd = os.fsencode(src / "a") + b"/\xff\xfe.png"
+    with open(odd, "wb") as f:
+        f.write((src / "a" / "img_000.png").read_bytes())
+    dest = tmp_path / "dest"
+    ds.main([str(src), str(dest)])
+    assert "the name is not valid UTF-8; left out" in capsys.readouterr().err
+    rows = read_manifest(dest)
+    assert len(rows) == 37 and not (dest / "split.csv.incomplete").exists()
+    assert files_under(dest) == {"split.csv", *(row["path"] for row in rows)}
+
+
+def test_a_fifo_named_like_an_image_is_skipped_not_read(src, tmp_path):
+    os.mkfifo(src / "a" / "pipe.png")
+    done = subprocess.run([sys.executable, str(REPO / "data_split.py"), str(src), str(tmp_path / "dest")],
+                          capture_output=True, text=True, timeout=120)  # reading the FIFO would hang
+    assert done.returncode == 0, done.stderr
+    assert "pipe.png: not a regular file; left out" in done.stderr
+    assert len(read_manifest(tmp_path / "dest")) == 37
+
+
+def test_an_interrupted_split_is_unfinished_and_force_completes_it(src, tmp_path, monkeypatch):
+    dest, placed = tmp_path / "dest", []
+    real_place = ds.place
+
+    def interrupt_after_five(source, target, link):
+        if len(placed) == 5:
+            raise KeyboardInterrupt
+        placed.append(target)
+        return real_place(source, target, link)
+
+    monkeypatch.setattr(ds, "place", interrupt_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        ds.main([str(src), str(dest)])
+    assert not (dest / "split.csv").exists() and (dest / "split.csv.incomplete").exists()
+    monkeypatch.setattr(ds, "place", real_place)
+    with pytest.raises(UserError, match="not empty; use --force"):
+        ds.main([str(src), str(dest)])
+    ds.main([str(src), str(dest), "--force"])  # cleans up what the interrupted run left, then splits
+    ds.main([str(src), str(tmp_path / "clean")])
+    assert read_manifest(dest) == read_manifest(tmp_path / "clean")
+    assert files_under(dest) == files_under(tmp_path / "clean")
+
+
+def test_force_re_split_interrupted_keeps_the_old_paths_cleanable(src, tmp_path, monkeypatch):
+    dest, real_place = tmp_path / "dest", ds.place
+    ds.main([str(src), str(dest), "--ratios", "0.5", "0.25", "0.25"])
+    monkeypatch.setattr(ds, "place", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        ds.main([str(src), str(dest), "--force"])
+    assert not (dest / "split.csv").exists()
+    monkeypatch.setattr(ds, "place", real_place)
+    ds.main([str(src), str(dest), "--force"])
+    ds.main([str(src), str(tmp_path / "clean")])
+    assert files_under(dest) == files_under(tmp_path / "clean")
+
+
 # -----------------------------------------------------------------------------
 # CUB-200-2011
 

@@ -132,3 +132,15 @@ def test_task3_script_refuses_bad_netvlad_options(argv, tmp_path):
     with pytest.raises(UserError):
         task3_netvlad.main([*argv, "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("change", [["--clusters", "3"], ["--init", "random"], ["--alpha", "7"]])
+def test_task3_resume_refuses_other_netvlad_settings(change, tmp_path):
+    data = make_split(tmp_path / "data", counts=(3, 1, 1))
+    common = ["--data", str(data), "--batch-size", "5", "--precision", "fp32", "--out", str(tmp_path / "run")]
+    task3_netvlad.main([*common, "--epochs", "1", "--clusters", "2"])
+    before = (tmp_path / "run" / "config.json").read_text()
+    option = change[0]
+    with pytest.raises(UserError, match=f"other settings: {option} "):
+        task3_netvlad.main([*common, "--epochs", "2", "--clusters", "2", *change, "--resume"])
+    assert (tmp_path / "run" / "config.json").read_text() == before

@@ -1,8 +1,13 @@
+import errno
+import os
 import re
+from pathlib import Path
 
 import pytest
 
+import data_split
 import reproduce
+from common.run_folder import lock
 from conftest import COLORS, make_image
 from test_data_split import make_cub, make_tgz
 
@@ -69,3 +74,53 @@ def test_bad_arguments(tmp_path):
         reproduce.main(["--seeds", "0", "--out", str(tmp_path)])
     with pytest.raises(reproduce.UserError, match="no such folder"):
         reproduce.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path)])
+
+
+def test_out_that_is_a_file_or_cannot_be_created_is_one_error(images, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(reproduce.UserError, match="is a file, not a folder"):
+        reproduce.main(["--data", str(images), "--out", str(tmp_path / "file")])
+    assert (tmp_path / "file").read_text() == "mine"
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(reproduce.UserError, match="cannot create --out .*Read-only file system"):
+        reproduce.main(["--data", str(images), "--out", str(tmp_path / "ro" / "results")])
+
+
+def test_out_inside_the_source_images_is_refused_before_anything_is_created(images, tmp_path):
+    before = sorted(p.name for p in images.iterdir())
+    with pytest.raises(reproduce.UserError, match="inside .*would read the results as a class"):
+        reproduce.main(["--data", str(images), "--out", str(images / "results")])
+    assert sorted(p.name for p in images.iterdir()) == before
+
+
+def test_a_second_reproduction_into_the_same_folder_is_refused(images, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    with lock(out, "--out"):
+        with pytest.raises(reproduce.UserError, match="in use by another run"):
+            reproduce.main(["--data", str(images), "--out", str(out), "--epochs", "1", "--tasks", "task2_shallow"])
+    assert list(out.iterdir()) == [out / ".lock"]
+
+
+def test_an_interrupted_split_is_redone_not_reused(images, tmp_path, monkeypatch):
+    out, real_place, placed = tmp_path / "r", data_split.place, []
+
+    def interrupt_after_three(source, target, link):
+        if len(placed) == 3:
+            raise KeyboardInterrupt
+        placed.append(target)
+        return real_place(source, target, link)
+
+    monkeypatch.setattr(data_split, "place", interrupt_after_three)
+    argv = ["--data", str(images), "--out", str(out), "--epochs", "1", "--tasks", "task2_shallow"]
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.main(argv)
+    monkeypatch.setattr(data_split, "place", real_place)
+    reproduce.main(argv)
+    split = next((out / "splits").iterdir())
+    assert (split / "split.csv").exists() and not (split / "split.csv.incomplete").exists()
+    assert sum(1 for p in split.rglob("*.png")) == 24

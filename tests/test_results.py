@@ -1,11 +1,16 @@
 import csv
+import errno
+import io
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
 from common import results
+from common.cli import UserError
 
 RUNS = [{"train": {"loss": 1.0, "top1": 50.0, "top3": 80.0}, "test": {"loss": 2.0, "top1": 40.0, "top3": 90.0}},
         {"train": {"loss": 3.0, "top1": 70.0, "top3": 80.0}, "test": {"loss": 2.0, "top1": 60.0, "top3": 90.0}},
@@ -77,3 +82,28 @@ def test_curves_of_histories_read_back_from_csv_have_numeric_epochs(tmp_path):
     assert list(ax.lines[0].get_xdata()) == [1, 2, 10]  # numbers, not category labels
     assert list(ax.lines[0].get_ydata()) == pytest.approx([1, 0.5, 0.1])
     plt.close(fig)
+
+
+def test_a_full_disk_is_one_error_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def fill_disk(obj, f):
+        Path(f).write_bytes(b"x" * 1000)  # part of the file got written, then the disk was full
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    (tmp_path / "best.pt").write_bytes(b"earlier")
+    monkeypatch.setattr(torch, "save", fill_disk)
+    with pytest.raises(UserError, match=r"cannot write .*best\.pt: PytorchStreamWriter failed"):
+        results.atomic_torch_save({"w": torch.zeros(3)}, tmp_path / "best.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+    assert (tmp_path / "best.pt").read_bytes() == b"earlier"  # the old file is intact
+
+
+def test_a_failed_text_write_is_one_error_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            super().write(data[:10])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(results, "open", lambda path, mode: FullDisk(path, mode), raising=False)
+    with pytest.raises(UserError, match=r"cannot write .*metrics\.md: No space left on device"):
+        results.atomic_write(tmp_path / "metrics.md", "table")
+    assert list(tmp_path.iterdir()) == []

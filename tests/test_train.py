@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 from common.cli import UserError
-from common.train import add_training_args, run_or_reuse, start_run, topk_correct, train_and_report
+from common.run_folder import add_training_args
+from common.train import start_run, topk_correct, train_and_report
 from conftest import make_split
 
 
@@ -55,7 +56,7 @@ def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(data, tmp_pat
 
 def test_resume_refuses_other_settings_and_missing_checkpoint(data, tmp_path):
     run(data, tmp_path / "out", "--epochs", "1")
-    with pytest.raises(UserError, match="other settings"):
+    with pytest.raises(UserError, match="other settings: --lr 0.05 in the checkpoint, 0.01 now"):
         run(data, tmp_path / "out", "--epochs", "2", "--resume", "--lr", "0.01")
     with pytest.raises(UserError, match="holds no checkpoint"):
         run(data, tmp_path / "fresh", "--resume")
@@ -134,7 +135,7 @@ def test_ctrl_c_finishes_the_epoch_saves_and_resumes_to_the_same_metrics(data, t
     with pytest.raises(SystemExit) as stopped:
         train_and_report(model, r, "tiny")
     assert stopped.value.code == 130
-    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 2
     resumed = run(data, tmp_path / "cut", "--epochs", "4", "--resume")
     assert resumed == whole
 
@@ -145,16 +146,3 @@ def tiny_main(argv):
     add_training_args(parser, "test", epochs=4, batch_size=5)
     r = start_run("test", parser.parse_args([*argv, "--lr", "0.05", "--precision", "fp32"]))
     train_and_report(tiny_model(len(r.data.classes)), r, "tiny")
-
-
-def test_run_or_reuse_reuses_extends_and_refuses_shorter(data, tmp_path):
-    whole = run_or_reuse(tiny_main, ["--data", str(data)], tmp_path / "whole", epochs=3)
-    out = tmp_path / "grown"
-    run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=1)
-    finished = (out / "metrics.json").stat().st_mtime_ns
-    run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=1)  # finished: reused, not retrained
-    assert (out / "metrics.json").stat().st_mtime_ns == finished
-    assert run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=3) == whole  # extended by resuming
-    assert "resuming" in (out / "log.txt").read_text()
-    with pytest.raises(UserError, match="holds a 3-epoch run, more than the 2 epochs"):
-        run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=2)

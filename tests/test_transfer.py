@@ -1,6 +1,7 @@
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,9 @@ import torch.nn as nn
 import task1_efficientnet
 import task1_resnet
 from common.backbones import BACKBONES, WeightsUnavailable, load_backbone
-from common.train import add_training_args, count_parameters, start_run, train_and_report
+from common.cli import UserError
+from common.run_folder import add_training_args
+from common.train import count_parameters, start_run, train_and_report
 from common.transfer import linear_head
 from conftest import make_split
 
@@ -96,3 +99,20 @@ def test_bad_weights_file_is_one_line_and_exit_2(data, tmp_path, content, messag
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and message in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_resume_refuses_other_backbone_weights_or_no_pretrained(data, tmp_path):
+    out = tmp_path / "run"
+    run_cached(data, out, "--epochs", "1")
+    package = BACKBONES["efficientnet_lite0"].package_file()
+    state = torch.load(package, weights_only=True)
+    first = next(iter(state))
+    state[first] = state[first] + 0.01
+    torch.save(state, tmp_path / "other.pth")
+    with pytest.raises(UserError, match=r"backbone weights \(sha1\) [0-9a-f]{40} in the checkpoint, [0-9a-f]{40} now"):
+        run_cached(data, out, "--epochs", "2", "--resume", "--weights", str(tmp_path / "other.pth"))
+    with pytest.raises(UserError, match="--no-pretrained False in the checkpoint, True now"):
+        run_cached(data, out, "--epochs", "2", "--resume", "--no-pretrained")
+    shutil.copy(package, tmp_path / "same.pth")  # the same weights under another name are the same run
+    run_cached(data, out, "--epochs", "2", "--resume", "--weights", str(tmp_path / "same.pth"))
+    assert json.loads((out / "config.json").read_text())["arguments"]["epochs"] == 2
