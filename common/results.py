@@ -39,7 +39,10 @@ def replacing(path):
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+        if isinstance(e, OSError):
+            reason = e.strerror or str(e)
+        else:  # torch's writer reports a full disk only as a position mismatch
+            reason = f"is the disk full? ({str(e).splitlines()[0][:200]})"
         raise UserError(f"cannot write {path}: {reason}") from None
 
 

@@ -91,7 +91,7 @@ def test_a_full_disk_is_one_error_and_leaves_no_temporary_file(tmp_path, monkeyp
 
     (tmp_path / "best.pt").write_bytes(b"earlier")
     monkeypatch.setattr(torch, "save", fill_disk)
-    with pytest.raises(UserError, match=r"cannot write .*best\.pt: PytorchStreamWriter failed"):
+    with pytest.raises(UserError, match=r"cannot write .*best\.pt: is the disk full\? \(PytorchStreamWriter failed"):
         results.atomic_torch_save({"w": torch.zeros(3)}, tmp_path / "best.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
     assert (tmp_path / "best.pt").read_bytes() == b"earlier"  # the old file is intact
