@@ -28,6 +28,8 @@ from common import results
 from common.backbones import WeightsUnavailable
 from common.cli import UserError, run_main
 from common.run_folder import check_folder_writable, is_inside, lock, make_folder, run_or_reuse
+from common.runtime import COMPILE_MODES
+from common.train import EPOCH_LISTENERS
 from data_split import CUB_CLASSES, DEMO_IMAGES, cub_images, split_dataset
 
 REPO = Path(__file__).resolve().parent
@@ -40,6 +42,7 @@ class Task:
     title: str
     epochs: int        # the report's
     argv: tuple = ()
+    compiles: bool = False  # takes --compile (tasks 2 and 3: long enough to repay compilation)
     report: dict = None  # the 2020 report's table (FACTS.md): split -> (logloss, top-1, top-3)
 
 
@@ -56,9 +59,9 @@ TASKS = (
     Task("task1_resnet", "ResNet50, frozen, linear head", 20, report=report_table(
         (0.1447, 98.97, 100.00), (0.2758, 95.24, 100.00), (0.3347, 94.05, 97.62))),
     Task("task1_efficientnet", "EfficientNet-Lite0, frozen, linear head", 20),
-    Task("task2_shallow", "Shallow ConvNet", 100, report=report_table(
+    Task("task2_shallow", "Shallow ConvNet", 100, compiles=True, report=report_table(
         (0.7122, 84.19, 97.25), (1.4634, 40.48, 73.81), (1.3038, 47.62, 79.76))),
-    Task("task3_netvlad", "Shallow ConvNet + NetVLAD (K=16, k-means init)", 100, ("--clusters", "16"), report=report_table(
+    Task("task3_netvlad", "Shallow ConvNet + NetVLAD (K=16, k-means init)", 100, ("--clusters", "16"), True, report=report_table(
         (1.9054, 26.00, 62.31), (1.9287, 30.95, 40.48), (1.9338, 29.24, 40.48))),
 )
 
@@ -84,6 +87,8 @@ def parse_args(argv):
     parser.add_argument("--epochs", type=int, help="override every task's epochs, for a quick look (default: the report's)")
     parser.add_argument("--device", default="auto", help="passed to every task (default: auto)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="passed to every task (default: auto)")
+    parser.add_argument("--compile", default="auto", choices=COMPILE_MODES,
+                        help="torch.compile for tasks 2 and 3: auto = where it can run (default: auto)")
     parser.add_argument("--force", action="store_true", help="redo finished splits and runs instead of reusing them")
     args = parser.parse_args(argv)
     args.command = sys.argv[1:] if argv is None else argv
@@ -136,7 +141,7 @@ def split_sizes(folder):
 def run_once(task, data, seed, args):
     """Train one task with one seed into OUT/<task>/seed<N>/, or reuse the run finished there."""
     argv = ["--data", str(data), "--seed", str(seed), "--device", args.device, "--precision", args.precision,
-            *task.argv]
+            *task.argv, *(("--compile", args.compile) if task.compiles else ())]
     return run_or_reuse(importlib.import_module(task.name).main, argv, args.out / task.name / f"seed{seed}",
                         args.epochs or task.epochs, args.force)
 
@@ -238,7 +243,11 @@ def run_all(args):
     progress = tqdm(total=len(tasks) * args.seeds, desc="reproduce", unit="run", dynamic_ncols=True)
     for task in tasks:
         for seed, data in enumerate(splits):
+            def show_epoch(row, epochs, name=f"{task.name} seed {seed}"):
+                progress.set_postfix_str(f"{name}: epoch {row['epoch']}/{epochs}, train loss {row['train_loss']:.3f}, "
+                                         f"val top-1 {row['val_top1']:.1f} %")
             progress.set_postfix_str(f"{task.name} seed {seed}")
+            EPOCH_LISTENERS.append(show_epoch)
             try:
                 runs.setdefault(task, []).append(run_once(task, data, seed, args))
             except WeightsUnavailable as e:
@@ -246,6 +255,8 @@ def run_all(args):
                 progress.update(args.seeds - seed)
                 tqdm.write(f"{task.name}: weights unavailable, skipped ({e})")
                 break
+            finally:
+                EPOCH_LISTENERS.remove(show_epoch)
             progress.update()
             test = runs[task][-1]["test"]
             tqdm.write(f"{task.name} seed {seed}: test top-1 {test['top1']:.2f} %, logloss {test['loss']:.4f}")

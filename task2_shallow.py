@@ -3,7 +3,7 @@ import argparse
 
 from common.cli import run_main
 from common.models import ShallowConvNet
-from common.run_folder import add_training_args
+from common.run_folder import add_compile_arg, add_training_args
 from common.train import start_run, train_and_report
 
 TASK = "task2_shallow"
@@ -12,6 +12,7 @@ TASK = "task2_shallow"
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     add_training_args(parser, TASK, epochs=100, batch_size=50)
+    add_compile_arg(parser)
     args = parser.parse_args(argv)
     run = start_run(TASK, args)
     model = ShallowConvNet(len(run.data.classes))

@@ -14,7 +14,7 @@ from common.cli import UserError, run_main
 from common.data import CROP
 from common.models import DESCRIPTOR_DIM, ShallowNetVLAD, descriptor_count, set_alpha
 from common.netvlad import check_clusters, check_fits, init_like_report
-from common.run_folder import add_training_args
+from common.run_folder import add_compile_arg, add_training_args
 from common.train import start_run, train_and_report
 
 TASK = "task3_netvlad"
@@ -24,6 +24,7 @@ INIT_NAMES = {"kmeans": "k-means init", "random": "the report's random init"}
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_args(parser, TASK, epochs=100, batch_size=50)
+    add_compile_arg(parser)
     parser.add_argument("--clusters", type=int, default=16, metavar="K",
                         help="NetVLAD clusters K; the classifier sees K*16 values (default: 16; the report used 4)")
     parser.add_argument("--init", choices=("kmeans", "random"), default="kmeans",

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from common.cli import UserError
-from common.runtime import PRECISIONS
+from common.runtime import COMPILE_MODES, PRECISIONS
 
 REPO = Path(__file__).resolve().parent.parent
 RESULT_FILES = ("metrics.json", "last.pt", "config.json")
@@ -19,8 +19,8 @@ LOCK_FILE = ".lock"
 SEEDS = 2 ** 32  # numpy's seed range, 0 .. 2**32 - 1
 # Options that may change between a run and its --resume: where things go, how long, where it computes.
 # --data and --weights are keyed by content instead (data_fingerprint, weights fingerprint), so moving
-# a file is no change. The device changes rounding only; precision is keyed.
-NOT_KEYED = {"out", "resume", "force", "epochs", "device", "precision", "data", "weights"}
+# a file is no change. The device and compilation change rounding only; precision is keyed.
+NOT_KEYED = {"out", "resume", "force", "epochs", "device", "compile", "precision", "data", "weights"}
 
 
 def add_training_args(parser, task, epochs, batch_size):
@@ -44,6 +44,14 @@ def add_training_args(parser, task, epochs, batch_size):
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint (refused if any setting differs)")
     parser.add_argument("--force", action="store_true", help="replace the results of an earlier run in --out")
+
+
+def add_compile_arg(parser):
+    """--compile, for the tasks whose training is long enough to repay compilation (2 and 3)."""
+    parser.add_argument("--compile", choices=COMPILE_MODES, default="auto",
+                        help="torch.compile the model: auto = where it can run (a C++ compiler on the CPU, "
+                             "or CUDA), else eager with a warning; it costs some seconds once and rounds "
+                             "differently from eager (default: auto)")
 
 
 def check_args(args):

@@ -1,5 +1,8 @@
 """Device and numeric precision: picked once per run and recorded."""
 import contextlib
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -7,6 +10,7 @@ import torch
 from common.cli import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16")
+COMPILE_MODES = ("auto", "on", "off")
 
 
 def cpu_has_amx():
@@ -51,3 +55,31 @@ def autocast(device, precision):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def compile_unavailable(device):
+    """Why torch.compile cannot run here, or None where it can."""
+    if sys.platform == "win32":
+        return "torch.compile's CPU code generation is not supported on Windows"
+    if device.type not in ("cpu", "cuda"):
+        return f"torch.compile does not support {device.type}"
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
+        return "torch.compile needs a C++ compiler on the CPU (none of $CXX, g++, c++, clang++ found)"
+    try:
+        import torch._inductor  # noqa: F401  (absent or broken on some platforms and Python versions)
+    except Exception as e:
+        return f"torch.compile is not available ({type(e).__name__}: {e})"
+    return None
+
+
+def pick_compile(mode, device):
+    """--compile: auto compiles where torch.compile can run and falls back to eager with one warning."""
+    if mode == "off":
+        return False
+    reason = compile_unavailable(device)
+    if reason is None:
+        return True
+    if mode == "on":
+        raise UserError(f"--compile on: {reason}; use --compile off")
+    print(f"warning: {reason}; training in eager mode (--compile off hides this warning)", file=sys.stderr)
+    return False

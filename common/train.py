@@ -19,9 +19,10 @@ from common.cli import UserError
 from common.data import SplitData, load_splits, normalize
 from common.run_folder import (check_args, check_out, check_resumable, load_checkpoint, open_run_folder,
                                run_key)
-from common.runtime import autocast, pick_device, pick_precision
+from common.runtime import autocast, pick_compile, pick_device, pick_precision
 
 CHECKPOINT_EVERY_S = 60
+EPOCH_LISTENERS = []  # f(history_row, epochs) after every epoch: reproduce.py shows progress inside a run
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Run:
     data: SplitData
     device: torch.device
     precision: str
+    compiled: bool = False  # forward passes through torch.compile
     identity: dict = field(default_factory=dict)  # settings known only after loading, e.g. a weights fingerprint
 
     @property
@@ -58,13 +60,14 @@ def start_run(task, args):
     check_args(args)
     device = pick_device(args.device)
     precision = pick_precision(args.precision, device)
+    compiled = pick_compile(getattr(args, "compile", "off"), device)  # only tasks 2 and 3 offer --compile
     if args.data is not None and not args.data.is_dir():
         raise UserError(f"--data {args.data}: no such folder")
     root = args.data if args.data is not None else default_data()
     check_out(args, root)
     data = load_splits(root)
     seed_everything(args.seed)
-    return Run(task, args, data, device, precision)
+    return Run(task, args, data, device, precision, compiled)
 
 
 def prepare(inputs, device):
@@ -103,7 +106,8 @@ class Meter:
         return {"loss": self.loss / self.n, "top1": 100 * self.top1 / self.n, "top3": 100 * self.top3 / self.n}
 
 
-def train_epoch(model, split, optimizer, run, generator, epoch):
+def train_epoch(model, forward, split, optimizer, run, generator, epoch):
+    """One pass over the shuffled split; `forward` is the model or its compiled form."""
     model.train()
     meter = Meter()
     batches = split.batches(run.args.batch_size, generator)
@@ -112,7 +116,7 @@ def train_epoch(model, split, optimizer, run, generator, epoch):
     for inputs, labels in bar:
         labels = labels.to(run.device)
         with autocast(run.device, run.precision):
-            log_probs = model(prepare(inputs, run.device)).float()
+            log_probs = forward(prepare(inputs, run.device)).float()
         loss = F.nll_loss(log_probs, labels)
         if not torch.isfinite(loss):
             raise UserError(f"training loss became {loss.item()} in epoch {epoch}: try a lower --lr or --precision fp32")
@@ -125,14 +129,15 @@ def train_epoch(model, split, optimizer, run, generator, epoch):
 
 
 @torch.inference_mode()
-def evaluate(model, split, run):
+def evaluate(model, split, run, forward=None):
     """Logloss, top-1 and top-3 in eval mode; also returns the predicted classes."""
     model.eval()
+    forward = model if forward is None else forward
     meter, predictions = Meter(), []
     for inputs, labels in split.batches(run.args.batch_size):
         labels = labels.to(run.device)
         with autocast(run.device, run.precision):
-            log_probs = model(prepare(inputs, run.device)).float()
+            log_probs = forward(prepare(inputs, run.device)).float()
         meter.add(log_probs, labels, F.nll_loss(log_probs, labels, reduction="sum"))
         predictions.append(log_probs.argmax(dim=1).cpu())
     return meter.result(), torch.cat(predictions)
@@ -159,14 +164,15 @@ class StopAfterEpoch:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def fit(model, run, resumed=None):
+def fit(model, forward, run, resumed=None):
     """Train for --epochs, continuing from the checkpoint `resumed` if given; returns the per-epoch history.
+
+    `forward` is the model, or its torch.compile form (which shares its parameters).
 
     last.pt (everything --resume needs) and best.pt (lowest validation loss) are written at
     most every CHECKPOINT_EVERY_S seconds, at the end and on Ctrl-C: writing Figure 8's
     280 MB of weights and Adam state every 2-second epoch would cost a third of the run.
     """
-    model.to(run.device, memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     # The fused kernel updates Figure 8's 23M weights in one pass instead of several.
     optimizer = torch.optim.Adam(params, lr=run.args.lr, fused=run.device.type in ("cpu", "cuda"))
@@ -201,8 +207,8 @@ def fit(model, run, resumed=None):
             for epoch in range(start, run.args.epochs + 1):
                 began = time.perf_counter()
                 lr = optimizer.param_groups[0]["lr"]
-                train = train_epoch(model, run.data.train, optimizer, run, generator, epoch)
-                val, _ = evaluate(model, run.data.validation, run)
+                train = train_epoch(model, forward, run.data.train, optimizer, run, generator, epoch)
+                val, _ = evaluate(model, run.data.validation, run, forward)
                 scheduler.step()
                 history.append({"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train.items()},
                                 **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - began})
@@ -213,6 +219,8 @@ def fit(model, run, resumed=None):
                     save_checkpoint(epoch)
                     saved_at = time.perf_counter()
                 results.write_history(run.out, history)
+                for listener in EPOCH_LISTENERS:
+                    listener(history[-1], run.args.epochs)
                 tqdm.write(f"epoch {epoch:3d}/{run.args.epochs}  lr {lr:.2e}  "
                            f"train loss {train['loss']:.4f} top1 {train['top1']:5.1f}%  "
                            f"val loss {val['loss']:.4f} top1 {val['top1']:5.1f}% top3 {val['top3']:5.1f}%  "
@@ -236,7 +244,7 @@ def config_of(run, model, extra):
     trainable, total = count_parameters(model)
     return {
         "task": run.task, "arguments": vars(run.args), "seed": run.args.seed,
-        "device": str(run.device), "precision": run.precision,
+        "device": str(run.device), "precision": run.precision, "compiled": run.compiled,
         "parameters": {"trainable": trainable, "total": total},
         "classes": run.data.classes, "data": str(run.data.root),
         "split_sizes": {name: len(split) for name, split in run.data.splits().items()},
@@ -258,10 +266,12 @@ def train_and_report(model, run, title, extra_config=None):
             resumed = load_checkpoint(run.out / "last.pt", run.device)
             check_resumable(resumed, run)
         results.write_config(run.out, config)
-        history = fit(model, run, resumed)
+        model.to(run.device, memory_format=torch.channels_last)
+        forward = torch.compile(model) if run.compiled else model  # compiles at its first call
+        history = fit(model, forward, run, resumed)
         metrics, predictions = {}, None
         for name, split in run.data.splits().items():
-            metrics[name], predictions = evaluate(model, split, run)  # test comes last
+            metrics[name], predictions = evaluate(model, split, run, forward)  # test comes last
         results.write_metrics(run.out, metrics, title)
         results.plot_history(run.out, [history], title)
         counts = results.confusion_matrix(run.data.test.labels, predictions, len(run.data.classes))

@@ -117,7 +117,8 @@ def test_set_alpha_rescales_assignment_of_both_inits():
 
 def test_task3_script_runs_and_records_its_init(tmp_path):
     data = make_split(tmp_path / "data", counts=(3, 1, 1))
-    common = ["--data", str(data), "--epochs", "1", "--batch-size", "5", "--precision", "fp32", "--clusters", "2"]
+    common = ["--data", str(data), "--epochs", "1", "--batch-size", "5", "--precision", "fp32", "--clusters", "2",
+              "--compile", "off"]
     task3_netvlad.main([*common, "--out", str(tmp_path / "kmeans")])
     task3_netvlad.main([*common, "--out", str(tmp_path / "random"), "--init", "random", "--alpha", "2"])
     kmeans = json.loads((tmp_path / "kmeans" / "config.json").read_text())["netvlad"]
@@ -137,7 +138,8 @@ def test_task3_script_refuses_bad_netvlad_options(argv, tmp_path):
 @pytest.mark.parametrize("change", [["--clusters", "3"], ["--init", "random"], ["--alpha", "7"]])
 def test_task3_resume_refuses_other_netvlad_settings(change, tmp_path):
     data = make_split(tmp_path / "data", counts=(3, 1, 1))
-    common = ["--data", str(data), "--batch-size", "5", "--precision", "fp32", "--out", str(tmp_path / "run")]
+    common = ["--data", str(data), "--batch-size", "5", "--precision", "fp32", "--out", str(tmp_path / "run"),
+              "--compile", "off"]
     task3_netvlad.main([*common, "--epochs", "1", "--clusters", "2"])
     before = (tmp_path / "run" / "config.json").read_text()
     option = change[0]

@@ -25,7 +25,7 @@ def images(tmp_path):
 
 def test_end_to_end_report_has_every_task(images, tmp_path, offline):
     out = tmp_path / "results"
-    reproduce.main(["--data", str(images), "--out", str(out), "--epochs", "1", "--seeds", "2"])
+    reproduce.main(["--data", str(images), "--out", str(out), "--epochs", "1", "--seeds", "2", "--compile", "off"])
     report = (out / "REPORT.md").read_text()
     for task in reproduce.TASKS:
         assert f"## {task.name}: {task.title}" in report
@@ -49,7 +49,7 @@ def test_end_to_end_report_has_every_task(images, tmp_path, offline):
 
 def test_rerun_reuses_finished_runs_and_force_redoes_them(images, tmp_path):
     argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--seeds", "1",
-            "--tasks", "task2_shallow"]
+            "--tasks", "task2_shallow", "--compile", "off"]
     reproduce.main(argv)
     metrics = tmp_path / "r" / "task2_shallow" / "seed0" / "metrics.json"
     first = metrics.stat().st_mtime_ns
@@ -63,7 +63,7 @@ def test_cub_archive_splits_the_report_way(tmp_path):
     archive = make_tgz(make_cub(tmp_path / "cub"), tmp_path / "CUB_200_2011.tgz")
     out = tmp_path / "r"
     reproduce.main(["--cub", str(archive), "--out", str(out), "--epochs", "1", "--seeds", "1",
-                    "--tasks", "task2_shallow"])
+                    "--tasks", "task2_shallow", "--compile", "off"])
     report = (out / "REPORT.md").read_text()
     assert "the report's 7 CUB-200-2011 classes; split 0.7/0.1/0.2 into 7 / 7 / 7" in report
     assert "compare rankings and gaps" not in report  # the report's own data: digits are comparable
@@ -116,7 +116,7 @@ def test_an_interrupted_split_is_redone_not_reused(images, tmp_path, monkeypatch
         return real_place(source, target, link)
 
     monkeypatch.setattr(data_split, "place", interrupt_after_three)
-    argv = ["--data", str(images), "--out", str(out), "--epochs", "1", "--tasks", "task2_shallow"]
+    argv = ["--data", str(images), "--out", str(out), "--epochs", "1", "--tasks", "task2_shallow", "--compile", "off"]
     with pytest.raises(KeyboardInterrupt):
         reproduce.main(argv)
     monkeypatch.setattr(data_split, "place", real_place)

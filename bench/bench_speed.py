@@ -1,0 +1,115 @@
+"""Benchmark: tasks 2 and 3 per seed, this checkout against an earlier commit, side by side.
+
+For each task and precision both versions train the same seed on the same data for the same
+epochs, each as a whole `python taskN_*.py` process, one after the other; printed: wall time,
+the speed-up, compilation time, peak memory (max RSS) and the test metrics of both. The earlier
+version comes from `git archive` of --baseline (default: 6b1acb2, before the allocator fix and
+torch.compile). The decoded-image cache is filled first, so neither side pays for decoding.
+
+Compilation time is what the first epoch took beyond the median epoch (compiling the training
+graph, then the evaluation graph); it is part of the per-seed time. --cold gives every compiled
+run an empty inductor cache, as on a new machine; without it later seeds reuse compiled kernels.
+
+    python bench/bench_speed.py                          # both tasks, fp32 and auto, 100 epochs
+    python bench/bench_speed.py --tasks task2_shallow --precisions fp32 --epochs 10
+"""
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from common.data import load_splits  # noqa: E402
+from common.train import default_data  # noqa: E402
+
+TASK_ARGV = {"task2_shallow": [], "task3_netvlad": ["--clusters", "16"]}
+
+
+def checkout(commit, folder):
+    """The files of `commit` in `folder`, without touching this repository's work tree."""
+    folder.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
+def timed(command, cwd, env):
+    """Wall seconds and peak RSS (MiB) of one whole process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {' '.join(command)}\n{process.stderr.read()[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def compile_seconds(out):
+    """First epoch beyond the median epoch: the one-off cost of compiling."""
+    with open(out / "history.csv", newline="") as f:
+        seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
+    return max(0.0, seconds[0] - statistics.median(seconds[1:])) if len(seconds) > 1 else 0.0
+
+
+def run(version, code, task, precision, args, scratch, env):
+    out = scratch / f"{version}-{task}-{precision}"
+    command = [sys.executable, str(code / f"{task}.py"), "--data", str(args.data), "--out", str(out),
+               "--epochs", str(args.epochs), "--seed", str(args.seed), "--precision", precision, *TASK_ARGV[task]]
+    run_env = dict(env)
+    if version == "new" and args.cold:
+        run_env["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / f"inductor-{task}-{precision}")
+    seconds, peak = timed(command, code, run_env)
+    return {"seconds": seconds, "peak_mib": peak, "compile": compile_seconds(out),
+            "test": json.loads((out / "metrics.json").read_text())["test"],
+            "config": json.loads((out / "config.json").read_text())}
+
+
+def cpu_flags():
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return "unknown"
+    return ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags) or "none of avx512/amx"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", choices=list(TASK_ARGV), default=list(TASK_ARGV))
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "auto"), default=["fp32", "auto"])
+    parser.add_argument("--epochs", type=int, default=100, help="epochs per run (default: 100, the tasks' own)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
+    parser.add_argument("--data", type=Path, default=None, help="split folder (default: the demo split)")
+    parser.add_argument("--baseline", default="6b1acb2", help="the earlier commit (default: 6b1acb2)")
+    parser.add_argument("--cold", action="store_true", help="an empty inductor cache for every compiled run")
+    args = parser.parse_args()
+    args.data = (args.data or default_data()).resolve()
+    print(f"{os.cpu_count()} CPUs, flags: {cpu_flags()}; data {args.data}; {args.epochs} epochs, seed {args.seed}; "
+          f"baseline {args.baseline}; inductor cache {'cold' if args.cold else 'warm after the first run'}")
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        env = {**os.environ, "REPRO_CACHE_DIR": str(scratch / "cache")}
+        load_splits(args.data, scratch / "cache")  # decode once, for both versions
+        old_code = checkout(args.baseline, scratch / "baseline")
+        print(f"{'task':<15}{'precision':<13}{'old s':>8}{'new s':>8}{'speed-up':>9}{'compile s':>10}"
+              f"{'old MiB':>9}{'new MiB':>9}   test top-1 / logloss, old -> new", flush=True)
+        for task in args.tasks:
+            for precision in args.precisions:
+                old = run("old", old_code, task, precision, args, scratch, env)
+                new = run("new", REPO, task, precision, args, scratch, env)
+                print(f"{task:<15}{precision + ' (' + new['config']['precision'] + ')':<13}"
+                      f"{old['seconds']:>8.1f}{new['seconds']:>8.1f}{old['seconds'] / new['seconds']:>8.2f}x"
+                      f"{new['compile']:>10.1f}{old['peak_mib']:>9.0f}{new['peak_mib']:>9.0f}   "
+                      f"{old['test']['top1']:.2f} % / {old['test']['loss']:.4f} -> "
+                      f"{new['test']['top1']:.2f} % / {new['test']['loss']:.4f}"
+                      f"{'' if new['config'].get('compiled') else ' (new not compiled)'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

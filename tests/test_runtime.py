@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from common import runtime
+from common.cli import UserError, keep_freed_memory
+
+
+def test_compile_off_never_compiles():
+    assert runtime.pick_compile("off", torch.device("cpu")) is False
+
+
+def test_no_compiler_falls_back_to_eager_with_one_warning_or_refuses_on(monkeypatch, capsys):
+    monkeypatch.setattr(runtime.shutil, "which", lambda name: None)
+    assert runtime.pick_compile("auto", torch.device("cpu")) is False
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "needs a C++ compiler" in err and "eager" in err
+    with pytest.raises(UserError, match="--compile on: .*C\\+\\+ compiler.*--compile off"):
+        runtime.pick_compile("on", torch.device("cpu"))
+
+
+def test_compile_auto_uses_it_where_a_compiler_exists(monkeypatch):
+    monkeypatch.setattr(runtime.shutil, "which", lambda name: "/usr/bin/g++")
+    assert runtime.pick_compile("auto", torch.device("cpu")) is True
+
+
+def test_allocator_tuning_is_set_on_glibc_and_harmless_elsewhere(monkeypatch):
+    import ctypes
+    import platform
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+    def no_libc(*args, **kwargs):
+        raise OSError("no such library")
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    assert keep_freed_memory() is False
