@@ -1,5 +1,6 @@
 """Device and numeric precision: picked once per run and recorded."""
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -78,6 +79,8 @@ def pick_compile(mode, device):
         return False
     reason = compile_unavailable(device)
     if reason is None:
+        # inductor's first C++ build warns that a CPU-only machine has no CUDA runtime: true, and no concern here
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         return True
     if mode == "on":
         raise UserError(f"--compile on: {reason}; use --compile off")
