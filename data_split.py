@@ -28,6 +28,7 @@ from tqdm import tqdm
 from common.cli import UserError, run_main
 from common.data import IMAGE_EXTENSIONS, MANIFEST, SPLITS, UNFINISHED_MANIFEST, open_rgb
 from common.results import atomic_write
+from common.run_folder import check_folder_writable, is_inside, lock, make_folder
 
 ROOT = Path(__file__).resolve().parent
 DEMO_IMAGES = ROOT / "demo_data" / "images"
@@ -190,15 +191,12 @@ def format_table(counts):
 
 def check_dest(src, dest, force):
     """Refuse unsafe or unwritable destinations; the manifest paths a --force run may replace."""
-    src_r, dest_r = src.resolve(), dest.resolve()
-    if dest_r == src_r or src_r in dest_r.parents:
+    if is_inside(dest, src):
         raise UserError(f"DEST {dest} is inside SRC {src}; SRC must stay untouched")
-    if dest_r in src_r.parents:
+    if is_inside(src, dest):
         raise UserError(f"SRC {src} is inside DEST {dest}; pick a DEST outside it")
-    existing = next(p for p in [dest_r, *dest_r.parents] if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to {dest} ({existing} is not a writable folder)")
-    if existing != dest_r or not any(dest.iterdir()):
+    check_folder_writable(dest, "DEST")
+    if not dest.is_dir() or not any(dest.iterdir()):
         return set()
     if not force:
         raise UserError(f"{dest} is not empty; use --force to replace a split written there before")
@@ -219,7 +217,7 @@ def read_manifest(dest):
     for path in paths:
         parts = PurePosixPath(path).parts
         escapes = not parts or parts[0] not in SPLITS or ".." in parts or PurePosixPath(path).is_absolute()
-        if escapes or dest.resolve() not in (dest / path).parent.resolve().parents:
+        if escapes or not is_inside((dest / path).parent, dest) or os.path.realpath((dest / path).parent) == os.path.realpath(dest):
             raise UserError(f"{manifest} lists {path!r}, outside DEST's split folders; not touching it")
     return paths
 
@@ -278,6 +276,12 @@ def write_split(src, dest, rows, classes, link, old_paths):
     (dest / UNFINISHED_MANIFEST).unlink()
 
 
+def check_clashes(dest, rows, old_paths):
+    clashes = [row["path"] for row in rows if row["path"] not in old_paths and os.path.lexists(dest / row["path"])]
+    if clashes:
+        raise UserError(f"{dest / clashes[0]} exists and no previous manifest lists it; move it away")
+
+
 def split_dataset(src, dest, ratios=DEFAULT_RATIOS, seed=0, link=False, force=False, dry_run=False, classes=None):
     """Split SRC's class folders into DEST/{train,validation,test}/<class>/; prints and returns the counts.
 
@@ -285,19 +289,21 @@ def split_dataset(src, dest, ratios=DEFAULT_RATIOS, seed=0, link=False, force=Fa
     """
     src, dest, ratios = Path(src), Path(dest), check_ratios(ratios)
     folders = find_classes(src, classes)
-    old_paths = check_dest(src, dest, force)
+    old_paths = check_dest(src, dest, force)  # fails before every image is read
     rows, counts = assign_splits(read_images(src, folders), ratios, seed)
-    clashes = [row["path"] for row in rows if row["path"] not in old_paths and os.path.lexists(dest / row["path"])]
-    if clashes:
-        raise UserError(f"{dest / clashes[0]} exists and no previous manifest lists it; move it away")
+    check_clashes(dest, rows, old_paths)
     print(format_table(counts))
     if dry_run:
         print("dry run: nothing written")
         return counts
-    try:
-        write_split(src, dest, rows, list(counts), link, old_paths)
-    except OSError as e:
-        raise UserError(f"cannot write {dest}: {e}")
+    make_folder(dest, "DEST")
+    with lock(dest, "DEST"):  # two splits into one DEST at once would mix their files
+        old_paths = check_dest(src, dest, force)  # again, under the lock: another split may have finished
+        check_clashes(dest, rows, old_paths)
+        try:
+            write_split(src, dest, rows, list(counts), link, old_paths)
+        except OSError as e:
+            raise UserError(f"cannot write {dest}: {e}")
     kept = [p for p in dest.rglob("*") if not p.is_dir() and p.relative_to(dest).as_posix() not in
             {MANIFEST, *(row["path"] for row in rows)}]
     if kept:

@@ -12,7 +12,6 @@ import contextlib
 import csv
 import hashlib
 import importlib
-import json
 import os
 import platform
 import sys
@@ -27,12 +26,13 @@ from tqdm import tqdm
 from common import results
 from common.backbones import WeightsUnavailable
 from common.cli import UserError, run_main
-from common.run_folder import check_folder_writable, is_inside, lock, make_folder, run_or_reuse
-from common.runtime import COMPILE_MODES
+from common.run_folder import check_folder_writable, is_inside, lock, make_folder, read_config, run_or_reuse
+from common.runtime import COMPILE_MODES, pick_device
 from common.train import EPOCH_LISTENERS
-from data_split import CUB_CLASSES, DEMO_IMAGES, cub_images, split_dataset
+from data_split import CUB_CLASSES, DEMO_IMAGES, check_ratios, cub_images, split_dataset
 
 REPO = Path(__file__).resolve().parent
+MAX_SEEDS = 1000
 DEFAULT_SEEDS = 1  # one seed of every task takes about 9 minutes on 2 CPU cores; two would pass 15
 
 
@@ -92,12 +92,15 @@ def parse_args(argv):
     parser.add_argument("--force", action="store_true", help="redo finished splits and runs instead of reusing them")
     args = parser.parse_args(argv)
     args.command = sys.argv[1:] if argv is None else argv
-    if args.seeds < 1:
-        raise UserError(f"--seeds {args.seeds}: need at least 1")
+    if not 1 <= args.seeds <= MAX_SEEDS:
+        raise UserError(f"--seeds {args.seeds}: give 1 to {MAX_SEEDS}")
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs {args.epochs}: need at least 1")
-    source = args.data or (args.cub if args.cub and args.cub.is_dir() else None)
-    if source is not None and is_inside(args.out, source):
+    if args.ratios:
+        check_ratios(args.ratios)
+    pick_device(args.device)  # every check before anything is created
+    source = args.data or (args.cub if args.cub and args.cub.is_dir() else None) or DEMO_IMAGES
+    if is_inside(args.out, source):
         raise UserError(f"--out {args.out} is inside {source}: the next split would read the results as a class")
     check_folder_writable(args.out, "--out")
     return args
@@ -154,8 +157,7 @@ def summarise(task, runs, out):
     results.plot_history(folder, histories, task.title)
     results.atomic_write(folder / "metrics.md", f"**{task.title}**, {over_seeds(len(runs))}\n\n"
                                                 f"{results.format_table(stats)}\n")
-    config = json.loads((folder / "seed0" / "config.json").read_text())
-    return {"stats": stats, "config": config}
+    return {"stats": stats, "config": read_config(folder / "seed0")}
 
 
 def machine(summaries):
@@ -239,8 +241,16 @@ def run_all(args):
     began = time.perf_counter()
     splits, ratios, description = make_splits(args)
     tasks = [t for t in TASKS if t.name in args.tasks]
+    with tqdm(total=len(tasks) * args.seeds, desc="reproduce", unit="run", dynamic_ncols=True) as progress:
+        runs, missing = run_tasks(tasks, splits, args, progress)  # the bar ends its line, whatever happens
+    summaries = {task: summarise(task, task_runs, args.out) for task, task_runs in runs.items() if task not in missing}
+    write_report(args, summaries, missing, ratios, description, time.perf_counter() - began, split_sizes(splits[0]))
+    print(f"wrote {args.out / 'REPORT.md'}")
+
+
+def run_tasks(tasks, splits, args, progress):
+    """Every task over every seed; returns the runs' metrics and the tasks whose weights are missing."""
     runs, missing = {}, {}
-    progress = tqdm(total=len(tasks) * args.seeds, desc="reproduce", unit="run", dynamic_ncols=True)
     for task in tasks:
         for seed, data in enumerate(splits):
             def show_epoch(row, epochs, name=f"{task.name} seed {seed}"):
@@ -255,15 +265,16 @@ def run_all(args):
                 progress.update(args.seeds - seed)
                 tqdm.write(f"{task.name}: weights unavailable, skipped ({e})")
                 break
+            except SystemExit:  # Ctrl-C inside the run: it said so in its log.txt; say it here too
+                tqdm.write(f"{task.name} seed {seed}: stopped (see {args.out / task.name / f'seed{seed}' / 'log.txt'}); "
+                           "run reproduce.py again to continue")
+                raise
             finally:
                 EPOCH_LISTENERS.remove(show_epoch)
             progress.update()
             test = runs[task][-1]["test"]
             tqdm.write(f"{task.name} seed {seed}: test top-1 {test['top1']:.2f} %, logloss {test['loss']:.4f}")
-    progress.close()
-    summaries = {task: summarise(task, task_runs, args.out) for task, task_runs in runs.items() if task not in missing}
-    write_report(args, summaries, missing, ratios, description, time.perf_counter() - began, split_sizes(splits[0]))
-    print(f"wrote {args.out / 'REPORT.md'}")
+    return runs, missing
 
 
 if __name__ == "__main__":

@@ -131,14 +131,20 @@ def hub_checkpoint_dir():
 
 def read_state_dict(path, label):
     """torch.load a weight file; anything but a readable state dict -> one-line UserError."""
+    if Path(path).exists() and not Path(path).is_file():  # a folder, or a FIFO that reading would block on
+        raise UserError(f"{label} is not a regular file")
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:
         raise UserError(f"{label}: {e.strerror or e}")
     except Exception as e:  # torch.load raises many types (UnpicklingError, RuntimeError, EOFError, ...)
         raise UserError(f"{label} is not a PyTorch weight file ({type(e).__name__})")
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise UserError(f"{label} is not a state dict of tensors (it holds a {type(state_dict).__name__})")
+    if not isinstance(state_dict, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                   for k, v in state_dict.items()):
+        raise UserError(f"{label} is not a state dict of named tensors (it holds a {type(state_dict).__name__})")
+    odd = [k for k, v in state_dict.items() if v.layout != torch.strided or v.is_meta]
+    if odd:
+        raise UserError(f"{label}: tensor {odd[0]} is sparse or has no data (meta); expected plain dense tensors")
     return state_dict
 
 
@@ -191,8 +197,14 @@ def load_weights(model, name, spec, state_dict, label):
     unexpected = [k for k in state_dict if k not in expected]
     reshaped = [f"{k} {tuple(state_dict[k].shape)} in the file, {tuple(expected[k].shape)} in the model"
                 for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
+    retyped = [f"{k} is {state_dict[k].dtype}, the model's {expected[k].dtype}" for k in expected
+               if k in state_dict and (state_dict[k].is_floating_point(), state_dict[k].is_complex())
+               != (expected[k].is_floating_point(), expected[k].is_complex())]
+    not_finite = [k for k in expected if k in state_dict and state_dict[k].is_floating_point()
+                  and not torch.isfinite(state_dict[k]).all()]
     problems = [f"{what}: {len(items)}, e.g. {items[0]}" for what, items in
-                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", reshaped)) if items]
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", reshaped),
+                 ("other number types", retyped), ("NaN or infinite values", not_finite)) if items]
     if problems:
         fail("; ".join(problems))
     model.load_state_dict(state_dict)

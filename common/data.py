@@ -59,12 +59,28 @@ RESIZE, CROP = 256, 224
 CACHE_DIR = Path(os.environ.get("REPRO_CACHE_DIR", Path(__file__).resolve().parent.parent / ".cache"))
 
 
+MAX_ASPECT = 10  # longer side / shorter side beyond which the long side is cut before resizing
+
+
+def limit_aspect(image):
+    """Cut the long side of an extreme image (a 1 x 30000 strip) to MAX_ASPECT x the short side,
+    centred. Resizing the short side to 256 would otherwise make it 256 x 7.7 million pixels
+    (gigabytes); the centre crop keeps only the middle anyway, and no ordinary image is touched."""
+    width, height = image.size
+    short = max(1, min(width, height))
+    if max(width, height) <= MAX_ASPECT * short:
+        return image
+    keep_w, keep_h = min(width, MAX_ASPECT * short), min(height, MAX_ASPECT * short)
+    left, top = (width - keep_w) // 2, (height - keep_h) // 2
+    return image.crop((left, top, left + keep_w, top + keep_h))
+
+
 def report_transform():
     """The report's preprocessing up to the tensor: resize 256, centre-crop 224, uint8 CHW.
 
     Normalisation happens per batch (`normalize`), so the cached uint8 tensor is lossless.
     """
-    return T.Compose([T.Resize(RESIZE), T.CenterCrop(CROP), T.PILToTensor()])
+    return T.Compose([limit_aspect, T.Resize(RESIZE), T.CenterCrop(CROP), T.PILToTensor()])
 
 
 @dataclass
@@ -115,22 +131,25 @@ def warn(message):
 
 class ArrayCache:
     """numpy arrays in FOLDER/<key>.npy. A corrupt or foreign entry counts as missing and is
-    replaced; a folder that cannot be written turns the cache off with one warning."""
+    replaced; a folder that cannot be written turns the cache off, with one warning per process."""
+    unwritable = set()  # folders found unwritable in this process
+    _lock = threading.Lock()
 
     def __init__(self, folder):
         self.folder = Path(folder)
-        self.writable = True
-        self._warn_once = threading.Lock()
 
     def get(self, key, shape, dtype):
+        file = self.folder / f"{key}.npy"
+        if not file.is_file():  # missing, or a FIFO or device that reading would block on
+            return None
         try:  # allow_pickle=False: a .npy holding pickled objects is refused, never executed
-            array = np.load(self.folder / f"{key}.npy", allow_pickle=False)
+            array = np.load(file, allow_pickle=False)
         except (OSError, ValueError, EOFError):
             return None
         return array if array.shape == tuple(shape) and array.dtype == dtype else None
 
     def put(self, key, array):
-        if not self.writable:
+        if self.folder in self.unwritable:
             return
         file = self.folder / f"{key}.npy"
         tmp = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -142,11 +161,11 @@ class ArrayCache:
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-            with self._warn_once:
-                if self.writable:
-                    self.writable = False
-                    warn(f"cannot write the cache {self.folder} ({e.strerror or e}); "
-                         f"this run keeps what it computes in memory only (set REPRO_CACHE_DIR to move the cache)")
+            with self._lock:
+                if self.folder.parent not in self.unwritable:  # one warning for the cache and its sub-folders
+                    warn(f"cannot write the cache {self.folder.parent} ({e.strerror or e}); this run keeps "
+                         f"what it computes in memory only (set REPRO_CACHE_DIR to move the cache)")
+                self.unwritable.update({self.folder, self.folder.parent})
 
 
 def decode_cached(folder, cache):
@@ -224,6 +243,11 @@ def load_splits(root, cache_dir=None):
         raise UserError(f"{root} is a split that data_split.py did not finish; run it again with --force")
     folders = {s: image_folder(root / s) for s in SPLITS}
     classes = folders["train"].classes
+    for name in classes:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"class folder {ascii(name)} in {root}/train: the name is not valid UTF-8; rename it") from None
     for s in SPLITS[1:]:
         if folders[s].classes != classes:
             only_train = sorted(set(classes) - set(folders[s].classes))

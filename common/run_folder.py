@@ -11,11 +11,15 @@ from pathlib import Path
 import torch
 
 from common.cli import UserError
+from common.results import HISTORY_FIELDS
 from common.runtime import COMPILE_MODES, PRECISIONS
 
 REPO = Path(__file__).resolve().parent.parent
-RESULT_FILES = ("metrics.json", "last.pt", "config.json")
-LOCK_FILE = ".lock"
+# Everything a run writes into --out, but reproduce.py's log.txt.
+RUN_FILES = ("config.json", "history.csv", "loss.png", "accuracy.png", "last.pt", "best.pt",
+             "metrics.md", "metrics.json", "metrics.csv", "confusion.png")
+FINAL_FILES = RUN_FILES[-4:]  # they describe a finished run: gone while a resumed one trains
+MAX_BATCH = 2 ** 31 - 1
 SEEDS = 2 ** 32  # numpy's seed range, 0 .. 2**32 - 1
 # Options that may change between a run and its --resume: where things go, how long, where it computes.
 # --data and --weights are keyed by content instead (data_fingerprint, weights fingerprint), so moving
@@ -56,7 +60,8 @@ def add_compile_arg(parser):
 
 def check_args(args):
     """Every shared option in range, before anything is read or written."""
-    checks = (("epochs", args.epochs >= 1, "at least 1"), ("batch-size", args.batch_size >= 1, "at least 1"),
+    checks = (("epochs", args.epochs >= 1, "at least 1"),
+              ("batch-size", 1 <= args.batch_size <= MAX_BATCH, f"from 1 to {MAX_BATCH}"),
               ("lr", math.isfinite(args.lr) and args.lr > 0, "a positive finite number"),
               ("gamma", 0 < args.gamma <= 1, "a number in (0, 1]"),  # also false for nan
               ("seed", 0 <= args.seed < SEEDS, f"from 0 to {SEEDS - 1}"))
@@ -68,8 +73,9 @@ def check_args(args):
 
 
 def is_inside(path, folder):
-    path, folder = Path(path).resolve(), Path(folder).resolve()
-    return path == folder or folder in path.parents
+    """True if `path` is `folder` or below it, links followed (realpath: a symlink loop is no error)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def check_folder_writable(path, label):
@@ -90,33 +96,57 @@ def make_folder(path, label):
 
 
 def check_results(out, resume, force):
+    """What --out holds must fit --resume / --force: never write over a run, or over files not ours."""
+    stopped_early = (out / "config.json").exists() and not (out / "last.pt").exists()
     if resume and not (out / "last.pt").exists():
-        raise UserError(f"--resume: {out} holds no checkpoint (last.pt)")
-    if not resume and not force and any((out / f).exists() for f in RESULT_FILES):
+        raise UserError(f"--resume: {out} holds no checkpoint (last.pt)" +
+                        ("; the run stopped before its first one: --force starts it again" if stopped_early else ""))
+    if resume or force:
+        return
+    if (out / "last.pt").exists():
         raise UserError(f"{out} already holds a run: --resume continues it, --force replaces it, --out picks another folder")
+    if stopped_early:
+        raise UserError(f"{out} holds a run stopped before its first checkpoint: --force starts it again, "
+                        "--out picks another folder")
+    others = sorted(p.name for p in out.iterdir() if p.name != "log.txt") if out.is_dir() else []
+    if others:
+        raise UserError(f"--out {out} already holds other files (e.g. {others[0]}): pick a new or empty folder, "
+                        "or --force to write there (replacing files named like a run's)")
 
 
-def check_out(args, data_root):
+def clear_previous(out, force):
+    """Before training: --force removes the earlier run's files, --resume the final tables that no
+    longer describe the run; temporary files of a killed writer go too (the lock is ours)."""
+    for name in RUN_FILES if force else FINAL_FILES:
+        (out / name).unlink(missing_ok=True)
+    for name in RUN_FILES:
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def check_out(args, *image_folders):
     """Everything about --out that can be known before the data is loaded; creates nothing."""
-    if is_inside(args.out, data_root):
-        raise UserError(f"--out {args.out} is inside --data {data_root}: results there would be read as images")
+    for folder in image_folders:
+        if is_inside(args.out, folder):
+            raise UserError(f"--out {args.out} is inside {folder}: results there would be read as images")
     check_folder_writable(args.out, "--out")
     check_results(args.out, args.resume, args.force)
-    if (args.out / LOCK_FILE).exists():
+    if args.out.is_dir():
         with lock(args.out, "--out"):  # only a probe: fail now rather than after loading the data
             pass
 
 
 @contextlib.contextmanager
 def lock(folder, label):
-    """Hold an exclusive lock on FOLDER/.lock, or refuse at once if another process holds it.
+    """Hold an exclusive lock on FOLDER itself, or refuse at once if another process holds it.
 
-    flock is released by the kernel when the process ends, however it ends: no stale locks.
+    flock on the folder's own descriptor leaves no file behind, and the kernel releases it when
+    the process ends, however it ends: no stale locks.
     """
     try:
-        fd = os.open(Path(folder) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(folder, os.O_RDONLY)
     except OSError as e:
-        raise UserError(f"cannot write to {label} {folder}: {e.strerror or e}") from None
+        raise UserError(f"cannot open {label} {folder}: {e.strerror or e}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -161,6 +191,20 @@ CHECKPOINT_TYPES = {"epoch": int, "key": dict, "model": dict, "optimizer": dict,
                     "rng": torch.Tensor, "shuffle_rng": torch.Tensor, "history": list, "best": dict}
 
 
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def well_formed(state):
+    """The plain data that fit() uses directly has the shapes fit() wrote; tensors are checked on loading."""
+    epoch, history, best = state.get("epoch"), state.get("history"), state.get("best")
+    return (all(isinstance(state.get(k), t) for k, t in CHECKPOINT_TYPES.items())
+            and epoch >= 1 and len(history) == epoch
+            and all(isinstance(row, dict) and all(is_number(row.get(f)) for f in HISTORY_FIELDS) for row in history)
+            and is_number(best.get("loss"))
+            and (best["loss"] == math.inf or (isinstance(best.get("epoch"), int) and isinstance(best.get("model"), dict))))
+
+
 def load_checkpoint(path, device):
     """last.pt as plain data: weights_only refuses any pickled object that could run code."""
     start_over = f"start over with --force (it replaces {path.parent})"
@@ -171,7 +215,7 @@ def load_checkpoint(path, device):
                         f"checkpoint of this project and was not loaded; {start_over}") from None
     except Exception as e:  # truncated or garbled files raise RuntimeError, EOFError, OSError, ...
         raise UserError(f"--resume: {path} is corrupt or unreadable ({type(e).__name__}); {start_over}") from None
-    if not isinstance(state, dict) or any(not isinstance(state.get(k), t) for k, t in CHECKPOINT_TYPES.items()):
+    if not isinstance(state, dict) or not well_formed(state):
         raise UserError(f"--resume: {path} is not a checkpoint of this project; {start_over}")
     return state
 
@@ -185,14 +229,43 @@ def check_resumable(state, run):
                         f"{run.args.epochs}: give --epochs {state['epoch']} or more, or --force to start over")
 
 
+def check_schedule(optimizer, scheduler, epochs_done, args, path):
+    """After loading: the learning rate and schedule must be what --lr and --gamma give after
+    that many epochs, so a doctored optimizer or scheduler state is refused, not trained on."""
+    expected = args.lr * args.gamma ** epochs_done
+    fits = (scheduler.last_epoch == epochs_done and scheduler.gamma == args.gamma and scheduler.step_size == 1
+            and all(is_number(g.get("lr")) and math.isclose(g["lr"], expected, rel_tol=1e-6)
+                    for g in optimizer.param_groups))
+    if not fits:
+        raise UserError(f"--resume: the optimizer or schedule in {path} does not match --lr {args.lr} and --gamma "
+                        f"{args.gamma} after {epochs_done} epochs; start over with --force")
+
+
 # --- reuse ----------------------------------------------------------------------------------
 
-def recorded_epochs(out):
+def read_config(out):
+    """config.json of a run, with the fields that reuse and reports read; None if there is none."""
+    if not (out / "config.json").exists():
+        return None
     try:
-        return int(json.loads((out / "config.json").read_text())["arguments"]["epochs"])
+        config = json.loads((out / "config.json").read_text())
+        if isinstance(config["arguments"]["epochs"], int) and isinstance(config["parameters"]["trainable"], int):
+            return config
     except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{out / 'config.json'} is unreadable or was not written by this project: "
-                        "use --force to train that run again, or another folder") from None
+        pass
+    raise UserError(f"{out / 'config.json'} is unreadable or was not written by this project: "
+                    "use --force to train that run again, or another folder")
+
+
+def finished_metrics(out):
+    """metrics.json of a finished run, or None when it is missing or damaged (the run is then resumed)."""
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+        if all(is_number(metrics[split][m]) for split in ("train", "validation", "test") for m in ("loss", "top1", "top3")):
+            return metrics
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def run_or_reuse(main, argv, out, epochs, force=False):
@@ -200,14 +273,17 @@ def run_or_reuse(main, argv, out, epochs, force=False):
 
     A finished run of as many epochs is reused; a shorter or interrupted one continues from its
     checkpoint; `force` starts afresh. Returns the run's metrics. reproduce.py and the NetVLAD
-    study build on this, so that stopping and restarting them loses no finished work.
+    study build on this, so that stopping and restarting them loses no finished work. (metrics.json
+    exists only while it describes the run in config.json: a resumed run removes it first.)
     """
-    recorded = None if force or not (out / "config.json").exists() else recorded_epochs(out)
+    config = None if force else read_config(out)
+    recorded = config["arguments"]["epochs"] if config else None
     if recorded is not None and recorded > epochs:
         raise UserError(f"{out} holds a {recorded}-epoch run, more than the {epochs} epochs asked for: "
                         "use --force or another folder")
-    if recorded == epochs and (out / "metrics.json").exists():
-        return json.loads((out / "metrics.json").read_text())
+    metrics = finished_metrics(out) if recorded == epochs else None
+    if metrics is not None:
+        return metrics
     resume = not force and (out / "last.pt").exists()
     argv = [*argv, "--epochs", str(epochs), "--out", str(out), "--resume" if resume else "--force"]
     make_folder(out, "run folder")

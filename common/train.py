@@ -17,8 +17,8 @@ from tqdm import tqdm
 from common import results
 from common.cli import UserError
 from common.data import SplitData, load_splits, normalize
-from common.run_folder import (check_args, check_out, check_resumable, load_checkpoint, open_run_folder,
-                               run_key)
+from common.run_folder import (check_args, check_out, check_resumable, check_schedule, clear_previous,
+                               load_checkpoint, open_run_folder, run_key)
 from common.runtime import autocast, pick_compile, pick_device, pick_precision
 
 CHECKPOINT_EVERY_S = 60
@@ -46,6 +46,11 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def demo_images():
+    from data_split import DEMO_IMAGES
+    return DEMO_IMAGES
+
+
 def default_data():
     """The demo split, made from the embedded demo images the first time it is needed."""
     from data_split import DEMO_IMAGES, DEMO_SPLIT, split_dataset
@@ -64,7 +69,7 @@ def start_run(task, args):
     if args.data is not None and not args.data.is_dir():
         raise UserError(f"--data {args.data}: no such folder")
     root = args.data if args.data is not None else default_data()
-    check_out(args, root)
+    check_out(args, root, *([] if args.data is not None else [demo_images()]))
     data = load_splits(root)
     seed_everything(args.seed)
     return Run(task, args, data, device, precision, compiled)
@@ -186,9 +191,14 @@ def fit(model, forward, run, resumed=None):
             scheduler.load_state_dict(resumed["scheduler"])
             torch.set_rng_state(resumed["rng"])
             generator.set_state(resumed["shuffle_rng"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            best_weights = resumed["best"].get("model", {})
+            shapes = {k: v.shape for k, v in model.state_dict().items()}
+            if best_weights and {k: getattr(v, "shape", None) for k, v in best_weights.items()} != shapes:
+                raise ValueError("its best weights have other tensors than the model")
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise UserError(f"--resume: {run.out / 'last.pt'} does not fit this model "
                             f"({str(e).splitlines()[0][:200]}); start over with --force") from None
+        check_schedule(optimizer, scheduler, resumed["epoch"], run.args, run.out / "last.pt")
         history, best, start = resumed["history"], resumed["best"], resumed["epoch"] + 1
         print(f"resuming {run.out} after epoch {resumed['epoch']}")
     key = run_key(run)
@@ -230,7 +240,10 @@ def fit(model, forward, run, resumed=None):
                           file=sys.stderr)
                     sys.exit(130)
     except KeyboardInterrupt:
-        print(f"\nquit; continue from the last checkpoint in {run.out} with --resume", file=sys.stderr)
+        if (run.out / "last.pt").exists():
+            print(f"\nquit; continue from the last checkpoint in {run.out} with --resume", file=sys.stderr)
+        else:
+            print(f"\nquit before the first checkpoint; start {run.out} again with --force", file=sys.stderr)
         sys.exit(130)
     return history
 
@@ -265,6 +278,7 @@ def train_and_report(model, run, title, extra_config=None):
         if run.args.resume:  # checked before config.json is rewritten with this run's settings
             resumed = load_checkpoint(run.out / "last.pt", run.device)
             check_resumable(resumed, run)
+        clear_previous(run.out, run.args.force)
         results.write_config(run.out, config)
         model.to(run.device, memory_format=torch.channels_last)
         forward = torch.compile(model) if run.compiled else model  # compiles at its first call

@@ -7,6 +7,7 @@ import torch.nn as nn
 
 import common.data
 from common.backbones import BACKBONES, extract_features, load_backbone
+from common.cli import UserError
 from common.run_folder import add_training_args
 from common.train import count_parameters, start_run, train_and_report
 
@@ -33,7 +34,10 @@ def parse_args(name, description, argv=None):
                              "cache $TORCH_HOME/hub/checkpoints/, downloaded there when missing and online)")
     parser.add_argument("--no-pretrained", action="store_true",
                         help="random-init backbone instead of ImageNet weights (every output says so)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.no_pretrained and args.weights is not None:
+        raise UserError("--weights and --no-pretrained contradict each other: pick one")
+    return args
 
 
 def run_transfer(name, title, description, argv=None):
