@@ -1,4 +1,6 @@
 """Frozen backbones: shapes, frozenness, offline weight loading, real EfficientNet-Lite0 weights, feature cache."""
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -191,3 +193,29 @@ def test_a_weights_file_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(UserError, match="is not a PyTorch weight file"):
         load_backbone("resnet50", tmp_path / "evil.pth")
     assert not planted.exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda path: os.mkfifo(path), "is not a regular file"),
+    (lambda path: torch.save({1: torch.zeros(1)}, path), "not a state dict of named tensors"),
+    (lambda path: torch.save({"fc.weight": torch.zeros(2, 2).to_sparse()}, path), "sparse or has no data"),
+    (lambda path: torch.save({"fc.weight": torch.empty(2, 2, device="meta")}, path), "sparse or has no data"),
+])
+def test_weights_files_that_are_not_plain_tensors_are_refused(tmp_path, make, message):
+    make(tmp_path / "w.pth")
+    with pytest.raises(UserError, match=message):
+        load_backbone("resnet50", tmp_path / "w.pth")
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda t: t.fill_(float("nan")), "NaN or infinite values: 1, e.g. fc.weight"),
+    (lambda t: t.to(torch.int8), "other number types: 1, e.g. fc.weight is torch.int8"),
+    (lambda t: t.to(torch.complex64), "other number types: 1, e.g. fc.weight is torch.complex64"),
+])
+def test_weights_with_nan_or_other_number_types_are_refused(random_backbones, tmp_path, spoil, message):
+    torch.manual_seed(0)
+    state = load_backbone("resnet50", pretrained=False, keep_classifier=True).net.state_dict()
+    state["fc.weight"] = spoil(state["fc.weight"].clone())
+    torch.save(state, tmp_path / "w.pth")
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_backbone("resnet50", tmp_path / "w.pth")

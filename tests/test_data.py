@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from common.cli import UserError
-from common.data import load_splits, normalize, open_rgb, report_transform
+from common.data import ArrayCache, limit_aspect, load_splits, normalize, open_rgb, report_transform
 from conftest import CreatesFile, make_split
 
 
@@ -180,3 +180,40 @@ def test_an_unwritable_cache_falls_back_to_memory_with_one_warning(tmp_path, cap
     err = capsys.readouterr().err
     assert err.count("cannot write the cache") == 1 and "in memory only" in err
     assert torch.equal(data.test.inputs, load_splits(root, tmp_path / "cache").test.inputs)
+
+
+def test_an_extreme_strip_is_cut_before_resizing_and_ordinary_images_are_untouched():
+    import torchvision.transforms as T
+    strip = Image.new("RGB", (1, 30000), (10, 200, 30))
+    assert limit_aspect(strip).size == (1, 10)
+    assert report_transform()(strip).shape == (3, 224, 224)  # in milliseconds and kilobytes, not 8 GB
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 700, 3), dtype=np.uint8))
+    plain = T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()])
+    assert torch.equal(report_transform()(photo), plain(photo))
+
+
+def test_a_fifo_in_the_cache_is_not_read(tmp_path):
+    root, cache_dir = make_split(tmp_path / "d"), tmp_path / "cache"
+    first = load_splits(root, cache_dir)
+    entry = cache_files(cache_dir)[0]
+    entry.unlink()
+    os.mkfifo(entry)  # reading it would block forever
+    assert torch.equal(load_splits(root, cache_dir).train.inputs, first.train.inputs)
+    assert entry.is_file()  # replaced by the real entry
+
+
+def test_a_class_folder_name_that_is_not_utf8_is_one_error(tmp_path):
+    root = make_split(tmp_path / "d")
+    for split in ("train", "validation", "test"):
+        os.rename(os.fsencode(root / split / "red"), os.fsencode(root / split) + b"/\xfffox")
+    with pytest.raises(UserError, match="not valid UTF-8; rename it"):
+        load_splits(root)
+
+
+def test_the_unwritable_cache_warning_comes_once_for_all_its_folders(tmp_path, capsys):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file")
+    ArrayCache(blocked / "decoded").put("a", np.zeros(2))
+    ArrayCache(blocked / "features").put("b", np.zeros(2))
+    ArrayCache(blocked / "features").put("c", np.zeros(2))
+    assert capsys.readouterr().err.count("cannot write the cache") == 1

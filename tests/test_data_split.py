@@ -379,6 +379,18 @@ def test_force_re_split_interrupted_keeps_the_old_paths_cleanable(src, tmp_path,
     assert files_under(dest) == files_under(tmp_path / "clean")
 
 
+def test_a_dest_in_use_by_another_split_is_refused(src, tmp_path):
+    from common.run_folder import lock
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with lock(dest, "DEST"):
+        with pytest.raises(UserError, match="DEST .* is in use by another run"):
+            ds.main([str(src), str(dest)])
+    assert list(dest.iterdir()) == []
+    ds.main([str(src), str(dest)])  # free again
+    assert len(read_manifest(dest)) == 37
+
+
 # -----------------------------------------------------------------------------
 # CUB-200-2011
 

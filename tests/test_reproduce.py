@@ -124,3 +124,26 @@ def test_an_interrupted_split_is_redone_not_reused(images, tmp_path, monkeypatch
     split = next((out / "splits").iterdir())
     assert (split / "split.csv").exists() and not (split / "split.csv.incomplete").exists()
     assert sum(1 for p in split.rglob("*.png")) == 24
+
+
+@pytest.mark.parametrize("argv, message", [(["--device", "nonsense"], "not a device name"),
+                                           (["--ratios", "0.5", "0.5", "0.5"], "summing to 1"),
+                                           (["--seeds", str(10 ** 20)], "give 1 to 1000")])
+def test_bad_options_are_refused_before_anything_is_created(images, tmp_path, argv, message):
+    with pytest.raises(reproduce.UserError, match=message):
+        reproduce.main(["--data", str(images), "--out", str(tmp_path / "r"), *argv])
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_damaged_finished_run_is_redone_or_refused(images, tmp_path):
+    argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--tasks", "task2_shallow",
+            "--compile", "off"]
+    reproduce.main(argv)
+    run = tmp_path / "r" / "task2_shallow" / "seed0"
+    good = (run / "metrics.json").read_text()
+    (run / "metrics.json").write_text("garbage")
+    reproduce.main(argv)  # the checkpoint holds the finished run: evaluated again, same table
+    assert (run / "metrics.json").read_text() == good
+    (run / "config.json").write_text('{"arguments": {"epochs": 1}}')
+    with pytest.raises(reproduce.UserError, match="config.json is unreadable or was not written by this project"):
+        reproduce.main(argv)

@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import shutil
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from common.cli import UserError
-from common.run_folder import lock, run_or_reuse
+from common.run_folder import add_training_args, is_inside, lock, run_or_reuse
+from common.train import EPOCH_LISTENERS, start_run
 from conftest import CreatesFile, make_split
 from test_train import run, tiny_main
 
@@ -161,3 +163,112 @@ def test_run_or_reuse_reuses_extends_and_refuses_shorter(data, tmp_path):
     (out / "config.json").write_text("{not json")
     with pytest.raises(UserError, match="config.json is unreadable.*--force"):
         run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=3)
+
+
+def test_out_holding_other_files_is_refused_unless_forced(data, tmp_path):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "metrics.md").write_text("my notes")
+    with pytest.raises(UserError, match="already holds other files \\(e.g. metrics.md\\).*--force"):
+        run(data, out, "--epochs", "1")
+    assert (out / "metrics.md").read_text() == "my notes"
+    run(data, out, "--epochs", "1", "--force")  # asked for: replaced
+    assert (out / "metrics.md").read_text() != "my notes"
+
+
+def interrupt_at_epoch(n):
+    def listener(row, epochs):
+        if row["epoch"] == n:
+            raise KeyboardInterrupt  # what Ctrl-C pressed twice does
+    return listener
+
+
+def test_an_interrupted_longer_run_is_not_reported_with_the_shorter_runs_metrics(data, tmp_path):
+    whole = run_or_reuse(tiny_main, ["--data", str(data)], tmp_path / "whole", epochs=3)
+    out = tmp_path / "out"
+    run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=1)
+    EPOCH_LISTENERS.append(interrupt_at_epoch(2))
+    try:
+        with pytest.raises(SystemExit):
+            run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=3)
+    finally:
+        EPOCH_LISTENERS.clear()
+    assert not (out / "metrics.json").exists()  # the 1-epoch table no longer describes the folder
+    assert run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=3) == whole
+
+
+def test_a_failed_forced_run_leaves_no_table_of_the_earlier_run(data, tmp_path):
+    out = tmp_path / "out"
+    run(data, out, "--epochs", "1")
+    with pytest.raises(UserError, match="training loss became"):
+        run(data, out, "--epochs", "1", "--force", "--lr", "1e300")
+    assert not (out / "metrics.json").exists() and not (out / "last.pt").exists()
+    assert json.loads((out / "config.json").read_text())["arguments"]["lr"] == 1e300
+
+
+def test_a_run_stopped_before_its_first_checkpoint_says_to_use_force(data, tmp_path):
+    out = tmp_path / "out"
+    EPOCH_LISTENERS.append(interrupt_at_epoch(1))
+    try:
+        with pytest.raises(SystemExit):
+            run(data, out, "--epochs", "3")
+    finally:
+        EPOCH_LISTENERS.clear()
+    with pytest.raises(UserError, match="stopped before its first checkpoint: --force starts it again"):
+        run(data, out, "--epochs", "3")
+    with pytest.raises(UserError, match="holds no checkpoint.*--force starts it again"):
+        run(data, out, "--epochs", "3", "--resume")
+
+
+def test_temporary_files_of_a_killed_writer_are_removed(data, tmp_path):
+    out = tmp_path / "out"
+    run(data, out, "--epochs", "1")
+    (out / ".last.pt.99999.tmp").write_bytes(b"x" * 100)  # what SIGKILL during torch.save leaves
+    run(data, out, "--epochs", "2", "--resume")
+    assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("doctor, message", [
+    (lambda s: s.update(history=[1, 2]), "not a checkpoint of this project"),
+    (lambda s: s.update(best={}), "not a checkpoint of this project"),
+    (lambda s: s.update(best={"loss": "x"}), "not a checkpoint of this project"),
+    (lambda s: s.update(epoch=-5), "not a checkpoint of this project"),
+    (lambda s: s["scheduler"].update(gamma=0.5), "does not match --lr 0.05 and --gamma 0.9"),
+    (lambda s: s["scheduler"].update(gamma="x"), "does not match --lr 0.05 and --gamma 0.9"),
+    (lambda s: s["optimizer"]["param_groups"][0].update(lr="x"), "does not match --lr"),
+    (lambda s: s["best"].update(model={"w": torch.zeros(2)}), "does not fit this model"),
+])
+def test_a_checkpoint_with_doctored_plain_data_is_one_error(data, tmp_path, doctor, message):
+    out = tmp_path / "out"
+    run(data, out, "--epochs", "1")
+    state = torch.load(out / "last.pt", weights_only=True)
+    doctor(state)
+    torch.save(state, out / "last.pt")
+    with pytest.raises(UserError, match=message):
+        run(data, out, "--epochs", "2", "--resume")
+
+
+def test_huge_batch_size_is_refused(data, tmp_path):
+    with pytest.raises(UserError, match="--batch-size 100000000000000000000 is out of range"):
+        run(data, tmp_path / "out", "--batch-size", str(10 ** 20))
+
+
+def test_paths_through_a_symlink_loop_are_compared_without_error(tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    assert not is_inside(tmp_path / "a" / "x", tmp_path / "data")
+    assert is_inside(tmp_path / "data" / "x", tmp_path / "data")
+    assert not is_inside(tmp_path / "data2", tmp_path / "data")
+
+
+def test_out_inside_the_demo_images_is_refused_when_data_is_the_demo_split(data, tmp_path, monkeypatch):
+    import common.train
+    demo_images = tmp_path / "demo_images"
+    demo_images.mkdir()
+    monkeypatch.setattr(common.train, "default_data", lambda: data)
+    monkeypatch.setattr(common.train, "demo_images", lambda: demo_images)
+    parser = argparse.ArgumentParser()
+    add_training_args(parser, "test", epochs=1, batch_size=5)
+    with pytest.raises(UserError, match="is inside .*demo_images"):
+        start_run("test", parser.parse_args(["--out", str(demo_images / "zz")]))
+    assert list(demo_images.iterdir()) == []

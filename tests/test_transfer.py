@@ -116,3 +116,10 @@ def test_resume_refuses_other_backbone_weights_or_no_pretrained(data, tmp_path):
     shutil.copy(package, tmp_path / "same.pth")  # the same weights under another name are the same run
     run_cached(data, out, "--epochs", "2", "--resume", "--weights", str(tmp_path / "same.pth"))
     assert json.loads((out / "config.json").read_text())["arguments"]["epochs"] == 2
+
+
+def test_weights_with_no_pretrained_is_refused(data, tmp_path):
+    with pytest.raises(UserError, match="--weights and --no-pretrained contradict each other"):
+        task1_resnet.main(["--data", str(data), "--out", str(tmp_path / "o"), "--no-pretrained",
+                           "--weights", str(tmp_path / "w.pth")])
+    assert not (tmp_path / "o").exists()
