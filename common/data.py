@@ -168,29 +168,35 @@ class ArrayCache:
                 self.unwritable.update({self.folder, self.folder.parent})
 
 
-def decode_cached(folder, cache):
-    """The images of an ImageFolder that decode, as one uint8 N x 3 x 224 x 224 tensor; and their indices and sha1s.
+def decoded_cache(cache_dir=None):
+    """The decoded-image cache: one folder per preprocessing, under $REPRO_CACHE_DIR or .cache/."""
+    return ArrayCache(Path(cache_dir or CACHE_DIR) / f"decoded_r{RESIZE}_c{CROP}")
+
+
+def decode_images(paths, cache, desc="load"):
+    """The images among `paths` that decode, as one uint8 N x 3 x 224 x 224 tensor; and their indices and sha1s.
 
     Each image is decoded once: the result is kept in `cache` under its content hash, so
     later runs, other splits and re-splits of the same files load it instead. A file that
     cannot be read as an image is named in a warning and left out.
     """
+    transform = report_transform()
+
     def load(path):
         try:
             digest = file_sha1(path)
             image = cache.get(digest, (3, CROP, CROP), np.uint8)
             if image is None:
-                image = folder.transform(folder.loader(path)).numpy()
+                image = transform(open_rgb(path)).numpy()
                 cache.put(digest, image)
             return digest, torch.from_numpy(image)
         except Exception as e:  # PIL raises many types for bad files (and a decompression bomb); all mean "skip"
             warn(f"{path}: cannot be read as an image ({type(e).__name__}: {str(e)[:120]}); left out")
             return None
 
-    paths = [path for path, _ in folder.samples]
     with ThreadPoolExecutor(os.cpu_count()) as pool:  # PIL decodes outside the GIL
-        loaded = list(tqdm(pool.map(load, paths), total=len(paths), desc=f"load {Path(folder.root).name}",
-                           unit="img", leave=False, mininterval=5, disable=None))
+        loaded = list(tqdm(pool.map(load, paths), total=len(paths), desc=desc, unit="img", leave=False,
+                           mininterval=5, disable=None))
     kept = [i for i, item in enumerate(loaded) if item is not None]
     images = torch.stack([loaded[i][1] for i in kept]) if kept else torch.empty(0, 3, CROP, CROP, dtype=torch.uint8)
     return images, kept, [loaded[i][0] for i in kept]
@@ -210,12 +216,11 @@ def image_folder(path):
     classes = [p.name for p in Path(path).iterdir() if p.is_dir()]
     if not classes:
         raise UserError(f"{path} holds no class folders: expected {path}/<class>/<images>")
-    return ImageFolder(str(path), transform=report_transform(), loader=open_rgb, is_valid_file=is_image_file,
-                       allow_empty=True)
+    return ImageFolder(str(path), is_valid_file=is_image_file, allow_empty=True)  # lists files; decode_images reads them
 
 
 def load_split(folder, cache):
-    images, kept, digests = decode_cached(folder, cache)
+    images, kept, digests = decode_images([p for p, _ in folder.samples], cache, f"load {Path(folder.root).name}")
     where = folder.root
     if not folder.samples:
         raise UserError(f"{where} holds no images")
@@ -234,7 +239,7 @@ def load_splits(root, cache_dir=None):
     warning and left out; a split left with none is an error.
     """
     root = Path(root)
-    cache = ArrayCache(Path(cache_dir or CACHE_DIR) / f"decoded_r{RESIZE}_c{CROP}")
+    cache = decoded_cache(cache_dir)
     missing = [s for s in SPLITS if not (root / s).is_dir()]
     if missing:
         raise UserError(f"{root} has no {', '.join(missing)} folder: expected {root}/{{train,validation,test}}/<class>/ "

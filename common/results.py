@@ -160,7 +160,7 @@ def confusion_matrix(labels, predictions, num_classes):
     return counts
 
 
-def plot_confusion(out, counts, classes, title):
+def plot_confusion(path, counts, classes, title):
     n = len(classes)
     fig, ax = plt.subplots(figsize=(1.0 + 0.7 * n, 0.8 + 0.6 * n))
     counts = counts.numpy()
@@ -173,4 +173,4 @@ def plot_confusion(out, counts, classes, title):
     ax.set_xticks(range(n), classes, rotation=45, ha="right")
     ax.set_yticks(range(n), classes)
     ax.set(xlabel="predicted", ylabel="true", title=f"{title}: test confusion matrix")
-    save_figure(fig, Path(out) / "confusion.png")
+    save_figure(fig, path)

@@ -135,17 +135,17 @@ def train_epoch(model, forward, split, optimizer, run, generator, epoch):
 
 @torch.inference_mode()
 def evaluate(model, split, run, forward=None):
-    """Logloss, top-1 and top-3 in eval mode; also returns the predicted classes."""
+    """Logloss, top-1 and top-3 in eval mode; also returns the N x C log-probabilities (on the CPU)."""
     model.eval()
     forward = model if forward is None else forward
-    meter, predictions = Meter(), []
+    meter, outputs = Meter(), []
     for inputs, labels in split.batches(run.args.batch_size):
         labels = labels.to(run.device)
         with autocast(run.device, run.precision):
             log_probs = forward(prepare(inputs, run.device)).float()
         meter.add(log_probs, labels, F.nll_loss(log_probs, labels, reduction="sum"))
-        predictions.append(log_probs.argmax(dim=1).cpu())
-    return meter.result(), torch.cat(predictions)
+        outputs.append(log_probs.cpu())
+    return meter.result(), torch.cat(outputs)
 
 
 class StopAfterEpoch:
@@ -283,12 +283,12 @@ def train_and_report(model, run, title, extra_config=None):
         model.to(run.device, memory_format=torch.channels_last)
         forward = torch.compile(model) if run.compiled else model  # compiles at its first call
         history = fit(model, forward, run, resumed)
-        metrics, predictions = {}, None
+        metrics, log_probs = {}, None
         for name, split in run.data.splits().items():
-            metrics[name], predictions = evaluate(model, split, run, forward)  # test comes last
+            metrics[name], log_probs = evaluate(model, split, run, forward)  # test comes last
         results.write_metrics(run.out, metrics, title)
         results.plot_history(run.out, [history], title)
-        counts = results.confusion_matrix(run.data.test.labels, predictions, len(run.data.classes))
-        results.plot_confusion(run.out, counts, run.data.classes, title)
+        counts = results.confusion_matrix(run.data.test.labels, log_probs.argmax(dim=1), len(run.data.classes))
+        results.plot_confusion(run.out / "confusion.png", counts, run.data.classes, title)
     print(f"\n{title} ({run.out})\n{results.format_table(metrics)}")
     return metrics

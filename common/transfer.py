@@ -47,11 +47,12 @@ def run_transfer(name, title, description, argv=None):
     backbone = load_backbone(name, args.weights, pretrained=not args.no_pretrained)
     if args.no_pretrained:
         title += " (random-init backbone, not pretrained)"
-    if not args.no_pretrained:  # --resume must use the same weights, wherever the file lies now
-        run.identity["backbone weights (sha1)"] = backbone.weights_fingerprint()
+    # --resume and predict.py must use the same backbone, wherever its weight file lies now
+    run.identity["backbone weights (sha1)"] = backbone.weights_fingerprint()
     head = linear_head(BACKBONES[name].feature_dim, len(run.data.classes))
     features_run = dataclasses.replace(run, data=feature_splits(backbone, run.data, run))
     _, backbone_parameters = count_parameters(backbone)
     return train_and_report(head, features_run, title, {
         "backbone": name, "pretrained": not args.no_pretrained, "weights": backbone.weights_source,
+        "weights_sha1": backbone.weights_fingerprint(),
         "backbone_parameters": backbone_parameters, "features": "computed once, cached"})

@@ -50,7 +50,7 @@ def test_every_result_file_is_written_and_parses(tmp_path):
     results.plot_history(tmp_path, [history], "A model")
     counts = results.confusion_matrix(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 3)
     assert counts.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
-    results.plot_confusion(tmp_path, counts, ["a", "b", "c"], "A model")
+    results.plot_confusion(tmp_path / "confusion.png", counts, ["a", "b", "c"], "A model")
 
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics()
     assert (tmp_path / "metrics.md").read_text().startswith("**A model**")

@@ -1,0 +1,214 @@
+"""Ask a trained run about new images: top-k classes per image, and the report's table on labelled folders.
+
+RUN_DIR is any task's output folder (results/task2_shallow, results/task1_efficientnet/seed0, ...).
+The model is rebuilt from its config.json and best.pt (--checkpoint last: the final weights, those
+metrics.json reports). PATH is an image or a folder, searched recursively. A folder with one
+sub-folder per class of the run is also scored: logloss, top-1, top-3 and a confusion matrix.
+
+typical commands:
+  python predict.py results/task2_shallow photo.jpg
+  python predict.py results/task2_shallow data/demo_split/test --checkpoint last   # = metrics.json's test row
+  python predict.py results/task1_efficientnet ~/new_photos --top 1 --out predictions.csv
+"""
+import argparse
+import csv
+import io
+import types
+from pathlib import Path
+
+import torch
+
+from common import results
+from common.backbones import BACKBONES, extract_features, load_backbone
+from common.cli import UserError, run_main
+from common.data import IMAGE_EXTENSIONS, Split, decode_images, decoded_cache, warn
+from common.models import ShallowConvNet, ShallowNetVLAD
+from common.run_folder import read_config
+from common.runtime import PRECISIONS, pick_compile, pick_device, pick_precision
+from common.train import evaluate, seed_everything
+from common.transfer import linear_head
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run's folder (holds config.json)")
+    parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders (recursive)")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help="best = lowest validation loss (best.pt); last = the final weights (default: best)")
+    parser.add_argument("--top", type=int, default=3, metavar="K", help="classes shown per image (default: 3, "
+                                                                        "capped at the number of classes)")
+    parser.add_argument("--out", type=Path, help="also write path, rank, class, probability rows to this CSV file")
+    parser.add_argument("--weights", type=Path, help="task 1: the backbone's weight file, if it moved since training")
+    parser.add_argument("--batch-size", type=int, help="images per forward pass (default: the run's)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--precision", choices=PRECISIONS, help="default: the run's, so its numbers repeat exactly")
+    args = parser.parse_args(argv)
+    if args.top < 1:
+        raise UserError(f"--top {args.top}: need at least 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: need at least 1")
+    if args.out is not None and args.out.is_dir():
+        raise UserError(f"--out {args.out} is a folder; give a .csv file name")
+    return args
+
+
+# --- the model ------------------------------------------------------------------------------
+
+def load_weights(run_dir, checkpoint):
+    path = run_dir / f"{checkpoint}.pt"
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no {path.name}: not a finished run (or pick --checkpoint "
+                        f"{'last' if checkpoint == 'best' else 'best'})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # a checkpoint is untrusted input
+    except Exception as e:
+        raise UserError(f"{path} is corrupt or not a checkpoint of this project ({type(e).__name__})") from None
+    weights = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise UserError(f"{path} holds no model weights")
+    return weights
+
+
+def task1_backbone(config, weights_file):
+    """The frozen backbone the run used, checked against its recorded fingerprint."""
+    name, arguments = config["backbone"], config["arguments"]
+    if config["pretrained"]:
+        recorded = Path(config["weights"]) if config.get("weights") else None
+        if weights_file is None and recorded is not None and recorded.is_file():
+            weights_file = recorded  # else: the usual places (hub cache, package), checked below
+        backbone = load_backbone(name, weights_file)
+    else:
+        seed_everything(arguments["seed"])  # the random init the run drew, in the same order
+        backbone = load_backbone(name, pretrained=False)
+    if backbone.weights_fingerprint() != config.get("weights_sha1"):
+        raise UserError(f"the backbone weights {backbone.weights_source} are not the ones the run used "
+                        f"({config.get('weights')}); pass that file with --weights FILE")
+    return backbone
+
+
+def build_model(config, weights_file):
+    """(backbone or None, model) for the run's task, with the run's classes and options."""
+    task, classes, arguments = config["task"], config["classes"], config["arguments"]
+    if task == "task2_shallow":
+        return None, ShallowConvNet(len(classes))
+    if task == "task3_netvlad":
+        model = ShallowNetVLAD(len(classes), arguments["clusters"])
+        model.netvlad.normalize_input = arguments.get("init") != "random"  # the report's init does not normalise
+        return None, model
+    if task.startswith("task1_") and config.get("backbone") in BACKBONES:
+        return task1_backbone(config, weights_file), linear_head(BACKBONES[config["backbone"]].feature_dim, len(classes))
+    raise UserError(f"{config['task']!r} in config.json is not a task of this project")
+
+
+# --- the images -----------------------------------------------------------------------------
+
+def image_files(folder):
+    return sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def gather(paths, classes):
+    """[(name, [(file, label or None)])]: each labelled folder (one with class sub-folders) as its
+    own set, in ImageFolder's order so that its batches are the run's; everything else as one set."""
+    sets, loose = [], []
+    for path in paths:
+        if path.is_file():
+            loose.append((str(path), None))
+        elif path.is_dir():
+            class_folders = sorted(p for p in path.iterdir() if p.is_dir())
+            known = [p for p in class_folders if p.name in classes]
+            if not known:
+                loose += [(f, None) for f in image_files(path)]
+                continue
+            unknown = [p.name for p in class_folders if p.name not in classes]
+            if unknown:
+                warn(f"{path}: classes the model does not know, skipped: {', '.join(unknown)}")
+            sets.append((path, [(f, classes.index(p.name)) for p in known for f in image_files(p)]))
+        else:
+            raise UserError(f"{path}: no such file or folder")
+    sets += [(None, loose)] if loose else []
+    if not any(items for _, items in sets):
+        raise UserError("no images found in " + ", ".join(map(str, paths)))
+    return sets
+
+
+# --- predicting -----------------------------------------------------------------------------
+
+def predict(backbone, model, images, labels, run):
+    """(metrics, N x C log-probabilities), computed as the run computed them: task 1 through
+    features extracted in the same batches, then the head in the run's batches."""
+    if backbone is not None:
+        images = extract_features(backbone, images, precision=run.precision, device=run.device)
+    forward = torch.compile(model) if run.compiled else model  # compiled kernels round as in training
+    return evaluate(model, Split(images, labels, [], []), run, forward)
+
+
+def print_predictions(items, log_probs, classes, top):
+    """Per image its top classes; returns the CSV rows."""
+    rows = []
+    probabilities, indices = log_probs.exp().topk(top, dim=1)
+    for (path, _), p, i in zip(items, probabilities.tolist(), indices.tolist()):
+        print(f"{path}: " + ", ".join(f"{classes[c]} {100 * q:.1f} %" for q, c in zip(p, i)))
+        rows += [{"path": path, "rank": r + 1, "class": classes[c], "probability": f"{q:.6f}"}
+                 for r, (q, c) in enumerate(zip(p, i))]
+    return rows
+
+
+def write_csv(path, rows):
+    text = io.StringIO()
+    writer = csv.DictWriter(text, ["path", "rank", "class", "probability"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    results.atomic_write(path, text.getvalue())
+    print(f"wrote {path}")
+
+
+def score(metrics, labels, log_probs, classes, folder, title):
+    """The report's table row for a labelled folder, and its confusion matrix beside the run."""
+    print(f"\n{title} on {folder}: logloss {metrics['loss']:.4f}, top-1 {metrics['top1']:.2f} %, "
+          f"top-3 {metrics['top3']:.2f} % ({len(labels)} images)")
+    counts = results.confusion_matrix(labels, log_probs.argmax(dim=1), len(classes))
+    picture = Path(f"{folder.resolve().name or 'images'}-confusion.png").absolute()
+    results.plot_confusion(picture, counts, classes, f"{title} on {folder.resolve().name}")
+    print(f"wrote {picture}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    config = read_config(args.run_dir)
+    if config is None:
+        raise UserError(f"{args.run_dir} holds no config.json: not a run folder of this project")
+    classes, weights = config["classes"], load_weights(args.run_dir, args.checkpoint)
+    backbone, model = build_model(config, args.weights)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise UserError(f"{args.run_dir / (args.checkpoint + '.pt')} does not fit the run's {config['task']} "
+                        f"model ({str(e).splitlines()[0][:160]})") from None
+    device = pick_device(args.device)
+    run = types.SimpleNamespace(
+        device=device, precision=pick_precision(args.precision or config["precision"], device),
+        compiled=bool(config.get("compiled")) and pick_compile("auto", device),
+        args=types.SimpleNamespace(batch_size=args.batch_size or config["arguments"]["batch_size"]))
+    model.to(device, memory_format=torch.channels_last)
+
+    rows, scores, title = [], {}, f"{config['task']} ({args.run_dir})"
+    for folder, items in gather(args.paths, classes):
+        images, kept, _ = decode_images([f for f, _ in items], decoded_cache())
+        if not kept:
+            continue
+        items = [items[i] for i in kept]
+        labels = torch.tensor([label if label is not None else 0 for _, label in items])
+        metrics, log_probs = predict(backbone, model, images, labels, run)
+        rows += print_predictions(items, log_probs, classes, min(args.top, len(classes)))
+        if folder is not None:
+            scores[folder] = metrics
+            score(metrics, labels, log_probs, classes, folder, title)
+    if not rows:
+        raise UserError("none of the images can be read (see the warnings above)")
+    if args.out:
+        write_csv(args.out, rows)
+    return scores  # labelled folder -> logloss, top-1, top-3
+
+
+if __name__ == "__main__":
+    run_main(main)
