@@ -168,7 +168,7 @@ def score(metrics, labels, log_probs, classes, folder, title):
           f"top-3 {metrics['top3']:.2f} % ({len(labels)} images)")
     counts = results.confusion_matrix(labels, log_probs.argmax(dim=1), len(classes))
     picture = Path(f"{folder.resolve().name or 'images'}-confusion.png").absolute()
-    results.plot_confusion(picture, counts, classes, f"{title} on {folder.resolve().name}")
+    results.plot_confusion(picture, counts, classes, f"{title}: confusion matrix on {folder.resolve().name}")
     print(f"wrote {picture}")
 
 
@@ -191,7 +191,7 @@ def main(argv=None):
         args=types.SimpleNamespace(batch_size=args.batch_size or config["arguments"]["batch_size"]))
     model.to(device, memory_format=torch.channels_last)
 
-    rows, scores, title = [], {}, f"{config['task']} ({args.run_dir})"
+    rows, scores, title = [], {}, config["task"]
     for folder, items in gather(args.paths, classes):
         images, kept, _ = decode_images([f for f, _ in items], decoded_cache())
         if not kept:

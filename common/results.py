@@ -172,5 +172,5 @@ def plot_confusion(path, counts, classes, title):
             ax.text(j, i, value, ha="center", va="center", color=color, fontsize=9)
     ax.set_xticks(range(n), classes, rotation=45, ha="right")
     ax.set_yticks(range(n), classes)
-    ax.set(xlabel="predicted", ylabel="true", title=f"{title}: test confusion matrix")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
     save_figure(fig, path)

@@ -289,6 +289,6 @@ def train_and_report(model, run, title, extra_config=None):
         results.write_metrics(run.out, metrics, title)
         results.plot_history(run.out, [history], title)
         counts = results.confusion_matrix(run.data.test.labels, log_probs.argmax(dim=1), len(run.data.classes))
-        results.plot_confusion(run.out / "confusion.png", counts, run.data.classes, title)
+        results.plot_confusion(run.out / "confusion.png", counts, run.data.classes, f"{title}: test confusion matrix")
     print(f"\n{title} ({run.out})\n{results.format_table(metrics)}")
     return metrics
