@@ -123,6 +123,8 @@ def gather(paths, classes):
             if unknown:
                 warn(f"{path}: classes the model does not know, skipped: {', '.join(unknown)}")
             sets.append((path, [(f, classes.index(p.name)) for p in known for f in image_files(p)]))
+        elif path.exists():
+            raise UserError(f"{path}: not a regular file or folder")
         else:
             raise UserError(f"{path}: no such file or folder")
     sets += [(None, loose)] if loose else []

@@ -343,17 +343,23 @@ def test_a_fifo_named_like_an_image_is_skipped_not_read(src, tmp_path):
     assert len(read_manifest(tmp_path / "dest")) == 37
 
 
-def test_an_interrupted_split_is_unfinished_and_force_completes_it(src, tmp_path, monkeypatch):
-    dest, placed = tmp_path / "dest", []
-    real_place = ds.place
+def interrupt_after(n, monkeypatch):
+    """Make data_split stop as Ctrl-C would after placing n files; returns the real place()."""
+    real_place, placed = ds.place, []
 
-    def interrupt_after_five(source, target, link):
-        if len(placed) == 5:
+    def place(source, target, link):
+        if len(placed) == n:
             raise KeyboardInterrupt
         placed.append(target)
         return real_place(source, target, link)
 
-    monkeypatch.setattr(ds, "place", interrupt_after_five)
+    monkeypatch.setattr(ds, "place", place)
+    return real_place
+
+
+def test_an_interrupted_split_is_unfinished_and_force_completes_it(src, tmp_path, monkeypatch):
+    dest = tmp_path / "dest"
+    real_place = interrupt_after(5, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         ds.main([str(src), str(dest)])
     assert not (dest / "split.csv").exists() and (dest / "split.csv.incomplete").exists()

@@ -9,7 +9,7 @@ import data_split
 import reproduce
 from common.run_folder import lock
 from conftest import COLORS, make_image
-from test_data_split import make_cub, make_tgz
+from test_data_split import interrupt_after, make_cub, make_tgz
 
 
 @pytest.fixture
@@ -107,15 +107,7 @@ def test_a_second_reproduction_into_the_same_folder_is_refused(images, tmp_path)
 
 
 def test_an_interrupted_split_is_redone_not_reused(images, tmp_path, monkeypatch):
-    out, real_place, placed = tmp_path / "r", data_split.place, []
-
-    def interrupt_after_three(source, target, link):
-        if len(placed) == 3:
-            raise KeyboardInterrupt
-        placed.append(target)
-        return real_place(source, target, link)
-
-    monkeypatch.setattr(data_split, "place", interrupt_after_three)
+    out, real_place = tmp_path / "r", interrupt_after(3, monkeypatch)
     argv = ["--data", str(images), "--out", str(out), "--epochs", "1", "--tasks", "task2_shallow", "--compile", "off"]
     with pytest.raises(KeyboardInterrupt):
         reproduce.main(argv)
