@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import common.backbones  # noqa: E402
 import common.data  # noqa: E402
 from common.backbones import BACKBONES, load_backbone  # noqa: E402
 from common.train import default_data, seed_everything  # noqa: E402
@@ -68,6 +69,7 @@ def project(name, root, seed, precision):
     The feature cache starts empty; the decoded-image cache is filled beforehand, since all tasks
     share it and bench/bench_data.py times it.
     """
+    common.backbones._feature_cache.clear()  # else a second call reuses the first's features (same key where auto = fp32)
     with tempfile.TemporaryDirectory() as tmp:
         common.data.CACHE_DIR = Path(tmp) / "cache"
         common.data.load_splits(root)  # the decoded-image cache, shared by both paths' data
