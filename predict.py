@@ -135,12 +135,11 @@ def gather(paths, classes):
 
 # --- predicting -----------------------------------------------------------------------------
 
-def predict(backbone, model, images, labels, run):
+def predict(backbone, model, forward, images, labels, run):
     """(metrics, N x C log-probabilities), computed as the run computed them: task 1 through
     features extracted in the same batches, then the head in the run's batches."""
     if backbone is not None:
         images = extract_features(backbone, images, precision=run.precision, device=run.device)
-    forward = torch.compile(model) if run.compiled else model  # compiled kernels round as in training
     return evaluate(model, Split(images, labels, [], []), run, forward)
 
 
@@ -192,6 +191,7 @@ def main(argv=None):
         compiled=bool(config.get("compiled")) and pick_compile("auto", device),
         args=types.SimpleNamespace(batch_size=args.batch_size or config["arguments"]["batch_size"]))
     model.to(device, memory_format=torch.channels_last)
+    forward = torch.compile(model) if run.compiled else model  # compiled kernels round as in training
 
     rows, scores, title = [], {}, config["task"]
     for folder, items in gather(args.paths, classes):
@@ -200,7 +200,7 @@ def main(argv=None):
             continue
         items = [items[i] for i in kept]
         labels = torch.tensor([label if label is not None else 0 for _, label in items])
-        metrics, log_probs = predict(backbone, model, images, labels, run)
+        metrics, log_probs = predict(backbone, model, forward, images, labels, run)
         rows += print_predictions(items, log_probs, classes, min(args.top, len(classes)))
         if folder is not None:
             scores[folder] = metrics

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from common.cli import UserError
-from common.results import HISTORY_FIELDS
+from common.results import COLUMNS, HISTORY_FIELDS, ROWS
 from common.runtime import COMPILE_MODES, PRECISIONS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -261,7 +261,7 @@ def finished_metrics(out):
     """metrics.json of a finished run, or None when it is missing or damaged (the run is then resumed)."""
     try:
         metrics = json.loads((out / "metrics.json").read_text())
-        if all(is_number(metrics[split][m]) for split in ("train", "validation", "test") for m in ("loss", "top1", "top3")):
+        if all(is_number(metrics[split][m]) for split, _ in ROWS for m, _ in COLUMNS):
             return metrics
     except (OSError, ValueError, KeyError, TypeError):
         pass

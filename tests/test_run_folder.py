@@ -1,4 +1,5 @@
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -176,23 +177,26 @@ def test_out_holding_other_files_is_refused_unless_forced(data, tmp_path):
     assert (out / "metrics.md").read_text() != "my notes"
 
 
-def interrupt_at_epoch(n):
+@contextlib.contextmanager
+def ctrl_c_at_epoch(n):
+    """Inside: training stops at the end of epoch n as Ctrl-C pressed twice does (SystemExit 130)."""
     def listener(row, epochs):
         if row["epoch"] == n:
-            raise KeyboardInterrupt  # what Ctrl-C pressed twice does
-    return listener
+            raise KeyboardInterrupt
+    EPOCH_LISTENERS.append(listener)
+    try:
+        with pytest.raises(SystemExit):
+            yield
+    finally:
+        EPOCH_LISTENERS.remove(listener)
 
 
 def test_an_interrupted_longer_run_is_not_reported_with_the_shorter_runs_metrics(data, tmp_path):
     whole = run_or_reuse(tiny_main, ["--data", str(data)], tmp_path / "whole", epochs=3)
     out = tmp_path / "out"
     run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=1)
-    EPOCH_LISTENERS.append(interrupt_at_epoch(2))
-    try:
-        with pytest.raises(SystemExit):
-            run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=3)
-    finally:
-        EPOCH_LISTENERS.clear()
+    with ctrl_c_at_epoch(2):
+        run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=3)
     assert not (out / "metrics.json").exists()  # the 1-epoch table no longer describes the folder
     assert run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=3) == whole
 
@@ -208,12 +212,8 @@ def test_a_failed_forced_run_leaves_no_table_of_the_earlier_run(data, tmp_path):
 
 def test_a_run_stopped_before_its_first_checkpoint_says_to_use_force(data, tmp_path):
     out = tmp_path / "out"
-    EPOCH_LISTENERS.append(interrupt_at_epoch(1))
-    try:
-        with pytest.raises(SystemExit):
-            run(data, out, "--epochs", "3")
-    finally:
-        EPOCH_LISTENERS.clear()
+    with ctrl_c_at_epoch(1):
+        run(data, out, "--epochs", "3")
     with pytest.raises(UserError, match="stopped before its first checkpoint: --force starts it again"):
         run(data, out, "--epochs", "3")
     with pytest.raises(UserError, match="holds no checkpoint.*--force starts it again"):
