@@ -42,7 +42,9 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    run = start_run(TASK, args)
+    # Measured (bench/bench_speed.py): on AMX CPUs bf16 autocast makes this model slower, not faster,
+    # because its NetVLAD layer runs in fp32 anyway and the casts around it cost more than the convolutions gain.
+    run = start_run(TASK, args, cpu_bf16=False)
     model = ShallowNetVLAD(len(run.data.classes), args.clusters).to(run.device)
     init = {"init": args.init, "clusters": args.clusters}
     if args.init == "kmeans":

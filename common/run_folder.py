@@ -43,7 +43,8 @@ def add_training_args(parser, task, epochs, batch_size):
                         help=f"seed for initialisation, batch order and dropout, 0 to {SEEDS - 1} (default: 0)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or mps (default: auto = CUDA, then MPS, then CPU)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto = bf16 autocast on CPUs with AMX and bf16-capable GPUs, fp32 elsewhere; "
+                        help="auto = bf16 autocast on CPUs with AMX (not for task 3, which it slows) and "
+                             "bf16-capable GPUs, fp32 elsewhere; "
                              "fp32 turns mixed precision off (default: auto)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint (refused if any setting differs)")
@@ -268,6 +269,31 @@ def finished_metrics(out):
     return None
 
 
+def option_differences(recorded, argv):
+    """The options named in argv ("--name value" or a bare "--flag") whose value differs from the
+    arguments a run recorded in its config.json, as readable strings."""
+    differences, i = [], 0
+    while i < len(argv):
+        name = argv[i][2:].replace("-", "_")
+        has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
+        asked, i = (argv[i + 1], i + 2) if has_value else (True, i + 1)
+        had = recorded.get(name)
+        if name in ("device", "compile"):  # they change rounding, not the experiment (as in run_key)
+            continue
+        if asked is True:
+            same = had is True
+        elif isinstance(had, (int, float)) and not isinstance(had, bool):
+            try:
+                same = float(asked) == had
+            except ValueError:
+                same = False
+        else:
+            same = asked in (str(had), str(Path(str(had))))
+        if not same:
+            differences.append(f"--{name.replace('_', '-')} {had} there, {asked} asked")
+    return differences
+
+
 def run_or_reuse(main, argv, out, epochs, force=False):
     """Run a task script's main(argv) for `epochs` into `out`, its printed output in out/log.txt.
 
@@ -278,6 +304,10 @@ def run_or_reuse(main, argv, out, epochs, force=False):
     """
     config = None if force else read_config(out)
     recorded = config["arguments"]["epochs"] if config else None
+    differences = option_differences(config["arguments"], argv) if config else []
+    if differences:  # reusing or resuming it would report another experiment under these settings
+        raise UserError(f"{out} holds a run with other settings ({'; '.join(differences)}): "
+                        "use --force or another folder")
     if recorded is not None and recorded > epochs:
         raise UserError(f"{out} holds a {recorded}-epoch run, more than the {epochs} epochs asked for: "
                         "use --force or another folder")

@@ -40,13 +40,16 @@ def pick_device(name="auto"):
     return device
 
 
-def pick_precision(name, device):
-    """bf16 autocast where the hardware runs it fast (AMX CPUs, bf16-capable GPUs), else fp32."""
+def pick_precision(name, device, cpu_bf16=True):
+    """bf16 autocast where the hardware runs it fast (AMX CPUs, bf16-capable GPUs), else fp32.
+
+    cpu_bf16=False keeps a model that bf16 slows down on the CPU in fp32 under auto (task 3).
+    """
     if name != "auto":
         return name
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return "bf16"
-    if device.type == "cpu" and cpu_has_amx():
+    if device.type == "cpu" and cpu_bf16 and cpu_has_amx():
         return "bf16"
     return "fp32"
 

@@ -59,12 +59,13 @@ def default_data():
     return DEMO_SPLIT
 
 
-def start_run(task, args):
+def start_run(task, args, cpu_bf16=True):
     """Everything before the model: checks, seeds, device, precision, data. --out is created only
-    when training starts (train_and_report), so a refused run leaves nothing behind."""
+    when training starts (train_and_report), so a refused run leaves nothing behind.
+    cpu_bf16=False: --precision auto stays fp32 on CPUs (see pick_precision)."""
     check_args(args)
     device = pick_device(args.device)
-    precision = pick_precision(args.precision, device)
+    precision = pick_precision(args.precision, device, cpu_bf16)
     compiled = pick_compile(getattr(args, "compile", "off"), device)  # only tasks 2 and 3 offer --compile
     if args.data is not None and not args.data.is_dir():
         raise UserError(f"--data {args.data}: no such folder")

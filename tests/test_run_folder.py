@@ -166,6 +166,19 @@ def test_run_or_reuse_reuses_extends_and_refuses_shorter(data, tmp_path):
         run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=3)
 
 
+def test_run_or_reuse_never_reuses_a_run_made_with_other_options(data, tmp_path):
+    out = tmp_path / "run"
+    first = run_or_reuse(tiny_main, ["--data", str(data), "--gamma", "0.5", "--seed", "3"], out, epochs=1)
+    assert run_or_reuse(tiny_main, ["--data", str(data), "--gamma", "0.50", "--seed", "3"], out, epochs=1) == first
+    for other in (["--gamma", "1"], ["--seed", "4"], ["--data", str(tmp_path)]):
+        argv = ["--data", str(data), "--gamma", "0.5", "--seed", "3"]
+        argv[argv.index(other[0]) + 1] = other[1]
+        with pytest.raises(UserError, match=f"holds a run with other settings \\({other[0]} .* there, .* asked\\)"):
+            run_or_reuse(tiny_main, argv, out, epochs=2)  # neither reused nor resumed
+    assert json.loads((out / "config.json").read_text())["arguments"]["epochs"] == 1
+    assert run_or_reuse(tiny_main, ["--data", str(data), "--gamma", "1"], out, epochs=1, force=True) != first
+
+
 def test_out_holding_other_files_is_refused_unless_forced(data, tmp_path):
     out = tmp_path / "notes"
     out.mkdir()

@@ -32,3 +32,12 @@ def test_allocator_tuning_is_set_on_glibc_and_harmless_elsewhere(monkeypatch):
         raise OSError("no such library")
     monkeypatch.setattr(ctypes, "CDLL", no_libc)
     assert keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_precision_is_bf16_only_on_amx_cpus_and_not_for_models_it_slows(monkeypatch, amx):
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: amx)
+    cpu = torch.device("cpu")
+    assert runtime.pick_precision("auto", cpu) == ("bf16" if amx else "fp32")
+    assert runtime.pick_precision("auto", cpu, cpu_bf16=False) == "fp32"
+    assert runtime.pick_precision("bf16", cpu, cpu_bf16=False) == "bf16"  # an explicit choice is kept

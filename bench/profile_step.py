@@ -1,0 +1,69 @@
+"""Where one training step of task 2 or 3 spends its time: forward, backward and Adam (median of
+--steps steps after warm-up), then torch.profiler's operators by self time. Random images of the
+task's shape, batch 50, channels-last, fused Adam, as the training loop runs them.
+
+    python bench/profile_step.py task2_shallow --precision fp32
+    python bench/profile_step.py task3_netvlad --precision bf16 --compile off
+"""
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.bench_speed import cpu_flags  # noqa: E402
+from common.cli import keep_freed_memory  # noqa: E402
+from common.models import ShallowConvNet, ShallowNetVLAD  # noqa: E402
+from common.runtime import autocast  # noqa: E402
+
+MODELS = {"task2_shallow": lambda: ShallowConvNet(7), "task3_netvlad": lambda: ShallowNetVLAD(7, 16)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", choices=list(MODELS))
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--compile", choices=("on", "off"), default="on")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps (default: 8)")
+    parser.add_argument("--rows", type=int, default=12, help="profiler rows (default: 12)")
+    args = parser.parse_args()
+    keep_freed_memory()
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    model = MODELS[args.task]().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    forward = torch.compile(model) if args.compile == "on" else model
+    images = torch.randn(50, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 7, (50,))
+
+    def step():
+        began = time.perf_counter()
+        with autocast(device, args.precision):
+            loss = F.nll_loss(forward(images).float(), labels)
+        forwarded = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        backwarded = time.perf_counter()
+        optimizer.step()
+        return forwarded - began, backwarded - forwarded, time.perf_counter() - backwarded
+
+    for _ in range(3):  # compilation and first-touch allocations
+        step()
+    times = [step() for _ in range(args.steps)]
+    fwd, bwd, adam = (1000 * statistics.median(t[i] for t in times) for i in range(3))
+    print(f"{args.task}, {args.precision}, compile {args.compile}, {torch.get_num_threads()} threads, "
+          f"CPU flags: {cpu_flags()}\nper step: forward {fwd:.0f} ms, backward {bwd:.0f} ms, "
+          f"Adam {adam:.0f} ms, total {fwd + bwd + adam:.0f} ms")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()
