@@ -26,7 +26,7 @@ from common.models import ShallowConvNet, ShallowNetVLAD
 from common.run_folder import read_config
 from common.runtime import PRECISIONS, pick_compile, pick_device, pick_precision
 from common.train import evaluate, seed_everything
-from common.transfer import linear_head
+from common.transfer import FineTuned, linear_head
 
 
 def parse_args(argv):
@@ -96,7 +96,12 @@ def build_model(config, weights_file):
         model.netvlad.normalize_input = arguments.get("init") != "random"  # the report's init does not normalise
         return None, model
     if task.startswith("task1_") and config.get("backbone") in BACKBONES:
-        return task1_backbone(config, weights_file), linear_head(BACKBONES[config["backbone"]].feature_dim, len(classes))
+        head = linear_head(BACKBONES[config["backbone"]].feature_dim, len(classes))
+        if config.get("finetuned"):  # its checkpoint holds the whole trained network: no weight file needed
+            if weights_file is not None:
+                warn(f"--weights {weights_file} is not used: the fine-tuned run's checkpoint holds its backbone")
+            return None, FineTuned(load_backbone(config["backbone"], pretrained=False), head, backbone_lr_factor=1)
+        return task1_backbone(config, weights_file), head
     raise UserError(f"{config['task']!r} in config.json is not a task of this project")
 
 

@@ -10,6 +10,7 @@ what is missing is trained. --force trains everything again.
 import argparse
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import importlib
 import os
@@ -89,6 +90,9 @@ def parse_args(argv):
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="passed to every task (default: auto)")
     parser.add_argument("--compile", default="auto", choices=COMPILE_MODES,
                         help="torch.compile for tasks 2 and 3: auto = where it can run (default: auto)")
+    parser.add_argument("--augment", action="store_true",
+                        help="every task trains on random resized crops and flips (see the task scripts' --augment); "
+                             "use another --out than the unaugmented runs'")
     parser.add_argument("--force", action="store_true", help="redo finished splits and runs instead of reusing them")
     args = parser.parse_args(argv)
     args.command = sys.argv[1:] if argv is None else argv
@@ -144,7 +148,7 @@ def split_sizes(folder):
 def run_once(task, data, seed, args):
     """Train one task with one seed into OUT/<task>/seed<N>/, or reuse the run finished there."""
     argv = ["--data", str(data), "--seed", str(seed), "--device", args.device, "--precision", args.precision,
-            *task.argv, *(("--compile", args.compile) if task.compiles else ())]
+            *task.argv, *(("--compile", args.compile) if task.compiles else ()), *(("--augment",) if args.augment else ())]
     return run_or_reuse(importlib.import_module(task.name).main, argv, args.out / task.name / f"seed{seed}",
                         args.epochs or task.epochs, args.force)
 
@@ -179,6 +183,9 @@ def header_lines(args, ratios, description, seconds, sizes, summaries):
         + (f" (seeds vary initialisation and batch order{', and the split' if args.resplit else ''})."
            if args.seeds > 1 else "; `--seeds N` gives mean ± std over N seeds."),
         f"- Epochs: {f'all tasks {args.epochs} (overridden for a quick look)' if args.epochs else 'the report’s (20 for task 1, 100 for tasks 2 and 3)'}.",
+        "- Augmentation: " + ("random resized crops (35-100 % of the area) and horizontal flips of the training images "
+                              "(task 1: features of 10 augmented views per image); evaluation unaugmented."
+                              if args.augment else "none, as in the report (`--augment` adds it)."),
     ]
     if not args.cub:
         lines.append("- The report's numbers come from 7 CUB-200-2011 bird classes (417 images, test 84), ours from "
@@ -240,7 +247,8 @@ def main(argv=None):
 def run_all(args):
     began = time.perf_counter()
     splits, ratios, description = make_splits(args)
-    tasks = [t for t in TASKS if t.name in args.tasks]
+    tasks = [dataclasses.replace(t, title=t.title + ", augmented" if args.augment else t.title)
+             for t in TASKS if t.name in args.tasks]
     with tqdm(total=len(tasks) * args.seeds, desc="reproduce", unit="run", dynamic_ncols=True) as progress:
         runs, missing = run_tasks(tasks, splits, args, progress)  # the bar ends its line, whatever happens
     summaries = {task: summarise(task, task_runs, args.out) for task, task_runs in runs.items() if task not in missing}

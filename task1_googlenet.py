@@ -1,4 +1,4 @@
-"""Task 1: ImageNet-pretrained GoogLeNet (torchvision), frozen, with a new linear head on its 1024 features; 20 epochs, batch 100."""
+"""Task 1: ImageNet-pretrained GoogLeNet (torchvision), frozen (or fine-tuned with --finetune), with a new linear head on its 1024 features; 20 epochs, batch 100."""
 from common.cli import run_main
 from common.transfer import run_transfer
 

@@ -90,16 +90,21 @@ class Split:
     labels: torch.Tensor
     paths: list
     digests: list  # sha1 of each image file: the split's identity, whatever its path
+    views: bool = False  # inputs are N x V x ...: V versions of each sample (task 1's augmented features)
 
     def __len__(self):
         return len(self.labels)
 
     def batches(self, batch_size, generator=None):
-        """Yield (inputs, labels) batches; shuffled when a generator is given."""
+        """Yield (inputs, labels) batches; shuffled when a generator is given. With views, each
+        sample of a batch comes as one of its versions, drawn with the same generator."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         for idx in order.split(batch_size):
-            yield self.inputs[idx], self.labels[idx]
+            inputs = self.inputs[idx]
+            if self.views:
+                inputs = inputs[torch.arange(len(idx)), torch.randint(inputs.shape[1], (len(idx),), generator=generator)]
+            yield inputs, self.labels[idx]
 
 
 @dataclass

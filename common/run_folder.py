@@ -46,6 +46,9 @@ def add_training_args(parser, task, epochs, batch_size):
                         help="auto = bf16 autocast on CPUs with AMX (not for task 3, which it slows) and "
                              "bf16-capable GPUs, fp32 elsewhere; "
                              "fp32 turns mixed precision off (default: auto)")
+    parser.add_argument("--augment", action="store_true",
+                        help="train on randomly resized crops (35-100 %% of the area) and horizontal flips of the "
+                             "training images; evaluation stays resize 256 / centre crop 224 (default: off)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint (refused if any setting differs)")
     parser.add_argument("--force", action="store_true", help="replace the results of an earlier run in --out")
@@ -230,13 +233,15 @@ def check_resumable(state, run):
                         f"{run.args.epochs}: give --epochs {state['epoch']} or more, or --force to start over")
 
 
-def check_schedule(optimizer, scheduler, epochs_done, args, path):
-    """After loading: the learning rate and schedule must be what --lr and --gamma give after
-    that many epochs, so a doctored optimizer or scheduler state is refused, not trained on."""
-    expected = args.lr * args.gamma ** epochs_done
+def check_schedule(optimizer, scheduler, epochs_done, initial_lrs, args, path):
+    """After loading: each parameter group's learning rate and the schedule must be what --lr (and
+    a fine-tuned backbone's factor, in initial_lrs) and --gamma give after that many epochs, so a
+    doctored optimizer or scheduler state is refused, not trained on."""
+    groups = optimizer.param_groups
     fits = (scheduler.last_epoch == epochs_done and scheduler.gamma == args.gamma and scheduler.step_size == 1
-            and all(is_number(g.get("lr")) and math.isclose(g["lr"], expected, rel_tol=1e-6)
-                    for g in optimizer.param_groups))
+            and len(groups) == len(initial_lrs)
+            and all(is_number(g.get("lr")) and math.isclose(g["lr"], lr * args.gamma ** epochs_done, rel_tol=1e-6)
+                    for g, lr in zip(groups, initial_lrs)))
     if not fits:
         raise UserError(f"--resume: the optimizer or schedule in {path} does not match --lr {args.lr} and --gamma "
                         f"{args.gamma} after {epochs_done} epochs; start over with --force")

@@ -15,8 +15,9 @@ import torchvision
 from tqdm import tqdm
 
 from common import results
+from common.augment import augment_batch, train_augmentation
 from common.cli import UserError
-from common.data import SplitData, load_splits, normalize
+from common.data import CROP, Split, SplitData, load_splits, normalize
 from common.run_folder import (check_args, check_out, check_resumable, check_schedule, clear_previous,
                                load_checkpoint, open_run_folder, run_key)
 from common.runtime import autocast, pick_compile, pick_device, pick_precision
@@ -34,6 +35,7 @@ class Run:
     precision: str
     compiled: bool = False  # forward passes through torch.compile
     identity: dict = field(default_factory=dict)  # settings known only after loading, e.g. a weights fingerprint
+    train_source: Split = None  # training batches come from here instead of data.train (task 1's augmented views)
 
     @property
     def out(self):
@@ -113,14 +115,18 @@ class Meter:
 
 
 def train_epoch(model, forward, split, optimizer, run, generator, epoch):
-    """One pass over the shuffled split; `forward` is the model or its compiled form."""
+    """One pass over the shuffled split; `forward` is the model or its compiled form. With --augment,
+    image batches (not task 1's cached features, augmented when computed) are cropped and flipped."""
     model.train()
     meter = Meter()
     batches = split.batches(run.args.batch_size, generator)
+    augmentation = train_augmentation(CROP) if getattr(run.args, "augment", False) else None
     bar = tqdm(batches, total=math.ceil(len(split) / run.args.batch_size), desc=f"epoch {epoch}",
                leave=False, disable=not sys.stderr.isatty())
     for inputs, labels in bar:
         labels = labels.to(run.device)
+        if augmentation is not None and inputs.dtype == torch.uint8:
+            inputs = augment_batch(inputs, augmentation)
         with autocast(run.device, run.precision):
             log_probs = forward(prepare(inputs, run.device)).float()
         loss = F.nll_loss(log_probs, labels)
@@ -179,9 +185,12 @@ def fit(model, forward, run, resumed=None):
     most every CHECKPOINT_EVERY_S seconds, at the end and on Ctrl-C: writing Figure 8's
     280 MB of weights and Adam state every 2-second epoch would cost a third of the run.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    # A model may give its own parameter groups (a fine-tuned backbone learns at a lower rate than its head).
+    groups = model.param_groups(run.args.lr) if hasattr(model, "param_groups") else \
+        [{"params": [p for p in model.parameters() if p.requires_grad], "lr": run.args.lr}]
     # The fused kernel updates Figure 8's 23M weights in one pass instead of several.
-    optimizer = torch.optim.Adam(params, lr=run.args.lr, fused=run.device.type in ("cpu", "cuda"))
+    optimizer = torch.optim.Adam(groups, lr=run.args.lr, fused=run.device.type in ("cpu", "cuda"))
+    initial_lrs = [g["lr"] for g in optimizer.param_groups]
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=run.args.gamma)
     generator = torch.Generator().manual_seed(run.args.seed)  # batch order, apart from dropout's RNG
     history, best, start = [], {"loss": math.inf}, 1
@@ -199,7 +208,7 @@ def fit(model, forward, run, resumed=None):
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise UserError(f"--resume: {run.out / 'last.pt'} does not fit this model "
                             f"({str(e).splitlines()[0][:200]}); start over with --force") from None
-        check_schedule(optimizer, scheduler, resumed["epoch"], run.args, run.out / "last.pt")
+        check_schedule(optimizer, scheduler, resumed["epoch"], initial_lrs, run.args, run.out / "last.pt")
         history, best, start = resumed["history"], resumed["best"], resumed["epoch"] + 1
         print(f"resuming {run.out} after epoch {resumed['epoch']}")
     key = run_key(run)
@@ -218,7 +227,7 @@ def fit(model, forward, run, resumed=None):
             for epoch in range(start, run.args.epochs + 1):
                 began = time.perf_counter()
                 lr = optimizer.param_groups[0]["lr"]
-                train = train_epoch(model, forward, run.data.train, optimizer, run, generator, epoch)
+                train = train_epoch(model, forward, run.data.train if run.train_source is None else run.train_source, optimizer, run, generator, epoch)
                 val, _ = evaluate(model, run.data.validation, run, forward)
                 scheduler.step()
                 history.append({"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train.items()},

@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+import predict
 import task1_efficientnet
+import task1_googlenet
 import task1_resnet
 from common.backbones import BACKBONES, WeightsUnavailable, load_backbone
 from common.cli import UserError
@@ -123,3 +125,66 @@ def test_weights_with_no_pretrained_is_refused(data, tmp_path):
         task1_resnet.main(["--data", str(data), "--out", str(tmp_path / "o"), "--no-pretrained",
                            "--weights", str(tmp_path / "w.pth")])
     assert not (tmp_path / "o").exists()
+
+
+def test_finetune_trains_the_backbone_says_so_and_predict_rebuilds_it(data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # predict writes its confusion matrix into the current folder
+    out = tmp_path / "ft"
+    metrics = run_cached(data, out, "--finetune", "--epochs", "1")
+    trained = torch.load(out / "last.pt", weights_only=True)["model"]
+    backbone = load_backbone("efficientnet_lite0")
+    start, weights = backbone.state_dict(), [k for k, _ in backbone.named_parameters()]
+    changed = [k for k in weights if not torch.equal(trained[f"backbone.{k}"], start[k])]
+    assert len(changed) == len(weights)  # the backbone learnt (the frozen path: bit-identical, above)
+    assert all(torch.equal(trained[f"backbone.{k}"], v) for k, v in start.items() if "running_" in k)  # BN stats kept
+    config = json.loads((out / "config.json").read_text())
+    assert config["finetuned"] is True and config["parameters"]["trainable"] > 3_000_000
+    assert "fine-tuned" in (out / "metrics.md").read_text()
+    scores = predict.main([str(out), str(data / "test"), "--checkpoint", "last"])
+    assert scores[data / "test"] == metrics["test"]
+
+
+def test_finetune_backbone_learns_slower_than_the_head(data, tmp_path):
+    run_cached(data, tmp_path / "ft", "--finetune", "--epochs", "1", "--backbone-lr-factor", "0.5")
+    groups = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["initial_lr"] for g in groups] == [0.01, 0.005]
+
+
+def test_frozen_augment_trains_on_cached_views_and_evaluates_unaugmented(data, tmp_path):
+    plain = run_cached(data, tmp_path / "plain", "--epochs", "2")
+    augmented = run_cached(data, tmp_path / "aug", "--epochs", "2", "--augment")
+    assert augmented != plain
+    assert "augmented views" in json.loads((tmp_path / "aug" / "config.json").read_text())["features"]
+    assert "augmented" in (tmp_path / "aug" / "metrics.md").read_text()
+    assert run_cached(data, tmp_path / "again", "--epochs", "2", "--augment") == augmented
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--finetune", "--no-pretrained"], "--finetune needs pretrained weights"),
+    (["--backbone-lr-factor", "0.5"], "--backbone-lr-factor applies only with --finetune"),
+    (["--finetune", "--backbone-lr-factor", "0"], r"must be in \(0, 1\]"),
+])
+def test_bad_finetune_combinations_are_refused(data, tmp_path, argv, message):
+    with pytest.raises(UserError, match=message):
+        run_cached(data, tmp_path / "o", *argv)
+    assert not (tmp_path / "o").exists()
+
+
+def test_resume_key_includes_finetune(data, tmp_path):
+    run_cached(data, tmp_path / "run", "--epochs", "1")
+    with pytest.raises(UserError, match="--finetune False in the checkpoint, True now"):
+        run_cached(data, tmp_path / "run", "--epochs", "2", "--resume", "--finetune")
+
+
+def test_finetune_is_the_same_code_for_torchvision_backbones(data, tmp_path):
+    """GoogLeNet (BatchNorm and dropout) from a weight file the test makes: the same --finetune path."""
+    weights = tmp_path / "googlenet.pth"
+    torch.save(BACKBONES["googlenet"].build().state_dict(), weights)
+    out = tmp_path / "run"
+    task1_googlenet.main(["--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "8",
+                          "--precision", "fp32", "--weights", str(weights), "--finetune"])
+    trained = torch.load(out / "last.pt", weights_only=True)["model"]
+    start = load_backbone("googlenet", weights).state_dict()
+    assert not torch.equal(trained["backbone.net.conv1.conv.weight"], start["net.conv1.conv.weight"])
+    assert torch.equal(trained["backbone.net.conv1.bn.running_mean"], start["net.conv1.bn.running_mean"])
+    assert "GoogLeNet, fine-tuned, linear head" in (out / "metrics.md").read_text()

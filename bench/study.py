@@ -1,0 +1,145 @@
+"""Studies over seeds, as Markdown tables (mean ± sample std) and, for augmentation, one figure.
+
+  netvlad   Does NetVLAD help? Task 2 against task 3 (k-means init, K = 4, 16, 64, and the report's
+            init, K = 4); task 2 also in fp32, to show whether bf16 autocast changes the metrics.
+  augment   Does the report's proposed augmentation help, and does fine-tuning beat a frozen backbone?
+            Task 2 and task 3 (K = 16) without and with --augment; EfficientNet-Lite0 frozen, frozen
+            with --augment, and fine-tuned (--finetune).
+
+Every run keeps its task's epochs (20 for task 1, 100 for tasks 2 and 3) unless --epochs is given,
+and goes to OUT/<config>/seed<N> with its console output in log.txt; a finished run (metrics.json)
+is reused, an interrupted or shorter one resumed, so a study can be stopped, restarted and extended.
+The tables cover every config with finished runs in OUT, so a slow config can run with fewer seeds
+by a second command (--configs netvlad_k64 --seeds 3) and still appear.
+
+    python bench/study.py netvlad                        # seeds 0-4, the report's schedule
+    python bench/study.py netvlad --gamma 1 --configs shallow netvlad_k16   # constant learning rate
+    python bench/study.py augment                        # also writes OUT/augment.png
+"""
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import task1_efficientnet  # noqa: E402
+import task2_shallow  # noqa: E402
+import task3_netvlad  # noqa: E402
+from common import results  # noqa: E402
+from common.cli import UserError, run_main  # noqa: E402
+from common.run_folder import finished_metrics, read_config, run_or_reuse  # noqa: E402
+
+# config -> (task main, its options, its epochs)
+STUDIES = {
+    "netvlad": {
+        "shallow": (task2_shallow.main, [], 100),
+        "shallow_fp32": (task2_shallow.main, ["--precision", "fp32"], 100),
+        "netvlad_k4": (task3_netvlad.main, ["--clusters", "4"], 100),
+        "netvlad_k16": (task3_netvlad.main, ["--clusters", "16"], 100),
+        "netvlad_k64": (task3_netvlad.main, ["--clusters", "64"], 100),
+        "netvlad_k4_report_init": (task3_netvlad.main, ["--clusters", "4", "--init", "random"], 100),
+    },
+    "augment": {
+        "shallow": (task2_shallow.main, [], 100),
+        "shallow_augment": (task2_shallow.main, ["--augment"], 100),
+        "netvlad_k16": (task3_netvlad.main, ["--clusters", "16"], 100),
+        "netvlad_k16_augment": (task3_netvlad.main, ["--clusters", "16", "--augment"], 100),
+        "lite0_frozen": (task1_efficientnet.main, [], 20),
+        "lite0_frozen_augment": (task1_efficientnet.main, ["--augment"], 20),
+        "lite0_finetuned": (task1_efficientnet.main, ["--finetune"], 20),
+    },
+}
+FIGURE_PAIRS = (("shallow", "shallow_augment"), ("netvlad_k16", "netvlad_k16_augment"))  # augment.png
+
+
+def finished_runs(folder, epochs):
+    """The finished runs seed0, seed1, ... of `epochs` in a config's folder, up to the first gap."""
+    runs = []
+    while (config := read_config(folder / f"seed{len(runs)}")) and config["arguments"]["epochs"] == epochs:
+        if finished_metrics(folder / f"seed{len(runs)}") is None:
+            break
+        runs.append(folder / f"seed{len(runs)}")
+    return runs
+
+
+def tables(metrics):
+    """Mean ± std of test metrics and train top-1 per config, then every seed's test top-1."""
+    lines = ["| config | test top-1 | test top-3 | test logloss | train top-1 | seeds |", "|---|---:|---:|---:|---:|---:|"]
+    for name, runs in metrics.items():
+        stats = results.mean_std(runs)
+        test = stats["test"]
+        lines.append(f"| {name} | {results.format_cell(test['top1'], 2, ' %')} | {results.format_cell(test['top3'], 2, ' %')} "
+                     f"| {results.format_cell(test['loss'], 4)} | {results.format_cell(stats['train']['top1'], 1, ' %')} "
+                     f"| {len(runs)} |")
+    most = max(len(r) for r in metrics.values())
+    lines += ["", "Test top-1 per seed:", "", "| config | " + " | ".join(f"seed {s}" for s in range(most)) + " |",
+              "|---|" + "---:|" * most]
+    for name, runs in metrics.items():
+        cells = [f"{m['test']['top1']:.2f} %" for m in runs] + ["–"] * (most - len(runs))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_augmentation(path, folders):
+    """Train and validation top-1 over epochs, mean over seeds, without and with --augment."""
+    pairs = [pair for pair in FIGURE_PAIRS if all(folders.get(name) for name in pair)]
+    if not pairs:
+        return
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4), squeeze=False)
+    for ax, pair in zip(axes[0], pairs):
+        for name, style in zip(pair, ("-", "--")):
+            histories = [results.read_history(folder) for folder in folders[name]]
+            epochs = [int(row["epoch"]) for row in histories[0]]
+            for split, color in (("train", "tab:blue"), ("val", "tab:orange")):
+                mean = [statistics.mean(float(h[i][f"{split}_top1"]) for h in histories) for i in range(len(epochs))]
+                ax.plot(epochs, mean, style, color=color, label=f"{name}: {'validation' if split == 'val' else split}")
+        ax.set(xlabel="epoch", ylabel="top-1 (%)", ylim=(0, 101),
+               title=f"{pair[0]}: top-1 without (solid) and with --augment (dashed), mean of {len(folders[pair[0]])} seeds")
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    results.save_figure(fig, path)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", choices=list(STUDIES))
+    parser.add_argument("--seeds", type=int, default=5, help="runs per config, seeds 0..N-1 (default: 5)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of every run (default: each task's own)")
+    parser.add_argument("--gamma", type=float, default=0.9,
+                        help="StepLR factor of every run (default: 0.9, the report's; 1 = constant learning rate)")
+    parser.add_argument("--data", type=Path, default=None, help="split folder (default: the demo split)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="study folder (default: results/<study>_study, or results/<study>_study_gamma<G>)")
+    parser.add_argument("--configs", nargs="+", default=None, metavar="CONFIG",
+                        help="train only these configs (default: all of the study's); e.g. a slow one with fewer --seeds")
+    args = parser.parse_args()
+    configs = STUDIES[args.study]
+    unknown = sorted(set(args.configs or []) - set(configs))
+    if unknown:
+        raise UserError(f"{args.study} has no config {', '.join(unknown)}; it has {', '.join(configs)}")
+    if args.seeds < 1 or (args.epochs is not None and args.epochs < 1):
+        raise UserError("--seeds and --epochs must be at least 1")
+    suffix = "" if args.gamma == 0.9 else f"_gamma{args.gamma:g}"
+    out = args.out or REPO / "results" / f"{args.study}_study{suffix}"
+    shared = [*(["--data", str(args.data)] if args.data else []), "--gamma", str(args.gamma)]
+    jobs = [(seed, name) for seed in range(args.seeds) for name in args.configs or configs]  # a whole seed first
+    for seed, name in tqdm(jobs, desc="runs", unit="run"):
+        main_fn, argv, epochs = configs[name]
+        run_or_reuse(main_fn, [*argv, *shared, "--seed", str(seed)], out / name / f"seed{seed}", args.epochs or epochs)
+    folders = {name: finished_runs(out / name, args.epochs or epochs) for name, (_, _, epochs) in configs.items()}
+    report = tables({name: [finished_metrics(f) for f in runs] for name, runs in folders.items() if runs})
+    epochs = f"{args.epochs} epochs" if args.epochs else "each task's epochs"
+    results.atomic_write(out / "study.md", f"{args.study}: {epochs}, --gamma {args.gamma:g}\n\n{report}\n")
+    print(report)
+    if args.study == "augment":
+        plot_augmentation(out / "augment.png", folders)
+        print(f"wrote {out / 'augment.png'}")
+
+
+if __name__ == "__main__":
+    run_main(main)
