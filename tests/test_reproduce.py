@@ -1,4 +1,5 @@
 import errno
+import json
 import os
 import re
 from pathlib import Path
@@ -108,7 +109,8 @@ def test_a_second_reproduction_into_the_same_folder_is_refused(images, tmp_path)
 
 def test_an_interrupted_split_is_redone_not_reused(images, tmp_path, monkeypatch):
     out, real_place = tmp_path / "r", interrupt_after(3, monkeypatch)
-    argv = ["--data", str(images), "--out", str(out), "--epochs", "1", "--tasks", "task2_shallow", "--compile", "off"]
+    argv = ["--data", str(images), "--out", str(out), "--epochs", "1", "--seeds", "1", "--tasks", "task2_shallow",
+            "--compile", "off"]
     with pytest.raises(KeyboardInterrupt):
         reproduce.main(argv)
     monkeypatch.setattr(data_split, "place", real_place)
@@ -139,3 +141,13 @@ def test_a_damaged_finished_run_is_redone_or_refused(images, tmp_path):
     (run / "config.json").write_text('{"arguments": {"epochs": 1}}')
     with pytest.raises(reproduce.UserError, match="config.json is unreadable or was not written by this project"):
         reproduce.main(argv)
+
+
+def test_augment_reaches_every_task_and_the_report_says_so(images, tmp_path, offline):
+    out = tmp_path / "results"
+    reproduce.main(["--data", str(images), "--out", str(out), "--epochs", "1", "--seeds", "1", "--compile", "off", "--augment",
+                    "--tasks", "task2_shallow", "task1_efficientnet"])
+    report = (out / "REPORT.md").read_text()
+    assert "## task2_shallow: Shallow ConvNet, augmented" in report and "- Augmentation: random resized crops" in report
+    for name in ("task2_shallow", "task1_efficientnet"):
+        assert json.loads((out / name / "seed0" / "config.json").read_text())["arguments"]["augment"] is True
