@@ -1,9 +1,10 @@
-"""Benchmark: what --augment (and --finetune) cost, side by side in one run.
+"""Benchmark: what --augment costs, side by side in one run.
 
 Tasks 2 and 3: the median epoch time (epoch 1, which compiles, left out) of the same seed without
-and with --augment, each run a whole process. Task 1 (EfficientNet-Lite0, real ImageNet weights):
-the whole run frozen, frozen with --augment (features of 10 augmented views per training image)
-and fine-tuned, with an empty feature cache each time. The decoded-image cache is filled first.
+and with --augment, each run a whole process. Task 1 (EfficientNet-Lite0, real ImageNet weights,
+20 epochs): the whole run frozen and frozen with --augment (features of 10 augmented views per
+training image), with an empty feature cache each time. The decoded-image cache is filled first.
+(What --finetune costs: its history.csv has the seconds of every epoch.)
 
     python bench/bench_augment.py                       # tasks 2 and 3 for 6 epochs; task 1 for 20
     python bench/bench_augment.py --skip-task1 --epochs 10
@@ -57,8 +58,7 @@ def main():
             print(f"{script:<18} median epoch: {medians[0]:.3f} s without --augment, {medians[1]:.3f} s with: "
                   f"+{100 * (medians[1] / medians[0] - 1):.0f} %", flush=True)
         if not args.skip_task1:
-            for i, (label, extra) in enumerate((("frozen", []), ("frozen, --augment", ["--augment"]),
-                                                ("--finetune", ["--finetune"]))):
+            for i, (label, extra) in enumerate((("frozen", []), ("frozen, --augment", ["--augment"]))):
                 cache = Path(tmp) / f"cache-task1-{i}"  # decoded images only: each run computes its features
                 load_splits(data, cache)
                 seconds, epochs = run("task1_efficientnet.py", [*common, *extra], Path(tmp) / f"task1-{i}",

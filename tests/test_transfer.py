@@ -188,3 +188,9 @@ def test_finetune_is_the_same_code_for_torchvision_backbones(data, tmp_path):
     assert not torch.equal(trained["backbone.net.conv1.conv.weight"], start["net.conv1.conv.weight"])
     assert torch.equal(trained["backbone.net.conv1.bn.running_mean"], start["net.conv1.bn.running_mean"])
     assert "GoogLeNet, fine-tuned, linear head" in (out / "metrics.md").read_text()
+
+
+def test_a_finetuned_run_resumes_to_the_uninterrupted_result(data, tmp_path):
+    whole = run_cached(data, tmp_path / "whole", "--finetune", "--epochs", "2")
+    run_cached(data, tmp_path / "cut", "--finetune", "--epochs", "1")
+    assert run_cached(data, tmp_path / "cut", "--finetune", "--epochs", "2", "--resume") == whole
