@@ -41,6 +41,10 @@ class Run:
     def out(self):
         return self.args.out
 
+    @property
+    def train_split(self):
+        return self.data.train if self.train_source is None else self.train_source
+
 
 def seed_everything(seed):
     random.seed(seed)
@@ -120,7 +124,7 @@ def train_epoch(model, forward, split, optimizer, run, generator, epoch):
     model.train()
     meter = Meter()
     batches = split.batches(run.args.batch_size, generator)
-    augmentation = train_augmentation(CROP) if getattr(run.args, "augment", False) else None
+    augmentation = train_augmentation(CROP) if run.args.augment else None
     bar = tqdm(batches, total=math.ceil(len(split) / run.args.batch_size), desc=f"epoch {epoch}",
                leave=False, disable=not sys.stderr.isatty())
     for inputs, labels in bar:
@@ -227,7 +231,7 @@ def fit(model, forward, run, resumed=None):
             for epoch in range(start, run.args.epochs + 1):
                 began = time.perf_counter()
                 lr = optimizer.param_groups[0]["lr"]
-                train = train_epoch(model, forward, run.data.train if run.train_source is None else run.train_source, optimizer, run, generator, epoch)
+                train = train_epoch(model, forward, run.train_split, optimizer, run, generator, epoch)
                 val, _ = evaluate(model, run.data.validation, run, forward)
                 scheduler.step()
                 history.append({"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train.items()},
