@@ -97,9 +97,10 @@ def plot_augmentation(path, folders):
             for split, color in (("train", "tab:blue"), ("val", "tab:orange")):
                 mean = [statistics.mean(float(h[i][f"{split}_top1"]) for h in histories) for i in range(len(epochs))]
                 ax.plot(epochs, mean, style, color=color, label=f"{name}: {'validation' if split == 'val' else split}")
+        seeds = " / ".join(str(len(folders[name])) for name in pair)
         ax.set(xlabel="epoch", ylabel="top-1 (%)", ylim=(0, 101),
-               title=f"{pair[0]}: top-1 without (solid) and with --augment (dashed), mean of {len(folders[pair[0]])} seeds")
-        ax.title.set_fontsize(9)
+               title=f"{pair[0]}: top-1, mean over {seeds} seeds\nwithout (solid) and with --augment (dashed)")
+        ax.title.set_fontsize(10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     results.save_figure(fig, path)
