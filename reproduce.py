@@ -34,7 +34,7 @@ from data_split import CUB_CLASSES, DEMO_IMAGES, check_ratios, cub_images, split
 
 REPO = Path(__file__).resolve().parent
 MAX_SEEDS = 1000
-DEFAULT_SEEDS = 3  # as many as fit in 10 minutes on 2 CPU cores for the demo data (README)
+DEFAULT_SEEDS = 3  # mean ± std by default: 10.8 minutes for the demo data on 2 CPU cores (README)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, to key dicts
@@ -76,7 +76,7 @@ def parse_args(argv):
     parser.add_argument("--out", type=Path, default=REPO / "results", help="results folder (default: results)")
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
                         help=f"runs per task, seeds 0..N-1 (different initialisation and batch order); with N > 1 "
-                             f"every table shows mean ± std, 1 to {MAX_SEEDS} (default: {DEFAULT_SEEDS}: under 10 minutes "
+                             f"every table shows mean ± std, 1 to {MAX_SEEDS} (default: {DEFAULT_SEEDS}: about 11 minutes "
                              f"for the demo data on 2 CPU cores)")
     parser.add_argument("--resplit", action="store_true", help="draw a new train/validation/test split for every seed")
     parser.add_argument("--ratios", type=float, nargs=3, metavar="R",

@@ -282,9 +282,9 @@ def option_differences(recorded, argv):
         name = argv[i][2:].replace("-", "_")
         has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
         asked, i = (argv[i + 1], i + 2) if has_value else (True, i + 1)
-        had = recorded.get(name)
         if name in ("device", "compile"):  # they change rounding, not the experiment (as in run_key)
             continue
+        had = recorded.get(name)
         if asked is True:
             same = had is True
         elif isinstance(had, (int, float)) and not isinstance(had, bool):
