@@ -10,32 +10,23 @@ training image), with an empty feature cache each time. The decoded-image cache 
     python bench/bench_augment.py --skip-task1 --epochs 10
 """
 import argparse
-import csv
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from bench.bench_speed import cpu_flags  # noqa: E402
+from bench.bench_speed import cpu_flags, epoch_seconds, timed  # noqa: E402
 from common.data import load_splits  # noqa: E402
 from common.train import default_data  # noqa: E402
 
 
 def run(script, argv, out, env):
     """Whole-process wall seconds and the per-epoch seconds of one run."""
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, str(REPO / script), "--out", str(out), *argv], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"failed: {script} {' '.join(argv)}\n{done.stderr[-2000:]}")
-    with open(out / "history.csv", newline="") as f:
-        return seconds, [float(row["seconds"]) for row in csv.DictReader(f)]
+    seconds, _ = timed([sys.executable, str(REPO / script), "--out", str(out), *argv], REPO, env)
+    return seconds, epoch_seconds(out)
 
 
 def main():

@@ -51,10 +51,15 @@ def timed(command, cwd, env):
     return seconds, usage.ru_maxrss / 1024
 
 
+def epoch_seconds(out):
+    """The seconds of every epoch of the run in `out`, from its history.csv."""
+    with open(out / "history.csv", newline="") as f:
+        return [float(row["seconds"]) for row in csv.DictReader(f)]
+
+
 def compile_seconds(out):
     """First epoch beyond the median epoch: the one-off cost of compiling."""
-    with open(out / "history.csv", newline="") as f:
-        seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
+    seconds = epoch_seconds(out)
     return max(0.0, seconds[0] - statistics.median(seconds[1:])) if len(seconds) > 1 else 0.0
 
 
