@@ -30,7 +30,7 @@ from common.cli import UserError, run_main
 from common.run_folder import check_folder_writable, is_inside, lock, make_folder, read_config, run_or_reuse
 from common.runtime import COMPILE_MODES, pick_device
 from common.train import EPOCH_LISTENERS
-from data_split import CUB_CLASSES, DEMO_IMAGES, check_ratios, cub_images, split_dataset
+from common.split import CUB_CLASSES, DEMO_IMAGES, check_ratios, cub_images, split_dataset
 
 REPO = Path(__file__).resolve().parent
 MAX_SEEDS = 1000

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.bench_speed import cpu_flags, epoch_seconds, timed  # noqa: E402
 from common.data import load_splits  # noqa: E402
-from common.train import default_data  # noqa: E402
+from common.split import default_data  # noqa: E402
 
 
 def run(script, argv, out, env):

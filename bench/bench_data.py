@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common.data import load_splits, normalize  # noqa: E402
-from common.train import default_data  # noqa: E402
+from common.split import default_data  # noqa: E402
 from tutorial import tutorial_dataset  # noqa: E402
 
 

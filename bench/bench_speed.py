@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from common.data import load_splits  # noqa: E402
-from common.train import default_data  # noqa: E402
+from common.split import default_data  # noqa: E402
 
 TASK_ARGV = {"task2_shallow": [], "task3_netvlad": ["--clusters", "16"]}
 

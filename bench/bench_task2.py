@@ -25,7 +25,8 @@ from torchvision.datasets import ImageFolder
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from common.models import ShallowConvNet  # noqa: E402
-from common.train import default_data, seed_everything  # noqa: E402
+from common.split import default_data  # noqa: E402
+from common.train import seed_everything  # noqa: E402
 from tutorial import tutorial_dataset, tutorial_evaluate  # noqa: E402
 
 BATCH = 50

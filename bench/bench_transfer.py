@@ -31,7 +31,8 @@ import common.backbones  # noqa: E402
 import common.data  # noqa: E402
 from bench.bench_speed import cpu_flags  # noqa: E402
 from common.backbones import BACKBONES, load_backbone  # noqa: E402
-from common.train import default_data, seed_everything  # noqa: E402
+from common.split import default_data  # noqa: E402
+from common.train import seed_everything  # noqa: E402
 from common.transfer import linear_head, run_transfer  # noqa: E402
 from tutorial import tutorial_dataset, tutorial_evaluate  # noqa: E402
 

@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.bench_speed import TASK_ARGV, checkout, cpu_flags  # noqa: E402
-from common.train import default_data  # noqa: E402
+from common.split import default_data  # noqa: E402
 
 METRICS = (("top1", "test top-1 %", 2), ("top3", "test top-3 %", 2), ("loss", "test logloss", 4))
 

@@ -21,6 +21,7 @@ from common.data import CROP, Split, SplitData, load_splits, normalize
 from common.run_folder import (check_args, check_out, check_resumable, check_schedule, clear_previous,
                                load_checkpoint, open_run_folder, run_key)
 from common.runtime import autocast, pick_compile, pick_device, pick_precision
+from common.split import DEMO_IMAGES, default_data
 
 CHECKPOINT_EVERY_S = 60
 EPOCH_LISTENERS = []  # f(history_row, epochs) after every epoch: reproduce.py shows progress inside a run
@@ -52,19 +53,6 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def demo_images():
-    from data_split import DEMO_IMAGES
-    return DEMO_IMAGES
-
-
-def default_data():
-    """The demo split, made from the embedded demo images the first time it is needed."""
-    from data_split import DEMO_IMAGES, DEMO_SPLIT, split_dataset
-    if not (DEMO_SPLIT / "split.csv").exists():
-        split_dataset(DEMO_IMAGES, DEMO_SPLIT, force=True)  # force: clears an interrupted demo split
-    return DEMO_SPLIT
-
-
 def start_run(task, args, cpu_bf16=True):
     """Everything before the model: checks, seeds, device, precision, data. --out is created only
     when training starts (train_and_report), so a refused run leaves nothing behind.
@@ -76,7 +64,7 @@ def start_run(task, args, cpu_bf16=True):
     if args.data is not None and not args.data.is_dir():
         raise UserError(f"--data {args.data}: no such folder")
     root = args.data if args.data is not None else default_data()
-    check_out(args, root, *([] if args.data is not None else [demo_images()]))
+    check_out(args, root, *([] if args.data is not None else [DEMO_IMAGES]))
     data = load_splits(root)
     seed_everything(args.seed)
     return Run(task, args, data, device, precision, compiled)

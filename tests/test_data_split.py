@@ -1,4 +1,4 @@
-"""data_split.py: layout, manifest, determinism, safety of SRC and DEST, bad input, and the CUB paths."""
+"""data_split.py and common/split.py: layout, manifest, determinism, safety of SRC and DEST, bad input, and the CUB paths."""
 import csv
 import hashlib
 import io
@@ -13,6 +13,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # so plain `pytest` finds the script too, not only `python -m pytest`
+import common.split as splitting  # noqa: E402
 import data_split as ds  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
 
@@ -71,7 +72,7 @@ def test_layout_and_manifest(src, tmp_path):
     ds.main([str(src), str(dest)])
     rows = read_manifest(dest)
     assert list(rows[0]) == ["path", "source", "class", "split", "sha256"]
-    for split in ds.SPLITS:
+    for split in splitting.SPLITS:
         assert sorted(p.name for p in (dest / split).iterdir()) == ["a", "b", "c"]
     sources = [row["source"] for row in rows]
     assert sorted(sources) == sorted(files_under(src))  # every image in exactly one split
@@ -82,7 +83,7 @@ def test_layout_and_manifest(src, tmp_path):
 
 
 def test_counts_are_stratified(src, tmp_path, capsys):
-    counts = ds.split_dataset(src, tmp_path / "dest", ratios=(0.6, 0.2, 0.2))
+    counts = splitting.split_dataset(src, tmp_path / "dest", ratios=(0.6, 0.2, 0.2))
     assert counts == {"a": {"train": 12, "validation": 4, "test": 4},
                       "b": {"train": 6, "validation": 2, "test": 2},
                       "c": {"train": 5, "validation": 1, "test": 1}}
@@ -99,7 +100,7 @@ def test_counts_are_stratified(src, tmp_path, capsys):
 def test_split_counts_properties(ratios):
     nonzero = sum(r > 0 for r in ratios)
     for n in range(80):
-        counts = ds.split_counts(n, ratios)
+        counts = splitting.split_counts(n, ratios)
         assert sum(counts) == n and min(counts) >= 0, (n, counts)
         assert all(c == 0 for c, r in zip(counts, ratios) if r == 0), (n, counts)
         if n >= nonzero:
@@ -111,11 +112,11 @@ def test_split_counts_properties(ratios):
 def test_report_split_of_417_images(tmp_path):
     """The report's code split its 417 CUB images 291 / 42 / 84 with 0.7 0.1 0.2."""
     sizes = dict(zip("abcdefg", (60, 60, 60, 60, 59, 59, 59)))
-    counts = ds.split_dataset(make_dataset(tmp_path / "src", sizes), tmp_path / "dest", ratios=(0.7, 0.1, 0.2),
+    counts = splitting.split_dataset(make_dataset(tmp_path / "src", sizes), tmp_path / "dest", ratios=(0.7, 0.1, 0.2),
                               dry_run=True)
-    totals = [sum(c[split] for c in counts.values()) for split in ds.SPLITS]
+    totals = [sum(c[split] for c in counts.values()) for split in splitting.SPLITS]
     assert totals == [291, 42, 84]
-    assert all(ds.split_counts(n, (0.7, 0.1, 0.2))[1:] == [6, 12] for n in range(58, 63))
+    assert all(splitting.split_counts(n, (0.7, 0.1, 0.2))[1:] == [6, 12] for n in range(58, 63))
 
 
 def test_same_seed_same_split_whatever_the_file_order(tmp_path, monkeypatch):
@@ -125,7 +126,7 @@ def test_same_seed_same_split_whatever_the_file_order(tmp_path, monkeypatch):
     ds.main([str(first), str(tmp_path / "d1")])
     walk = os.walk
     # another file system lists a folder in another order
-    monkeypatch.setattr(ds.os, "walk", lambda top: ((root, dirs, files[::-1]) for root, dirs, files in walk(top)))
+    monkeypatch.setattr(splitting.os, "walk", lambda top: ((root, dirs, files[::-1]) for root, dirs, files in walk(top)))
     ds.main([str(second), str(tmp_path / "d2")])
     ds.main([str(second), str(tmp_path / "d3"), "--seed", "1"])
     assert read_manifest(tmp_path / "d1") == read_manifest(tmp_path / "d2")
@@ -141,7 +142,7 @@ def test_src_untouched_by_copy_link_and_force(src, tmp_path, monkeypatch):
         dest = tmp_path / f"dest{len(options)}"
         ds.main([str(src), str(dest), *options])
         ds.main([str(src), str(dest), *options, "--force", "--seed", "7"])
-    monkeypatch.setattr(ds.os, "link", lambda *a: (_ for _ in ()).throw(OSError("cross-device link")))
+    monkeypatch.setattr(splitting.os, "link", lambda *a: (_ for _ in ()).throw(OSError("cross-device link")))
     ds.main([str(src), str(tmp_path / "symlinked"), "--link"])
     ds.main([str(src), str(tmp_path / "symlinked"), "--link", "--force", "--seed", "3"])
     assert snapshot(src) == before
@@ -158,7 +159,7 @@ def test_link_makes_hard_links(src, tmp_path):
 def test_link_falls_back_to_symlinks(src, tmp_path, monkeypatch, capsys):
     def no_hard_links(*args):
         raise OSError("Invalid cross-device link")
-    monkeypatch.setattr(ds.os, "link", no_hard_links)
+    monkeypatch.setattr(splitting.os, "link", no_hard_links)
     dest = tmp_path / "dest"
     ds.main([str(src), str(dest), "--link"])
     rows = read_manifest(dest)
@@ -186,7 +187,7 @@ def test_force_drops_class_folders_of_the_old_split(src, tmp_path):
     ds.main([str(src), str(dest)])
     fewer = make_dataset(tmp_path / "fewer", {"a": 5, "b": 5})
     ds.main([str(fewer), str(dest), "--force"])
-    for split in ds.SPLITS:  # ImageFolder would take a leftover empty folder for a class
+    for split in splitting.SPLITS:  # ImageFolder would take a leftover empty folder for a class
         assert sorted(p.name for p in (dest / split).iterdir()) == ["a", "b"]
 
 
@@ -212,7 +213,7 @@ def test_force_refuses_a_manifest_pointing_outside(src, tmp_path):
 
 def test_dry_run_writes_nothing(src, tmp_path, capsys):
     dest = tmp_path / "dest"
-    counts = ds.split_dataset(src, dest, dry_run=True)
+    counts = splitting.split_dataset(src, dest, dry_run=True)
     assert not dest.exists()
     out = capsys.readouterr().out
     assert "dry run" in out and all(name in out for name in counts)
@@ -242,7 +243,7 @@ def test_skips_non_images_hidden_and_broken_files(src, tmp_path, capsys):
 
 
 def test_small_class_warning(tmp_path, capsys):
-    ds.split_dataset(make_dataset(tmp_path / "src", {"big": 10, "tiny": 2, "three": 3}), tmp_path / "d", dry_run=True)
+    splitting.split_dataset(make_dataset(tmp_path / "src", {"big": 10, "tiny": 2, "three": 3}), tmp_path / "d", dry_run=True)
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "tiny" in warnings[0] and "test" in warnings[0]
 
@@ -255,7 +256,7 @@ def test_unusual_image_modes_are_accepted(tmp_path):
     Image.new("P", (8, 8), 3).save(odd / "palette.png")
     Image.new("I;16", (8, 8), 40000).save(odd / "sixteen.png")
     Image.new("CMYK", (8, 8), (0, 128, 255, 0)).save(odd / "cmyk.jpg")
-    counts = ds.split_dataset(src, tmp_path / "dest")
+    counts = splitting.split_dataset(src, tmp_path / "dest")
     assert sum(counts["odd"].values()) == 5
 
 
@@ -345,7 +346,7 @@ def test_a_fifo_named_like_an_image_is_skipped_not_read(src, tmp_path):
 
 def interrupt_after(n, monkeypatch):
     """Make data_split stop as Ctrl-C would after placing n files; returns the real place()."""
-    real_place, placed = ds.place, []
+    real_place, placed = splitting.place, []
 
     def place(source, target, link):
         if len(placed) == n:
@@ -353,7 +354,7 @@ def interrupt_after(n, monkeypatch):
         placed.append(target)
         return real_place(source, target, link)
 
-    monkeypatch.setattr(ds, "place", place)
+    monkeypatch.setattr(splitting, "place", place)
     return real_place
 
 
@@ -363,7 +364,7 @@ def test_an_interrupted_split_is_unfinished_and_force_completes_it(src, tmp_path
     with pytest.raises(KeyboardInterrupt):
         ds.main([str(src), str(dest)])
     assert not (dest / "split.csv").exists() and (dest / "split.csv.incomplete").exists()
-    monkeypatch.setattr(ds, "place", real_place)
+    monkeypatch.setattr(splitting, "place", real_place)
     with pytest.raises(UserError, match="not empty; use --force"):
         ds.main([str(src), str(dest)])
     ds.main([str(src), str(dest), "--force"])  # cleans up what the interrupted run left, then splits
@@ -373,13 +374,13 @@ def test_an_interrupted_split_is_unfinished_and_force_completes_it(src, tmp_path
 
 
 def test_force_re_split_interrupted_keeps_the_old_paths_cleanable(src, tmp_path, monkeypatch):
-    dest, real_place = tmp_path / "dest", ds.place
+    dest, real_place = tmp_path / "dest", splitting.place
     ds.main([str(src), str(dest), "--ratios", "0.5", "0.25", "0.25"])
-    monkeypatch.setattr(ds, "place", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(splitting, "place", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         ds.main([str(src), str(dest), "--force"])
     assert not (dest / "split.csv").exists()
-    monkeypatch.setattr(ds, "place", real_place)
+    monkeypatch.setattr(splitting, "place", real_place)
     ds.main([str(src), str(dest), "--force"])
     ds.main([str(src), str(tmp_path / "clean")])
     assert files_under(dest) == files_under(tmp_path / "clean")
@@ -400,7 +401,7 @@ def test_a_dest_in_use_by_another_split_is_refused(src, tmp_path):
 # -----------------------------------------------------------------------------
 # CUB-200-2011
 
-def make_cub(root, classes=ds.CUB_CLASSES):
+def make_cub(root, classes=splitting.CUB_CLASSES):
     """A fake CUB_200_2011 folder: 3 images in each class, plus a class the report did not use."""
     for k, name in enumerate([*classes, "001.Black_footed_Albatross"]):
         for i in range(3):
@@ -418,8 +419,8 @@ def test_cub_folder(tmp_path):
     dest = tmp_path / "dest"
     ds.main(["--cub", str(make_cub(tmp_path)), str(dest)])
     rows = read_manifest(dest)
-    assert {r["class"] for r in rows} == set(ds.CUB_CLASSES) and len(rows) == 21
-    assert sorted(p.name for p in (dest / "train").iterdir()) == sorted(ds.CUB_CLASSES)
+    assert {r["class"] for r in rows} == set(splitting.CUB_CLASSES) and len(rows) == 21
+    assert sorted(p.name for p in (dest / "train").iterdir()) == sorted(splitting.CUB_CLASSES)
 
 
 def test_cub_archive_is_extracted_once_and_dry_run_leaves_nothing(tmp_path, capsys):
@@ -429,7 +430,7 @@ def test_cub_archive_is_extracted_once_and_dry_run_leaves_nothing(tmp_path, caps
     dest = tmp_path / "dest"
     ds.main(["--cub", str(archive), str(dest)])
     work = tmp_path / "cub_7classes"  # next to DEST by default
-    assert sorted(p.name for p in work.iterdir()) == sorted(ds.CUB_CLASSES)
+    assert sorted(p.name for p in work.iterdir()) == sorted(splitting.CUB_CLASSES)
     rows = read_manifest(dest)
     assert len(rows) == 21 and all(r["sha256"] == sha256(work / r["source"]) for r in rows)
     capsys.readouterr()
@@ -439,7 +440,7 @@ def test_cub_archive_is_extracted_once_and_dry_run_leaves_nothing(tmp_path, caps
 
 
 def test_cub_missing_classes_are_named(tmp_path):
-    folder = make_cub(tmp_path / "cub", classes=ds.CUB_CLASSES[:5])
+    folder = make_cub(tmp_path / "cub", classes=splitting.CUB_CLASSES[:5])
     with pytest.raises(UserError, match="099.Ovenbird 114.Black_throated_Sparrow"):
         ds.main(["--cub", str(folder), str(tmp_path / "d1")])
     archive = make_tgz(folder, tmp_path / "CUB_200_2011.tgz")
@@ -454,7 +455,7 @@ def test_cub_not_an_archive(tmp_path):
         ds.main(["--cub", str(tmp_path / "CUB_200_2011.tgz"), str(tmp_path / "dest")])
 
 
-CLASS_DIR = f"CUB_200_2011/images/{ds.CUB_CLASSES[0]}"
+CLASS_DIR = f"CUB_200_2011/images/{splitting.CUB_CLASSES[0]}"
 EVIL_MEMBERS = {
     "dot-dot": (f"{CLASS_DIR}/../../../../evil.jpg", tarfile.REGTYPE, ""),
     "absolute": ("/tmp/evil_data_split_test.jpg", tarfile.REGTYPE, ""),
@@ -480,8 +481,8 @@ def test_cub_archive_member_escaping_is_refused(case, tmp_path):
 
 # -----------------------------------------------------------------------------
 
-@pytest.mark.skipif(not ds.DEMO_IMAGES.is_dir(), reason="demo set not built")
+@pytest.mark.skipif(not splitting.DEMO_IMAGES.is_dir(), reason="demo set not built")
 def test_demo_set_dry_run(tmp_path):
-    counts = ds.split_dataset(ds.DEMO_IMAGES, tmp_path / "dest", dry_run=True)
+    counts = splitting.split_dataset(splitting.DEMO_IMAGES, tmp_path / "dest", dry_run=True)
     assert len(counts) == 7 and not (tmp_path / "dest").exists()
-    assert sum(sum(c.values()) for c in counts.values()) == len(list(ds.DEMO_IMAGES.rglob("*.jpg")))
+    assert sum(sum(c.values()) for c in counts.values()) == len(list(splitting.DEMO_IMAGES.rglob("*.jpg")))

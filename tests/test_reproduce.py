@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import data_split
+import common.split
 import reproduce
 from common.run_folder import lock
 from conftest import COLORS, make_image
@@ -113,7 +113,7 @@ def test_an_interrupted_split_is_redone_not_reused(images, tmp_path, monkeypatch
             "--compile", "off"]
     with pytest.raises(KeyboardInterrupt):
         reproduce.main(argv)
-    monkeypatch.setattr(data_split, "place", real_place)
+    monkeypatch.setattr(common.split, "place", real_place)
     reproduce.main(argv)
     split = next((out / "splits").iterdir())
     assert (split / "split.csv").exists() and not (split / "split.csv.incomplete").exists()

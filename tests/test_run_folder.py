@@ -279,7 +279,7 @@ def test_out_inside_the_demo_images_is_refused_when_data_is_the_demo_split(data,
     demo_images = tmp_path / "demo_images"
     demo_images.mkdir()
     monkeypatch.setattr(common.train, "default_data", lambda: data)
-    monkeypatch.setattr(common.train, "demo_images", lambda: demo_images)
+    monkeypatch.setattr(common.train, "DEMO_IMAGES", demo_images)
     parser = argparse.ArgumentParser()
     add_training_args(parser, "test", epochs=1, batch_size=5)
     with pytest.raises(UserError, match="is inside .*demo_images"):

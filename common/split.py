@@ -1,0 +1,373 @@
+"""Splitting a folder of class sub-folders into train / validation / test folders that ImageFolder reads,
+and reading the report's 7 CUB-200-2011 classes; data_split.py is the command line over it.
+
+DEST gets train/, validation/ and test/, each with every class folder, plus the manifest
+DEST/split.csv (path, source, class, split, sha256). The split is stratified per class and
+shuffled with a seed, so the same seed gives the same split anywhere. SRC is only read.
+"""
+import csv
+import hashlib
+import io
+import os
+import random
+import shutil
+import sys
+import tarfile
+import zlib
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+from common.cli import UserError
+from common.data import IMAGE_EXTENSIONS, MANIFEST, SPLITS, UNFINISHED_MANIFEST, open_rgb
+from common.results import atomic_write
+from common.run_folder import check_folder_writable, is_inside, lock, make_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_IMAGES = ROOT / "demo_data" / "images"
+DEMO_SPLIT = ROOT / "data" / "demo_split"
+CUB_SPLIT = ROOT / "data" / "cub_split"
+CUB_CLASSES = ("015.Lazuli_Bunting", "038.Great_Crested_Flycatcher", "041.Scissor_tailed_Flycatcher",
+               "050.Eared_Grebe", "078.Gray_Kingbird", "099.Ovenbird", "114.Black_throated_Sparrow")
+DEFAULT_RATIOS = (0.7, 0.2, 0.1)  # the report's text; its code split 0.7 0.1 0.2
+MANIFEST_COLUMNS = ["path", "source", "class", "split", "sha256"]
+
+
+def warn(message):
+    tqdm.write(f"warning: {message}", file=sys.stderr)  # tqdm.write keeps a running bar intact
+
+
+def utf8_name(path):
+    """False for names that are not valid UTF-8 (the manifest is UTF-8 text): such files are left out."""
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        warn(f"{ascii(str(path))}: the name is not valid UTF-8; left out (rename it to include it)")
+        return False
+
+
+# -----------------------------------------------------------------------------
+# how many images each split gets
+
+def check_ratios(ratios):
+    ratios = tuple(float(r) for r in ratios)
+    if len(ratios) != 3:
+        raise UserError(f"--ratios takes 3 numbers (train validation test), got {len(ratios)}")
+    if not all(r >= 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:  # `r >= 0` also rejects nan
+        raise UserError(f"--ratios must be 3 non-negative numbers summing to 1, got {' '.join(map(str, ratios))}")
+    return ratios
+
+
+def split_counts(n, ratios):
+    """Images per split for a class of n images; the counts sum to n.
+
+    Validation and test get round-half-up(n * ratio) and train the rest: at 0.7 0.1 0.2 every
+    class of 58 to 62 images gets 6 validation and 12 test images, which is how the report's
+    417 CUB images split 291 / 42 / 84. Then the largest split hands one image at a time to any
+    split left negative by the rounding or, when the class has an image for every split with a
+    nonzero ratio, to such a split left empty.
+    """
+    counts = [0] + [int(n * r + 0.5) for r in ratios[1:]]
+    counts[0] = n - sum(counts[1:])
+    one_each = n >= sum(r > 0 for r in ratios)
+    while True:
+        short = [i for i, c in enumerate(counts) if c < 0 or (one_each and c == 0 and ratios[i] > 0)]
+        if not short:
+            return counts
+        donor = max(range(3), key=lambda i: counts[i])
+        counts[donor] -= 1
+        counts[short[0]] += 1
+
+
+# -----------------------------------------------------------------------------
+# reading SRC
+
+def find_classes(src, classes=None):
+    """Class name -> folder; `classes` picks some by name (all non-hidden sub-folders otherwise)."""
+    if not src.exists():
+        raise UserError(f"{src} does not exist")
+    if not src.is_dir():
+        raise UserError(f"{src} is not a folder")
+    if not any(p for p in src.iterdir() if not p.name.startswith(".")):
+        raise UserError(f"{src} is empty")
+    folders = {p.name: p for p in sorted(src.iterdir()) if p.is_dir() and not p.name.startswith(".") and utf8_name(p)}
+    if classes is not None:
+        missing = [c for c in classes if c not in folders]
+        if missing:
+            raise UserError(f"{src} lacks the class folders {' '.join(missing)}")
+        folders = {c: folders[c] for c in classes}
+    if not folders:
+        raise UserError(f"{src} has no class folders (it should hold one sub-folder per class)")
+    if len(folders) < 2:
+        raise UserError(f"{src} has only one class folder ({next(iter(folders))}); a classifier needs at least 2")
+    return folders
+
+
+def list_files(src, folders):
+    """Posix paths, relative to SRC, of the non-hidden image files in the class folders.
+
+    Left out with a warning: names that are not UTF-8, and anything but a regular file (reading
+    a FIFO named x.png would wait forever). Other files are counted and skipped.
+    """
+    images, others = [], []
+    for folder in folders.values():
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = [d for d in dirs if not d.startswith(".") and utf8_name(Path(root) / d)]
+            for name in files:
+                path = Path(root) / name
+                if name.startswith(".") or not utf8_name(path):
+                    continue
+                if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                    others.append(path.relative_to(src).as_posix())
+                elif not path.is_file():  # follows links: a link to a regular file is fine
+                    warn(f"{path}: not a regular file; left out")
+                else:
+                    images.append(path.relative_to(src).as_posix())
+    if others:
+        print(f"skipped {len(others)} non-image files, e.g. {others[0]}", file=sys.stderr)
+    return images
+
+
+def read_images(src, folders):
+    """Class -> [(source, sha256)] of the images that decode; warns about and leaves out the rest."""
+    images = {name: [] for name in folders}
+    for source in tqdm(list_files(src, folders), desc="checking images", disable=None):
+        try:
+            data = (src / source).read_bytes()
+            if not data:
+                raise ValueError("empty file")
+            open_rgb(io.BytesIO(data))  # a full decode: truncated files fail here, not at open
+        except Exception as e:  # PIL raises many types for bad files; any of them means "leave it out"
+            warn(f"{src / source}: cannot be read as an image ({e}); left out")
+            continue
+        images[source.split("/")[0]].append((source, hashlib.sha256(data).hexdigest()))
+    for name in [n for n, items in images.items() if not items]:
+        warn(f"class {name} has no readable images; left out")
+        del images[name]
+    if len(images) < 2:
+        raise UserError(f"{src} has readable images in {len(images)} class folder(s); a classifier needs at least 2")
+    return images
+
+
+def assign_splits(images, ratios, seed):
+    """Manifest rows: each class shuffled with a seed of its own, then cut by split_counts."""
+    rows, counts = [], {}
+    for name, items in images.items():
+        items = sorted(items)  # directory listing order differs between file systems
+        random.Random(f"{seed}:{name}").shuffle(items)  # a str seed hashes the same in every process
+        counts[name] = dict(zip(SPLITS, split_counts(len(items), ratios)))
+        empty = [s for s, r in zip(SPLITS, ratios) if r > 0 and counts[name][s] == 0]
+        if empty:
+            warn(f"class {name} has only {len(items)} images: none for {' and '.join(empty)}")
+        start = 0
+        for split, count in counts[name].items():
+            for source, digest in items[start:start + count]:
+                rows.append({"path": f"{split}/{source}", "source": source, "class": name,
+                             "split": split, "sha256": digest})
+            start += count
+    rows.sort(key=lambda row: (SPLITS.index(row["split"]), row["path"]))
+    return rows, counts
+
+
+def format_table(counts):
+    width = max(len("class"), len("total"), *(len(name) for name in counts))
+    totals = {s: sum(c[s] for c in counts.values()) for s in SPLITS}
+    lines = [f"{'class':<{width}}  {'train':>6}  {'validation':>10}  {'test':>6}  {'total':>6}"]
+    for name, c in [*counts.items(), ("total", totals)]:
+        lines.append(f"{name:<{width}}  {c['train']:>6}  {c['validation']:>10}  {c['test']:>6}  {sum(c.values()):>6}")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# DEST
+
+def check_dest(src, dest, force):
+    """Refuse unsafe or unwritable destinations; the manifest paths a --force run may replace."""
+    if is_inside(dest, src):
+        raise UserError(f"DEST {dest} is inside SRC {src}; SRC must stay untouched")
+    if is_inside(src, dest):
+        raise UserError(f"SRC {src} is inside DEST {dest}; pick a DEST outside it")
+    check_folder_writable(dest, "DEST")
+    if not dest.is_dir() or not any(dest.iterdir()):
+        return set()
+    if not force:
+        raise UserError(f"{dest} is not empty; use --force to replace a split written there before")
+    return read_manifest(dest)
+
+
+def read_manifest(dest):
+    """Paths listed by DEST's previous manifests (a finished one, an interrupted one), after checking
+    each stays inside a split folder of DEST."""
+    paths = set()
+    for manifest in (dest / MANIFEST, dest / UNFINISHED_MANIFEST):
+        if manifest.exists():
+            with open(manifest, newline="", encoding="utf-8", errors="replace") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames != MANIFEST_COLUMNS:
+                    raise UserError(f"{manifest} was not written by data_split.py; move it away to use --force")
+                paths |= {row["path"] for row in reader}
+    for path in paths:
+        parts = PurePosixPath(path).parts
+        escapes = not parts or parts[0] not in SPLITS or ".." in parts or PurePosixPath(path).is_absolute()
+        if escapes or not is_inside((dest / path).parent, dest) or os.path.realpath((dest / path).parent) == os.path.realpath(dest):
+            raise UserError(f"{manifest} lists {path!r}, outside DEST's split folders; not touching it")
+    return paths
+
+
+def remove_old_split(dest, old_paths):
+    """Delete the files of the previous split and the folders they leave empty."""
+    folders = set()
+    for path in old_paths:
+        (dest / path).unlink(missing_ok=True)  # unlinking a link never touches what it points to
+        folders.update(PurePosixPath(path).parents)
+    for folder in sorted(folders - {PurePosixPath(".")}, key=lambda p: -len(p.parts)):
+        if (dest / folder).is_dir() and not any((dest / folder).iterdir()):
+            (dest / folder).rmdir()
+
+
+def place(source, target, link):
+    """Copy, or hard-link; returns False where a hard link failed and a symlink stands in."""
+    if not link:
+        shutil.copy2(source, target)
+        return True
+    try:
+        os.link(source, target)
+        return True
+    except OSError:  # e.g. SRC and DEST on different file systems
+        os.symlink(source.resolve(), target)
+        return False
+
+
+def write_manifest(path, rows):
+    text = io.StringIO()
+    writer = csv.DictWriter(text, MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, text.getvalue())
+
+
+def write_split(src, dest, rows, classes, link, old_paths):
+    """split.csv appears last, so a DEST without it is unfinished (reproduce.py and the loaders
+    treat it so). Until then split.csv.incomplete lists every path this call may leave behind,
+    the old split's included, so that --force can clean up after an interrupted run."""
+    dest.mkdir(parents=True, exist_ok=True)
+    leftovers = sorted(old_paths - {row["path"] for row in rows})
+    write_manifest(dest / UNFINISHED_MANIFEST, rows + [{"path": path} for path in leftovers])
+    (dest / MANIFEST).unlink(missing_ok=True)
+    remove_old_split(dest, old_paths)
+    for split in SPLITS:
+        for name in classes:
+            (dest / split / name).mkdir(parents=True, exist_ok=True)
+    symlinked = 0
+    for row in tqdm(rows, desc="linking" if link else "copying", disable=None):
+        (dest / row["path"]).parent.mkdir(parents=True, exist_ok=True)  # images in sub-folders of a class
+        symlinked += not place(src / row["source"], dest / row["path"], link)
+    if symlinked:
+        warn(f"hard links failed for {symlinked} files; made symbolic links to SRC instead")
+    write_manifest(dest / MANIFEST, rows)
+    (dest / UNFINISHED_MANIFEST).unlink()
+
+
+def check_clashes(dest, rows, old_paths):
+    clashes = [row["path"] for row in rows if row["path"] not in old_paths and os.path.lexists(dest / row["path"])]
+    if clashes:
+        raise UserError(f"{dest / clashes[0]} exists and no previous manifest lists it; move it away")
+
+
+def split_dataset(src, dest, ratios=DEFAULT_RATIOS, seed=0, link=False, force=False, dry_run=False, classes=None):
+    """Split SRC's class folders into DEST/{train,validation,test}/<class>/; prints and returns the counts.
+
+    Returns {class: {"train": n, "validation": n, "test": n}}. `classes` picks class folders by name.
+    """
+    src, dest, ratios = Path(src), Path(dest), check_ratios(ratios)
+    folders = find_classes(src, classes)
+    old_paths = check_dest(src, dest, force)  # fails before every image is read
+    rows, counts = assign_splits(read_images(src, folders), ratios, seed)
+    check_clashes(dest, rows, old_paths)
+    print(format_table(counts))
+    if dry_run:
+        print("dry run: nothing written")
+        return counts
+    make_folder(dest, "DEST")
+    with lock(dest, "DEST"):  # two splits into one DEST at once would mix their files
+        old_paths = check_dest(src, dest, force)  # again, under the lock: another split may have finished
+        check_clashes(dest, rows, old_paths)
+        try:
+            write_split(src, dest, rows, list(counts), link, old_paths)
+        except OSError as e:
+            raise UserError(f"cannot write {dest}: {e}")
+    kept = [p for p in dest.rglob("*") if not p.is_dir() and p.relative_to(dest).as_posix() not in
+            {MANIFEST, *(row["path"] for row in rows)}]
+    if kept:
+        print(f"kept {len(kept)} files in {dest} that no manifest lists, e.g. {kept[0].relative_to(dest)}")
+    print(f"wrote {len(rows)} images to {dest} and the manifest {dest / MANIFEST}")
+    return counts
+
+
+# -----------------------------------------------------------------------------
+# CUB-200-2011
+
+def cub_member_path(member):
+    """Where an archive member goes below the class cache, or None if it is not in the report's classes."""
+    for name in [member.name] + ([member.linkname] if member.issym() or member.islnk() else []):
+        if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+            raise UserError(f"archive member {member.name!r} points outside the archive; refusing to extract")
+    parts = PurePosixPath(member.name).parts
+    parts = parts[1:] if parts[:1] == ("CUB_200_2011",) else parts
+    if len(parts) != 3 or parts[0] != "images" or parts[1] not in CUB_CLASSES:
+        return None
+    if not member.isfile():
+        raise UserError(f"archive member {member.name!r} is a link or special file; refusing to extract")
+    return PurePosixPath(*parts[1:])
+
+
+def has_cub_classes(folder):
+    return all((folder / name).is_dir() for name in CUB_CLASSES)
+
+
+def extract_cub(archive, work):
+    """Extract the report's 7 classes from a CUB_200_2011 tar archive into WORK/<class>/, kept as a cache."""
+    if has_cub_classes(work):
+        print(f"using the classes extracted before to {work} (delete it to extract again)", file=sys.stderr)
+        return work
+    if work.exists():
+        raise UserError(f"{work} exists but lacks some of the 7 classes; delete it or pick another --work")
+    partial = work.with_name(work.name + ".partial")  # becomes the cache only once complete
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        with tarfile.open(archive, "r|*") as tar:  # a stream: one pass over the 1.1 GB archive
+            for member in tqdm(tar, desc="reading archive", unit=" members", disable=None):
+                rel = cub_member_path(member)
+                if rel is not None:
+                    (partial / rel).parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(member) as f, open(partial / rel, "wb") as out:
+                        shutil.copyfileobj(f, out)
+        missing = [name for name in CUB_CLASSES if not (partial / name).is_dir()]
+        if missing:
+            raise UserError(f"{archive} lacks the classes {' '.join(missing)}")
+        partial.rename(work)
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise UserError(f"cannot read {archive} as a tar archive: {e}")
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return work
+
+
+def cub_images(path, work):
+    """The folder holding the report's CUB classes: images/ of a CUB_200_2011 folder, or extracted from its archive."""
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    if path.is_file():
+        return extract_cub(path, work)
+    for images in (path / "images", path / "CUB_200_2011" / "images"):
+        if images.is_dir():
+            return images
+    raise UserError(f"{path} has no images/ folder; give the CUB_200_2011 folder or CUB_200_2011.tgz")
+
+
+def default_data():
+    """The demo split, made from the embedded demo images the first time it is needed."""
+    if not (DEMO_SPLIT / MANIFEST).exists():
+        split_dataset(DEMO_IMAGES, DEMO_SPLIT, force=True)  # force: clears an interrupted demo split
+    return DEMO_SPLIT
