@@ -6,6 +6,10 @@
 
 Finished runs are reused: run it again after an interruption, or with more --seeds, and only
 what is missing is trained. --force trains everything again.
+
+Runs are independent (task x seed): --jobs N trains N at a time, each on a GPU of its own, and
+--print-commands prints every unfinished run's command line instead, for a cluster scheduler (a
+Slurm job array, say) to run; reproduce.py then reuses them and writes the report.
 """
 import argparse
 import contextlib
@@ -13,21 +17,28 @@ import csv
 import dataclasses
 import hashlib
 import importlib
+import json
 import os
 import platform
+import queue
+import shlex
+import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from common import results
 from common.backbones import WeightsUnavailable
 from common.cli import UserError, run_main
-from common.run_folder import check_folder_writable, is_inside, lock, make_folder, read_config, run_or_reuse
+from common.run_folder import (check_folder_writable, is_inside, lock, make_folder, planned_argv, read_config,
+                               run_or_reuse)
 from common.runtime import COMPILE_MODES, pick_device
 from common.train import EPOCH_LISTENERS
 from common.split import CUB_CLASSES, DEMO_IMAGES, check_ratios, cub_images, split_dataset
@@ -93,6 +104,12 @@ def parse_args(argv):
     parser.add_argument("--augment", action="store_true",
                         help="every task trains on random resized crops and flips (see the task scripts' --augment); "
                              "use another --out than the unaugmented runs'")
+    parser.add_argument("--jobs", type=int, metavar="N",
+                        help="runs trained at a time, each a process on a device of its own (cuda:0, cuda:1, ...); "
+                             "on the CPU they share the cores (default: one per visible GPU, 1 without)")
+    parser.add_argument("--print-commands", action="store_true",
+                        help="make the splits, print the command line of every run not yet finished and stop: "
+                             "run them anywhere (a Slurm job array), then run this again for the report")
     parser.add_argument("--force", action="store_true", help="redo finished splits and runs instead of reusing them")
     args = parser.parse_args(argv)
     args.command = sys.argv[1:] if argv is None else argv
@@ -102,7 +119,12 @@ def parse_args(argv):
         raise UserError(f"--epochs {args.epochs}: need at least 1")
     if args.ratios:
         check_ratios(args.ratios)
-    pick_device(args.device)  # every check before anything is created
+    device = pick_device(args.device)  # every check before anything is created
+    gpus = torch.cuda.device_count() if device.type == "cuda" and device.index is None else 1
+    args.jobs = gpus if args.jobs is None else args.jobs
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: need at least 1")
+    args.devices = [f"cuda:{i % gpus}" for i in range(args.jobs)] if gpus > 1 else [args.device] * args.jobs
     source = args.data or (args.cub if args.cub and args.cub.is_dir() else None) or DEMO_IMAGES
     if is_inside(args.out, source):
         raise UserError(f"--out {args.out} is inside {source}: the next split would read the results as a class")
@@ -145,12 +167,58 @@ def split_sizes(folder):
         return Counter(row["split"] for row in csv.DictReader(f))
 
 
+def task_argv(task, data, seed, args, device=None):
+    return ["--data", str(data), "--seed", str(seed), "--device", device or args.device, "--precision", args.precision,
+            *task.argv, *(("--compile", args.compile) if task.compiles else ()), *(("--augment",) if args.augment else ())]
+
+
+def run_folder(task, seed, args):
+    return args.out / task.name / f"seed{seed}"
+
+
 def run_once(task, data, seed, args):
     """Train one task with one seed into OUT/<task>/seed<N>/, or reuse the run finished there."""
-    argv = ["--data", str(data), "--seed", str(seed), "--device", args.device, "--precision", args.precision,
-            *task.argv, *(("--compile", args.compile) if task.compiles else ()), *(("--augment",) if args.augment else ())]
-    return run_or_reuse(importlib.import_module(task.name).main, argv, args.out / task.name / f"seed{seed}",
-                        args.epochs or task.epochs, args.force)
+    return run_or_reuse(importlib.import_module(task.name).main, task_argv(task, data, seed, args),
+                        run_folder(task, seed, args), args.epochs or task.epochs, args.force)
+
+
+def run_as_process(task, data, seed, args, devices):
+    """run_once as a process of its own, on a device taken from the queue `devices` while it trains."""
+    out = run_folder(task, seed, args)
+    device = devices.get()
+    try:
+        argv = planned_argv(task_argv(task, data, seed, args, device), out, args.epochs or task.epochs, args.force)
+        if argv is not None:
+            make_folder(out, "run folder")
+            env = dict(os.environ)
+            if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))  # the jobs share the cores
+            with open(out / "log.txt", "a") as log:
+                code = subprocess.run([sys.executable, str(REPO / f"{task.name}.py"), *argv], stdout=log,
+                                      stderr=subprocess.STDOUT, env=env, cwd=REPO).returncode
+            if code == WeightsUnavailable.exit_code:
+                raise WeightsUnavailable(last_error(out / "log.txt"))
+            if code != 0:
+                raise UserError(f"{task.name} seed {seed} failed (exit code {code}): {last_error(out / 'log.txt')} "
+                                f"(see {out / 'log.txt'})")
+    finally:
+        devices.put(device)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def last_error(log):
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("error: ")]
+    return lines[-1][len("error: "):] if lines else "no error message"
+
+
+def print_commands(tasks, splits, args):
+    """Every unfinished run's command line, one per line, runnable in any order or all at once."""
+    for task in tasks:
+        for seed, data in enumerate(splits):
+            argv = planned_argv(task_argv(task, data, seed, args), run_folder(task, seed, args),
+                                args.epochs or task.epochs, args.force)
+            if argv is not None:
+                print(shlex.join([sys.executable, str(REPO / f"{task.name}.py"), *argv]))
 
 
 def summarise(task, runs, out):
@@ -249,6 +317,8 @@ def run_all(args):
     splits, ratios, description = make_splits(args)
     tasks = [dataclasses.replace(t, title=t.title + ", augmented" if args.augment else t.title)
              for t in TASKS if t.name in args.tasks]
+    if args.print_commands:
+        return print_commands(tasks, splits, args)
     with tqdm(total=len(tasks) * args.seeds, desc="reproduce", unit="run", dynamic_ncols=True) as progress:
         runs, missing = run_tasks(tasks, splits, args, progress)  # the bar ends its line, whatever happens
     summaries = {task: summarise(task, task_runs, args.out) for task, task_runs in runs.items() if task not in missing}
@@ -258,6 +328,8 @@ def run_all(args):
 
 def run_tasks(tasks, splits, args, progress):
     """Every task over every seed; returns the runs' metrics and the tasks whose weights are missing."""
+    if args.jobs > 1:
+        return run_concurrently(tasks, splits, args, progress)
     runs, missing = {}, {}
     for task in tasks:
         for seed, data in enumerate(splits):
@@ -282,6 +354,35 @@ def run_tasks(tasks, splits, args, progress):
             progress.update()
             test = runs[task][-1]["test"]
             tqdm.write(f"{task.name} seed {seed}: test top-1 {test['top1']:.2f} %, logloss {test['loss']:.4f}")
+    return runs, missing
+
+
+
+def run_concurrently(tasks, splits, args, progress):
+    """run_tasks with --jobs N: N runs at a time, each a process on a device of its own."""
+    devices = queue.Queue()
+    for device in args.devices:
+        devices.put(device)
+    metrics, missing = {}, {}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(run_as_process, task, data, seed, args, devices): (task, seed)
+                   for task in tasks for seed, data in enumerate(splits)}
+        for future in as_completed(futures):
+            task, seed = futures[future]
+            try:
+                metrics[task, seed] = future.result()
+                tqdm.write(f"{task.name} seed {seed}: test top-1 {metrics[task, seed]['test']['top1']:.2f} %, "
+                           f"logloss {metrics[task, seed]['test']['loss']:.4f}")
+            except WeightsUnavailable as e:
+                if task not in missing:
+                    tqdm.write(f"{task.name}: weights unavailable, skipped ({e})")
+                missing[task] = str(e)
+            except BaseException:
+                for other in futures:
+                    other.cancel()  # the runs already going finish; the rest are not started
+                raise
+            progress.update()
+    runs = {task: [metrics[task, seed] for seed in range(len(splits))] for task in tasks if task not in missing}
     return runs, missing
 
 

@@ -25,11 +25,3 @@ def augment_batch(images, transform):
     """
     images = images.contiguous(memory_format=torch.channels_last)
     return torch.stack([transform(image) for image in images])
-
-
-def augmented_view(images, seed, transform):
-    """One augmented copy of uint8 images, the same for the same seed, drawn without touching
-    the run's own generator stream (fork_rng restores it afterwards)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return augment_batch(images, transform)

@@ -14,15 +14,19 @@ import torchvision
 from torch import nn
 from tqdm import tqdm
 
+from common import distributed
+from common.augment import augment_batch, train_augmentation
 from common.cli import UserError
-from common.data import IMAGENET_MEAN, IMAGENET_STD, ArrayCache, normalize
+from common.data import CROP, IMAGENET_MEAN, IMAGENET_STD, ArrayCache, MappedArray, normalize
 from common.runtime import autocast, pick_device, pick_precision
 
 DOWNLOAD_TIMEOUT_S = 30  # per socket operation; without it a firewall that drops packets hangs for minutes
 
 
 class WeightsUnavailable(UserError):
-    """The ImageNet weights are neither on this machine nor downloadable: callers may skip the backbone."""
+    """The ImageNet weights are neither on this machine nor downloadable: callers may skip the backbone
+    (reproduce.py running the script as a process knows it by the exit code)."""
+    exit_code = 3
 
 
 def build_googlenet():
@@ -229,32 +233,52 @@ def load_backbone(name, weights_file=None, pretrained=True, keep_classifier=Fals
     return FrozenBackbone(name, model, source, spec.input_mean, spec.input_std)
 
 
-def feature_cache_key(backbone, images, precision):
+def feature_cache_key(backbone, images, precision, augment_seed=None):
+    """Backbone name, weights fingerprint, precision, the image bytes (read a chunk at a time: the
+    images may be a large split on disk) and, for an augmented view, its augmentation and seed."""
     image_digest = hashlib.sha1(str(tuple(images.shape)).encode())
-    image_digest.update(images.contiguous().reshape(-1).numpy())
-    key = f"{backbone.name}|{backbone.weights_fingerprint()}|{precision}|{image_digest.hexdigest()}"
+    for start in range(0, len(images), 256):
+        image_digest.update(images[start:start + 256].contiguous().reshape(-1).numpy())
+    view = "" if augment_seed is None else f"|{train_augmentation(CROP)!r}|{augment_seed}"
+    key = f"{backbone.name}|{backbone.weights_fingerprint()}|{precision}|{image_digest.hexdigest()}{view}"
     return f"{backbone.name}-{precision}-{hashlib.sha1(key.encode()).hexdigest()[:20]}"
 
 
 _feature_cache = {}
 
 
-def run_backbone(backbone, images, batch_size, precision, device):
+def run_backbone(backbone, images, batch_size, precision, device, augment_seed=None):
+    """Features of images, a batch at a time; with augment_seed, of each image's augmented view
+    drawn from that seed (the same views whatever the batch size), leaving the run's RNG untouched.
+    Under torchrun each rank computes its rows of every batch, and all ranks get all features."""
     backbone.to(device, memory_format=torch.channels_last)
-    features = []
+    augmentation = train_augmentation(CROP) if augment_seed is not None else None
+    features, indices = [], []
     progress = tqdm(total=len(images), desc=f"{backbone.name} features", unit="img", file=sys.stderr,
-                    mininterval=1 if sys.stderr.isatty() else 30)  # CI logs: a line every 30 s, not per batch
-    with torch.inference_mode(), autocast(device, precision):
+                    mininterval=1 if sys.stderr.isatty() else 30,  # CI logs: a line every 30 s, not per batch
+                    disable=not distributed.is_main())
+    with torch.inference_mode(), autocast(device, precision), torch.random.fork_rng(devices=[]):
+        if augment_seed is not None:
+            torch.manual_seed(augment_seed)
         for start in range(0, len(images), batch_size):
-            batch = normalize(images[start:start + batch_size].to(device, non_blocking=True))
-            features.append(backbone(batch.contiguous(memory_format=torch.channels_last)).float().cpu())
-            progress.update(len(batch))
+            rows = distributed.shard(torch.arange(start, min(start + batch_size, len(images))))
+            if augmentation is not None:  # every rank augments the whole batch, so the views stay the same
+                batch = augment_batch(images[start:start + batch_size], augmentation)[rows - start]
+            else:
+                batch = images[rows]
+            if len(rows):
+                batch = normalize(batch.to(device, non_blocking=True))
+                features.append(backbone(batch.contiguous(memory_format=torch.channels_last)).float().cpu())
+                indices.append(rows)
+            progress.update(min(batch_size, len(images) - start))
     progress.close()
-    return torch.cat(features)
+    mine = torch.cat(features) if features else torch.empty(0)
+    return distributed.gather_rows(mine, torch.cat(indices) if indices else torch.empty(0, dtype=torch.long), len(images))
 
 
-def extract_features(backbone, images, batch_size=64, precision="auto", device=None, cache_dir=None):
-    """uint8 N x 3 x H x W images -> float32 N x F features, cached in memory and (with cache_dir) on disk.
+def extract_features(backbone, images, batch_size=64, precision="auto", device=None, cache_dir=None, augment_seed=None):
+    """uint8 N x 3 x H x W images (or their augmented views, see run_backbone) -> float32 N x F features,
+    cached in memory and (with cache_dir) on disk, where they stay (a MappedArray).
 
     The cache key covers the backbone name, a fingerprint of its weights, the precision and the image bytes.
     """
@@ -262,16 +286,16 @@ def extract_features(backbone, images, batch_size=64, precision="auto", device=N
         raise ValueError(f"extract_features expects uint8 images, got {images.dtype}")
     device = torch.device(device) if device is not None else pick_device()
     precision = pick_precision(precision, device)
-    key = feature_cache_key(backbone, images.cpu(), precision)
+    key = feature_cache_key(backbone, images, precision, augment_seed)
     if key in _feature_cache:
         return _feature_cache[key]
     disk = ArrayCache(cache_dir) if cache_dir is not None else None
-    cached = disk.get(key, (len(images), BACKBONES[backbone.name].feature_dim), np.float32) if disk else None
-    if cached is not None:
-        features = torch.from_numpy(cached)
-    else:
-        features = run_backbone(backbone, images, batch_size, precision, device)
-        if disk:
-            disk.put(key, features.numpy())
+    shape = (len(images), BACKBONES[backbone.name].feature_dim)
+    if distributed.all_ranks(disk and disk.get(key, shape, np.float32, mmap=True) is not None):
+        features = MappedArray(disk.file(key))
+    else:  # under torchrun computed by all ranks together, and stored by rank 0
+        features = run_backbone(backbone, images, batch_size, precision, device, augment_seed)
+        if disk and distributed.is_main() and disk.put(key, features.numpy()):
+            features = MappedArray(disk.file(key))  # on disk, read a batch at a time, as the images are
     _feature_cache[key] = features
     return features

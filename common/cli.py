@@ -8,6 +8,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mallo
 
 class UserError(Exception):
     """A problem with the user's input or environment, reported as one line and exit code 2."""
+    exit_code = 2
 
 
 def keep_freed_memory():
@@ -32,7 +33,7 @@ def run_main(main):
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.exit_code)
     except OSError as e:  # the file system said no where no check of ours did (a name too long, a loop, ...)
         print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
         sys.exit(2)

@@ -85,26 +85,37 @@ def report_transform():
 
 @dataclass
 class Split:
-    """One split held in memory: inputs (uint8 images or float features), labels, and where each came from."""
-    inputs: torch.Tensor
+    """One split: inputs (uint8 images, read from disk a batch at a time, or float features), labels,
+    and where each came from."""
+    inputs: object  # DecodedImages, MappedArray or a tensor; with views, a list of V: V versions of each sample
     labels: torch.Tensor
     paths: list
     digests: list  # sha1 of each image file: the split's identity, whatever its path
-    views: bool = False  # inputs are N x V x ...: V versions of each sample (task 1's augmented features)
+    views: bool = False  # task 1's augmented features: each sample comes as one of its V versions
 
     def __len__(self):
         return len(self.labels)
 
-    def batches(self, batch_size, generator=None):
+    def batches(self, batch_size, generator=None, shard=None):
         """Yield (inputs, labels) batches; shuffled when a generator is given. With views, each
-        sample of a batch comes as one of its versions, drawn with the same generator."""
+        sample of a batch comes as one of its versions, drawn with the same generator. `shard` picks
+        this process's rows of every batch (under torchrun; see common/distributed.py)."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         for idx in order.split(batch_size):
-            inputs = self.inputs[idx]
-            if self.views:
-                inputs = inputs[torch.arange(len(idx)), torch.randint(inputs.shape[1], (len(idx),), generator=generator)]
-            yield inputs, self.labels[idx]
+            # drawn for the whole batch, before sharding, so every rank's generator stays in step
+            picks = torch.randint(len(self.inputs), (len(idx),), generator=generator) if self.views else None
+            if shard is not None:
+                idx, picks = shard(idx), picks if picks is None else shard(picks)
+            yield self.read(idx, picks), self.labels[idx]
+
+    def read(self, idx, picks=None):
+        if not self.views:
+            return self.inputs[idx]
+        inputs = torch.empty(len(idx), *self.inputs[0].shape[1:], dtype=self.inputs[0].dtype)
+        for view, rows in enumerate(self.inputs):  # one read per view (each may be a file on disk)
+            inputs[picks == view] = rows[idx[picks == view]]
+        return inputs
 
 
 @dataclass
@@ -143,26 +154,33 @@ class ArrayCache:
     def __init__(self, folder):
         self.folder = Path(folder)
 
-    def get(self, key, shape, dtype):
-        file = self.folder / f"{key}.npy"
+    def file(self, key):
+        return self.folder / f"{key}.npy"
+
+    def get(self, key, shape, dtype, mmap=False):
+        """The entry, or None if missing or not of this shape and dtype. mmap=True maps it instead of
+        reading it: only its header is read now, and its pages come in (and may go) as they are used."""
+        file = self.file(key)
         if not file.is_file():  # missing, or a FIFO or device that reading would block on
             return None
         try:  # allow_pickle=False: a .npy holding pickled objects is refused, never executed
-            array = np.load(file, allow_pickle=False)
+            array = np.load(file, allow_pickle=False, mmap_mode="c" if mmap else None)
         except (OSError, ValueError, EOFError):
             return None
         return array if array.shape == tuple(shape) and array.dtype == dtype else None
 
     def put(self, key, array):
+        """Store the entry; False if the cache cannot be written (the caller keeps the array itself)."""
         if self.folder in self.unwritable:
-            return
-        file = self.folder / f"{key}.npy"
+            return False
+        file = self.file(key)
         tmp = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
                 np.save(f, array)
             os.replace(tmp, file)  # atomic: a crash never leaves a half-written entry
+            return True
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
@@ -171,6 +189,7 @@ class ArrayCache:
                     warn(f"cannot write the cache {self.folder.parent} ({e.strerror or e}); this run keeps "
                          f"what it computes in memory only (set REPRO_CACHE_DIR to move the cache)")
                 self.unwritable.update({self.folder, self.folder.parent})
+            return False
 
 
 def decoded_cache(cache_dir=None):
@@ -178,23 +197,84 @@ def decoded_cache(cache_dir=None):
     return ArrayCache(Path(cache_dir or CACHE_DIR) / f"decoded_r{RESIZE}_c{CROP}")
 
 
+def read_mapped(file, shape=None):
+    """The .npy array in `file`, memory-mapped: nothing is read until it is indexed, and the mapping
+    goes when the array does. A file that is gone or changed (another shape) is one error, not a crash."""
+    try:
+        array = np.load(file, allow_pickle=False, mmap_mode="r")
+        if shape is not None and array.shape != shape:
+            raise ValueError(f"shape {array.shape}")
+        return array
+    except (OSError, ValueError, EOFError) as e:  # deleted or replaced while the run was going
+        raise UserError(f"the cache file {file} went missing or changed during the run ({type(e).__name__}); "
+                        f"run again") from None
+
+
+class MappedArray:
+    """A .npy array (task 1's features) that stays on disk: indexing it reads just those rows through
+    a memory map that lasts the read, so memory holds the rows read, not the array."""
+
+    def __init__(self, file):
+        self.file = file
+        array = read_mapped(file)
+        self.shape, self.dtype = array.shape, torch.from_numpy(np.empty(0, array.dtype)).dtype
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        index = index.numpy() if isinstance(index, torch.Tensor) else index
+        return torch.from_numpy(np.array(read_mapped(self.file, self.shape)[index]))  # a copy: the map goes now
+
+
+class DecodedImages:
+    """A split's decoded images as a uint8 N x 3 x 224 x 224 array that stays on disk: indexing it
+    (an index, a slice or a tensor of indices) reads just those images from their cache files.
+
+    Each read maps the file and lets go of it after the copy, so resident memory holds a batch, not
+    the split (100,000 images are 15 GB); the OS page cache keeps the files that later epochs read
+    again. An image the cache could not store is held in memory instead.
+    """
+    dtype = torch.uint8
+
+    def __init__(self, sources):
+        self.sources = sources  # per image: its cache file, or its array when the cache is not writable
+
+    def __len__(self):
+        return len(self.sources)
+
+    @property
+    def shape(self):
+        return (len(self), 3, CROP, CROP)
+
+    def __getitem__(self, index):
+        if isinstance(index, int):
+            return self[[index]][0]
+        picked = self.sources[index] if isinstance(index, slice) else [self.sources[i] for i in torch.as_tensor(index).tolist()]
+        batch = np.empty((len(picked), *self.shape[1:]), np.uint8)
+        for row, source in zip(batch, picked):
+            row[...] = source if isinstance(source, np.ndarray) else read_mapped(source, self.shape[1:])
+        return torch.from_numpy(batch)
+
+
 def decode_images(paths, cache, desc="load"):
-    """The images among `paths` that decode, as one uint8 N x 3 x 224 x 224 tensor; and their indices and sha1s.
+    """The images among `paths` that decode, as DecodedImages; and their indices and sha1s.
 
     Each image is decoded once: the result is kept in `cache` under its content hash, so
     later runs, other splits and re-splits of the same files load it instead. A file that
     cannot be read as an image is named in a warning and left out.
     """
     transform = report_transform()
+    shape = (3, CROP, CROP)
 
     def load(path):
         try:
             digest = file_sha1(path)
-            image = cache.get(digest, (3, CROP, CROP), np.uint8)
-            if image is None:
+            if cache.get(digest, shape, np.uint8, mmap=True) is None:
                 image = transform(open_rgb(path)).numpy()
-                cache.put(digest, image)
-            return digest, torch.from_numpy(image)
+                if not cache.put(digest, image):
+                    return digest, image
+            return digest, cache.file(digest)
         except Exception as e:  # PIL raises many types for bad files (and a decompression bomb); all mean "skip"
             warn(f"{path}: cannot be read as an image ({type(e).__name__}: {str(e)[:120]}); left out")
             return None
@@ -203,8 +283,7 @@ def decode_images(paths, cache, desc="load"):
         loaded = list(tqdm(pool.map(load, paths), total=len(paths), desc=desc, unit="img", leave=False,
                            mininterval=5, disable=None))
     kept = [i for i, item in enumerate(loaded) if item is not None]
-    images = torch.stack([loaded[i][1] for i in kept]) if kept else torch.empty(0, 3, CROP, CROP, dtype=torch.uint8)
-    return images, kept, [loaded[i][0] for i in kept]
+    return DecodedImages([loaded[i][1] for i in kept]), kept, [loaded[i][0] for i in kept]
 
 
 def is_image_file(path):

@@ -46,8 +46,8 @@ def sample_descriptors(features, images, per_image, generator, batch_size=50):
     of each, drawn without replacement with `generator`; returned on the CPU for k-means."""
     device = next(features.parameters()).device
     samples = []
-    for batch in images.split(batch_size):
-        maps = features(normalize(batch.to(device))).flatten(2).cpu()  # B x D x N
+    for start in range(0, len(images), batch_size):  # images may be a split on disk: a batch at a time
+        maps = features(normalize(images[start:start + batch_size].to(device))).flatten(2).cpu()  # B x D x N
         picks = torch.rand(maps.shape[0], maps.shape[2], generator=generator)
         picks = picks.topk(min(per_image, maps.shape[2]), dim=1).indices  # random subset per image
         samples.append(maps.gather(2, picks[:, None, :].expand(-1, maps.shape[1], -1)).transpose(1, 2))

@@ -299,14 +299,10 @@ def option_differences(recorded, argv):
     return differences
 
 
-def run_or_reuse(main, argv, out, epochs, force=False):
-    """Run a task script's main(argv) for `epochs` into `out`, its printed output in out/log.txt.
-
-    A finished run of as many epochs is reused; a shorter or interrupted one continues from its
-    checkpoint; `force` starts afresh. Returns the run's metrics. reproduce.py and the NetVLAD
-    study build on this, so that stopping and restarting them loses no finished work. (metrics.json
-    exists only while it describes the run in config.json: a resumed run removes it first.)
-    """
+def planned_argv(argv, out, epochs, force=False):
+    """What a task script needs to train `epochs` into `out`: None when out holds that finished run
+    (reuse it), else argv plus --epochs, --out and --resume (an interrupted or shorter run
+    continues from its checkpoint) or --force (`force`, or nothing to continue from)."""
     config = None if force else read_config(out)
     recorded = config["arguments"]["epochs"] if config else None
     differences = option_differences(config["arguments"], argv) if config else []
@@ -316,12 +312,23 @@ def run_or_reuse(main, argv, out, epochs, force=False):
     if recorded is not None and recorded > epochs:
         raise UserError(f"{out} holds a {recorded}-epoch run, more than the {epochs} epochs asked for: "
                         "use --force or another folder")
-    metrics = finished_metrics(out) if recorded == epochs else None
-    if metrics is not None:
-        return metrics
+    if recorded == epochs and finished_metrics(out) is not None:
+        return None
     resume = not force and (out / "last.pt").exists()
-    argv = [*argv, "--epochs", str(epochs), "--out", str(out), "--resume" if resume else "--force"]
-    make_folder(out, "run folder")
-    with open(out / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        main(argv)
+    return [*argv, "--epochs", str(epochs), "--out", str(out), "--resume" if resume else "--force"]
+
+
+def run_or_reuse(main, argv, out, epochs, force=False):
+    """Run a task script's main(argv) for `epochs` into `out`, its printed output in out/log.txt,
+    unless out holds that finished run (see planned_argv). Returns the run's metrics.
+
+    reproduce.py and the studies build on this, so that stopping and restarting them loses no
+    finished work. (metrics.json exists only while it describes the run in config.json: a resumed
+    run removes it first.)
+    """
+    argv = planned_argv(argv, out, epochs, force)
+    if argv is not None:
+        make_folder(out, "run folder")
+        with open(out / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            main(argv)
     return json.loads((out / "metrics.json").read_text())

@@ -1,4 +1,5 @@
 """One training loop for every task: Adam + StepLR on logloss, top-1/top-3, checkpoints, results."""
+import contextlib
 import math
 import platform
 import random
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 import torchvision
 from tqdm import tqdm
 
-from common import results
+from common import distributed, results
 from common.augment import augment_batch, train_augmentation
 from common.cli import UserError
 from common.data import CROP, Split, SplitData, load_splits, normalize
@@ -58,14 +59,15 @@ def start_run(task, args, cpu_bf16=True):
     when training starts (train_and_report), so a refused run leaves nothing behind.
     cpu_bf16=False: --precision auto stays fp32 on CPUs (see pick_precision)."""
     check_args(args)
-    device = pick_device(args.device)
+    device = distributed.setup(pick_device(args.device))
     precision = pick_precision(args.precision, device, cpu_bf16)
     compiled = pick_compile(getattr(args, "compile", "off"), device)  # only tasks 2 and 3 offer --compile
     if args.data is not None and not args.data.is_dir():
         raise UserError(f"--data {args.data}: no such folder")
-    root = args.data if args.data is not None else default_data()
-    check_out(args, root, *([] if args.data is not None else [DEMO_IMAGES]))
-    data = load_splits(root)
+    with distributed.main_first():  # under torchrun, rank 0 makes the demo split and decodes; the others read
+        root = args.data if args.data is not None else default_data()
+        check_out(args, root, *([] if args.data is not None else [DEMO_IMAGES]))
+        data = load_splits(root)
     seed_everything(args.seed)
     return Run(task, args, data, device, precision, compiled)
 
@@ -103,7 +105,9 @@ class Meter:
         self.n += len(labels)
 
     def result(self):
-        return {"loss": self.loss / self.n, "top1": 100 * self.top1 / self.n, "top3": 100 * self.top3 / self.n}
+        """The metrics over every rank's batches: sums first, then one division (exact under torchrun)."""
+        loss, top1, top3, n = distributed.sum_over_ranks(self.loss, self.top1, self.top3, self.n)
+        return {"loss": loss / n, "top1": 100 * top1 / n, "top3": 100 * top3 / n}
 
 
 def train_epoch(model, forward, split, optimizer, run, generator, epoch):
@@ -111,40 +115,52 @@ def train_epoch(model, forward, split, optimizer, run, generator, epoch):
     image batches (not task 1's cached features, augmented when computed) are cropped and flipped."""
     model.train()
     meter = Meter()
-    batches = split.batches(run.args.batch_size, generator)
+    batch_size = run.args.batch_size
+    batches = split.batches(batch_size, generator, distributed.train_shard)
     augmentation = train_augmentation(CROP) if run.args.augment else None
-    bar = tqdm(batches, total=math.ceil(len(split) / run.args.batch_size), desc=f"epoch {epoch}",
-               leave=False, disable=not sys.stderr.isatty())
-    for inputs, labels in bar:
+    bar = tqdm(batches, total=math.ceil(len(split) / batch_size), desc=f"epoch {epoch}",
+               leave=False, disable=not sys.stderr.isatty() or not distributed.is_main())
+    for step, (inputs, labels) in enumerate(bar):
         labels = labels.to(run.device)
         if augmentation is not None and inputs.dtype == torch.uint8:
             inputs = augment_batch(inputs, augmentation)
         with autocast(run.device, run.precision):
             log_probs = forward(prepare(inputs, run.device)).float()
-        loss = F.nll_loss(log_probs, labels)
+        # The global batch's mean loss: this rank's sum over the whole batch's size, times the number of
+        # ranks, because DistributedDataParallel averages the ranks' gradients (1 in one process).
+        global_size = min(batch_size, len(split) - step * batch_size)
+        stand_in = global_size <= distributed.rank()  # see distributed.train_shard
+        loss_sum = F.nll_loss(log_probs, labels, reduction="sum") * (0 if stand_in else 1)
+        loss = loss_sum / (global_size / distributed.world())  # in one process exactly F.nll_loss's mean
         if not torch.isfinite(loss):
             raise UserError(f"training loss became {loss.item()} in epoch {epoch}: try a lower --lr or --precision fp32")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        meter.add(log_probs.detach(), labels, loss.detach() * len(labels))
+        if not stand_in:
+            meter.add(log_probs.detach(), labels, loss_sum.detach())
         bar.set_postfix(loss=f"{meter.loss / meter.n:.3f}", top1=f"{100 * meter.top1 / meter.n:.1f}")
     return meter.result()
 
 
 @torch.inference_mode()
 def evaluate(model, split, run, forward=None):
-    """Logloss, top-1 and top-3 in eval mode; also returns the N x C log-probabilities (on the CPU)."""
+    """Logloss, top-1 and top-3 in eval mode; also returns the N x C log-probabilities (on the CPU).
+    Under torchrun each rank evaluates its rows of every batch; sums and rows are gathered."""
     model.eval()
     forward = model if forward is None else forward
     meter, outputs = Meter(), []
-    for inputs, labels in split.batches(run.args.batch_size):
+    for inputs, labels in split.batches(run.args.batch_size, shard=distributed.shard):
+        if not len(labels):
+            continue  # a last batch smaller than the number of ranks
         labels = labels.to(run.device)
         with autocast(run.device, run.precision):
             log_probs = forward(prepare(inputs, run.device)).float()
         meter.add(log_probs, labels, F.nll_loss(log_probs, labels, reduction="sum"))
         outputs.append(log_probs.cpu())
-    return meter.result(), torch.cat(outputs)
+    rows = torch.cat([distributed.shard(batch) for batch in torch.arange(len(split)).split(run.args.batch_size)])
+    log_probs = torch.cat(outputs) if outputs else torch.empty(0)  # a rank with no rows at all
+    return meter.result(), distributed.gather_rows(log_probs, rows, len(split))
 
 
 class StopAfterEpoch:
@@ -202,10 +218,13 @@ def fit(model, forward, run, resumed=None):
                             f"({str(e).splitlines()[0][:200]}); start over with --force") from None
         check_schedule(optimizer, scheduler, resumed["epoch"], initial_lrs, run.args, run.out / "last.pt")
         history, best, start = resumed["history"], resumed["best"], resumed["epoch"] + 1
-        print(f"resuming {run.out} after epoch {resumed['epoch']}")
+        if distributed.is_main():
+            print(f"resuming {run.out} after epoch {resumed['epoch']}")
     key = run_key(run)
 
     def save_checkpoint(epoch):
+        if not distributed.is_main():
+            return
         results.atomic_torch_save(best, run.out / "best.pt")
         results.atomic_torch_save({
             "epoch": epoch, "key": key, "model": model.state_dict(),
@@ -227,19 +246,22 @@ def fit(model, forward, run, resumed=None):
                 if val["loss"] < best["loss"]:
                     best = {"loss": val["loss"], "epoch": epoch,
                             "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-                if stop.requested or epoch == run.args.epochs or time.perf_counter() - saved_at > CHECKPOINT_EVERY_S:
+                stopping = not distributed.all_ranks(not stop.requested)  # every rank stops after the same epoch
+                if stopping or epoch == run.args.epochs or time.perf_counter() - saved_at > CHECKPOINT_EVERY_S:
                     save_checkpoint(epoch)
                     saved_at = time.perf_counter()
-                results.write_history(run.out, history)
-                for listener in EPOCH_LISTENERS:
-                    listener(history[-1], run.args.epochs)
-                tqdm.write(f"epoch {epoch:3d}/{run.args.epochs}  lr {lr:.2e}  "
-                           f"train loss {train['loss']:.4f} top1 {train['top1']:5.1f}%  "
-                           f"val loss {val['loss']:.4f} top1 {val['top1']:5.1f}% top3 {val['top3']:5.1f}%  "
-                           f"({history[-1]['seconds']:.1f}s)")
-                if stop.requested:
-                    print(f"stopped after epoch {epoch}, saved in {run.out / 'last.pt'}; continue with --resume",
-                          file=sys.stderr)
+                if distributed.is_main():
+                    results.write_history(run.out, history)
+                    for listener in EPOCH_LISTENERS:
+                        listener(history[-1], run.args.epochs)
+                    tqdm.write(f"epoch {epoch:3d}/{run.args.epochs}  lr {lr:.2e}  "
+                               f"train loss {train['loss']:.4f} top1 {train['top1']:5.1f}%  "
+                               f"val loss {val['loss']:.4f} top1 {val['top1']:5.1f}% top3 {val['top3']:5.1f}%  "
+                               f"({history[-1]['seconds']:.1f}s)")
+                if stopping:
+                    if distributed.is_main():
+                        print(f"stopped after epoch {epoch}, saved in {run.out / 'last.pt'}; continue with --resume",
+                              file=sys.stderr)
                     sys.exit(130)
     except KeyboardInterrupt:
         if (run.out / "last.pt").exists():
@@ -273,24 +295,32 @@ def train_and_report(model, run, title, extra_config=None):
     """Train, evaluate every split in eval mode, and write the table, plots and config."""
     config = config_of(run, model, extra_config or {})
     trainable, total = config["parameters"].values()
-    print(f"{title}: {trainable:,} trainable of {total:,} parameters; {run.device}, {run.precision}; "
-          f"train/validation/test = {'/'.join(str(n) for n in config['split_sizes'].values())} images")
-    with open_run_folder(run.out, run.args.resume, run.args.force):
+    main = distributed.is_main()  # under torchrun, rank 0 alone prints and writes
+    if main:
+        print(f"{title}: {trainable:,} trainable of {total:,} parameters; {run.device}, {run.precision}; "
+              f"{distributed.world()} process(es); "
+              f"train/validation/test = {'/'.join(str(n) for n in config['split_sizes'].values())} images")
+    with open_run_folder(run.out, run.args.resume, run.args.force) if main else contextlib.nullcontext():
         resumed = None
-        if run.args.resume:  # checked before config.json is rewritten with this run's settings
-            resumed = load_checkpoint(run.out / "last.pt", run.device)
+        if run.args.resume and main:  # checked before config.json is rewritten with this run's settings
+            resumed = load_checkpoint(run.out / "last.pt", run.device if distributed.world() == 1 else "cpu")
             check_resumable(resumed, run)
-        clear_previous(run.out, run.args.force)
-        results.write_config(run.out, config)
+        if main:
+            clear_previous(run.out, run.args.force)
+            results.write_config(run.out, config)
+        resumed = distributed.broadcast(resumed)
         model.to(run.device, memory_format=torch.channels_last)
-        forward = torch.compile(model) if run.compiled else model  # compiles at its first call
+        forward = distributed.wrap(model, run.device)
+        forward = torch.compile(forward) if run.compiled else forward  # compiles at its first call
         history = fit(model, forward, run, resumed)
         metrics, log_probs = {}, None
         for name, split in run.data.splits().items():
             metrics[name], log_probs = evaluate(model, split, run, forward)  # test comes last
-        results.write_metrics(run.out, metrics, title)
-        results.plot_history(run.out, [history], title)
-        counts = results.confusion_matrix(run.data.test.labels, log_probs.argmax(dim=1), len(run.data.classes))
-        results.plot_confusion(run.out / "confusion.png", counts, run.data.classes, f"{title}: test confusion matrix")
-    print(f"\n{title} ({run.out})\n{results.format_table(metrics)}")
+        if main:
+            results.write_metrics(run.out, metrics, title)
+            results.plot_history(run.out, [history], title)
+            counts = results.confusion_matrix(run.data.test.labels, log_probs.argmax(dim=1), len(run.data.classes))
+            results.plot_confusion(run.out / "confusion.png", counts, run.data.classes, f"{title}: test confusion matrix")
+    if main:
+        print(f"\n{title} ({run.out})\n{results.format_table(metrics)}")
     return metrics

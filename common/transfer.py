@@ -3,14 +3,12 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
 import common.data
-from common.augment import VIEWS, augmented_view, train_augmentation
+from common.augment import VIEWS
 from common.backbones import BACKBONES, extract_features, load_backbone
 from common.cli import UserError
-from common.data import CROP
 from common.run_folder import add_training_args
 from common.train import count_parameters, start_run, train_and_report
 
@@ -53,10 +51,10 @@ def augmented_features(backbone, split, run):
     """The training split as VIEWS augmented views per image, each view's features computed once
     (cached by content); training draws one view per image and epoch. View v of seed s is the
     augmentation drawn with seed s * VIEWS + v."""
-    cache, transform = common.data.CACHE_DIR / "features", train_augmentation(CROP)
-    views = [extract_features(backbone, augmented_view(split.inputs, run.args.seed * VIEWS + v, transform),
-                              precision=run.precision, device=run.device, cache_dir=cache) for v in range(VIEWS)]
-    return dataclasses.replace(split, inputs=torch.stack(views, dim=1), views=True)
+    views = [extract_features(backbone, split.inputs, precision=run.precision, device=run.device,
+                              cache_dir=common.data.CACHE_DIR / "features", augment_seed=run.args.seed * VIEWS + v)
+             for v in range(VIEWS)]
+    return dataclasses.replace(split, inputs=views, views=True)
 
 
 def parse_args(name, description, argv=None):

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from common.augment import VIEWS, augment_batch, augmented_view, train_augmentation
+from common.augment import VIEWS, augment_batch, train_augmentation
+from common.backbones import run_backbone
 from common.cli import UserError
 from common.data import CROP, Split, normalize
 from common.run_folder import add_compile_arg, add_training_args, run_or_reuse
@@ -32,19 +33,26 @@ def test_each_image_gets_its_own_crop_and_flip_of_the_same_size():
     assert not torch.equal(out[0], out[1])  # not one crop for the whole batch
 
 
-def test_same_seed_same_batches_and_the_run_generator_is_left_alone():
+class Pixels(nn.Flatten):
+    """A stand-in backbone whose features are the normalised pixels themselves."""
+    name = "pixels"
+
+
+def test_augmented_views_follow_the_seed_whatever_the_batch_size_and_leave_the_run_generator_alone():
     batch = images()
-    transform = train_augmentation(CROP)
     torch.manual_seed(7)
     state = torch.get_rng_state()
-    a, b, c = (augmented_view(batch, s, transform) for s in (1, 1, 2))
+    a, b, c = (run_backbone(Pixels(), batch, size, "fp32", torch.device("cpu"), augment_seed=seed)
+               for size, seed in ((2, 1), (3, 1), (2, 2)))
     assert torch.equal(a, b) and not torch.equal(a, c)
+    plain = run_backbone(Pixels(), batch, 2, "fp32", torch.device("cpu"))
+    assert torch.equal(plain, normalize(batch).flatten(1)) and not torch.equal(a, plain)
     assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_views_split_draws_one_view_per_sample_with_the_generator():
-    inputs = torch.arange(5)[:, None, None] * 10 + torch.arange(VIEWS)[None, :, None]  # sample*10 + view
-    split = Split(inputs.float(), torch.arange(5), [], [], views=True)
+    views = [(torch.arange(5) * 10 + view).float()[:, None] for view in range(VIEWS)]  # sample*10 + view
+    split = Split(views, torch.arange(5), [], [], views=True)
     first = [x for x, _ in split.batches(2, torch.Generator().manual_seed(0))]
     again = [x for x, _ in split.batches(2, torch.Generator().manual_seed(0))]
     assert all(torch.equal(x, y) for x, y in zip(first, again))
@@ -83,7 +91,7 @@ def as_set(batches):
 def test_augment_changes_training_batches_never_evaluation_inputs(data, tmp_path):
     plain, split_data = recorded_run(data, tmp_path / "plain")
     augmented, _ = recorded_run(data, tmp_path / "aug", "--augment")
-    cached = as_set([normalize(split.inputs) for split in split_data.splits().values()])
+    cached = as_set([normalize(split.inputs[:]) for split in split_data.splits().values()])
     assert as_set(plain[True]) <= cached and as_set(plain[False]) <= cached
     assert as_set(augmented[False]) == as_set(plain[False])  # evaluation: the report's preprocessing
     assert not as_set(augmented[True]) & cached  # training: every image augmented

@@ -14,7 +14,7 @@ from torchvision import transforms
 from common import backbones
 from common.backbones import BACKBONES, WeightsUnavailable, extract_features, feature_cache_key, load_backbone
 from common.cli import UserError
-from common.data import normalize, open_rgb
+from common.data import MappedArray, normalize, open_rgb
 from conftest import CreatesFile
 
 DEMO_IMAGES = Path(__file__).resolve().parent.parent / "demo_data" / "images"
@@ -133,10 +133,11 @@ def test_cache_skips_the_backbone(random_backbones, tmp_path, monkeypatch):
     hook = backbone.register_forward_hook(lambda *args: calls.append(1))
     images = random_images(3, seed=2)
     first = extract_features(backbone, images, batch_size=2, precision="fp32", cache_dir=tmp_path)
+    assert isinstance(first, MappedArray)  # kept on disk, read a batch at a time
     assert len(calls) == 2 and first.shape == (3, 1280) and first.dtype == torch.float32
-    assert torch.equal(extract_features(backbone, images, precision="fp32", cache_dir=tmp_path), first)
+    assert torch.equal(extract_features(backbone, images, precision="fp32", cache_dir=tmp_path)[:], first[:])
     monkeypatch.setattr(backbones, "_feature_cache", {})  # a new process: only the disk cache is left
-    assert torch.equal(extract_features(backbone, images, precision="fp32", cache_dir=tmp_path), first)
+    assert torch.equal(extract_features(backbone, images, precision="fp32", cache_dir=tmp_path)[:], first[:])
     assert len(calls) == 2
     assert [p.suffix for p in tmp_path.iterdir()] == [".npy"]  # no temp files left behind
     extract_features(backbone, images, precision="bf16", cache_dir=tmp_path)
@@ -176,13 +177,13 @@ def test_a_pickled_or_corrupt_feature_cache_entry_is_recomputed_never_unpickled(
                                                                                   monkeypatch):
     monkeypatch.setattr(backbones, "_feature_cache", {})
     backbone, images = random_backbones["resnet50"], random_images(2, seed=3)
-    first = extract_features(backbone, images, precision="fp32", cache_dir=tmp_path)
+    first = extract_features(backbone, images, precision="fp32", cache_dir=tmp_path)[:]
     entry = next(tmp_path.iterdir())
     planted = tmp_path.parent / "pwned"
     with open(entry, "wb") as f:
         np.save(f, np.array([CreatesFile(planted)], dtype=object), allow_pickle=True)
     monkeypatch.setattr(backbones, "_feature_cache", {})
-    assert torch.equal(extract_features(backbone, images, precision="fp32", cache_dir=tmp_path), first)
+    assert torch.equal(extract_features(backbone, images, precision="fp32", cache_dir=tmp_path)[:], first)
     assert not planted.exists()
     assert np.load(entry, allow_pickle=False).shape == (2, 2048)  # replaced by the real features
 

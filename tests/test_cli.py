@@ -37,3 +37,9 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys):
 def test_other_exceptions_are_not_hidden():
     with pytest.raises(ZeroDivisionError):
         run_main(lambda: 1 / 0)
+
+
+def test_unavailable_weights_exit_3_so_reproduce_can_tell_them_from_errors(capsys):
+    from common.backbones import WeightsUnavailable
+    code, err = exit_and_stderr(fail_with(WeightsUnavailable("vgg16-397923af.pth is not in ~/.cache")), capsys)
+    assert (code, err) == (3, "error: vgg16-397923af.pth is not in ~/.cache\n")

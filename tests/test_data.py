@@ -27,6 +27,25 @@ def test_splits_load_with_report_preprocessing(tmp_path):
     assert torch.equal(data.train.inputs[5], image) and data.train.labels[5] == label
 
 
+def test_a_split_stays_on_disk_and_batches_read_only_their_images(tmp_path):
+    data = load_splits(make_split(tmp_path / "d"), tmp_path / "cache")
+    images = data.train.inputs
+    assert all(isinstance(source, Path) for source in images.sources)  # cache files, not arrays in memory
+    whole = images[:]
+    assert torch.equal(images[torch.tensor([4, 0, 4])], whole[[4, 0, 4]])
+    assert torch.equal(images[2:5], whole[2:5]) and torch.equal(images[3], whole[3])
+    batches = list(data.train.batches(4, torch.Generator().manual_seed(0)))
+    assert sorted(tuple(x.flatten()[:20].tolist()) for batch, _ in batches for x in batch) == \
+        sorted(tuple(x.flatten()[:20].tolist()) for x in whole)
+
+
+def test_a_cache_file_deleted_during_a_run_is_one_error(tmp_path):
+    data = load_splits(make_split(tmp_path / "d"), tmp_path / "cache")
+    data.train.inputs.sources[1].unlink()
+    with pytest.raises(UserError, match="cache file .* went missing or changed during the run"):
+        list(data.train.batches(4))
+
+
 def test_normalize_matches_imagenet_statistics():
     x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     expected = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
@@ -38,7 +57,7 @@ def test_second_load_comes_from_cache_without_decoding(tmp_path, monkeypatch):
     first = load_splits(root)
     monkeypatch.setattr("common.data.open_rgb", lambda path: pytest.fail(f"decoded {path} again"))
     second = load_splits(root)
-    assert torch.equal(first.test.inputs, second.test.inputs)
+    assert torch.equal(first.test.inputs[:], second.test.inputs[:])
 
 
 def test_batches_cover_every_sample_once_and_shuffle_with_generator(tmp_path):
@@ -166,7 +185,7 @@ def test_corrupt_or_pickled_cache_entries_are_decoded_again_and_replaced(tmp_pat
     second = load_splits(root, cache_dir)
     assert not planted.exists()
     for name, split in first.splits().items():
-        assert torch.equal(split.inputs, second.splits()[name].inputs)
+        assert torch.equal(split.inputs[:], second.splits()[name].inputs[:])
     for file in (truncated, pickled, wrong_shape):  # healed: the next load reads them as they should be
         assert np.load(file, allow_pickle=False).shape == (3, 224, 224)
 
@@ -179,7 +198,8 @@ def test_an_unwritable_cache_falls_back_to_memory_with_one_warning(tmp_path, cap
     assert len(data.train) == 18
     err = capsys.readouterr().err
     assert err.count("cannot write the cache") == 1 and "in memory only" in err
-    assert torch.equal(data.test.inputs, load_splits(root, tmp_path / "cache").test.inputs)
+    assert torch.equal(data.test.inputs[:], load_splits(root, tmp_path / "cache").test.inputs[:])
+    assert all(isinstance(source, np.ndarray) for source in data.test.inputs.sources)  # held in memory
 
 
 def test_an_extreme_strip_is_cut_before_resizing_and_ordinary_images_are_untouched():
@@ -198,7 +218,7 @@ def test_a_fifo_in_the_cache_is_not_read(tmp_path):
     entry = cache_files(cache_dir)[0]
     entry.unlink()
     os.mkfifo(entry)  # reading it would block forever
-    assert torch.equal(load_splits(root, cache_dir).train.inputs, first.train.inputs)
+    assert torch.equal(load_splits(root, cache_dir).train.inputs[:], first.train.inputs[:])
     assert entry.is_file()  # replaced by the real entry
 
 

@@ -1,7 +1,11 @@
+import contextlib
 import errno
+import io
 import json
 import os
 import re
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -151,3 +155,50 @@ def test_augment_reaches_every_task_and_the_report_says_so(images, tmp_path, off
     assert "## task2_shallow: Shallow ConvNet, augmented" in report and "- Augmentation: random resized crops" in report
     for name in ("task2_shallow", "task1_efficientnet"):
         assert json.loads((out / name / "seed0" / "config.json").read_text())["arguments"]["augment"] is True
+
+
+def test_print_commands_lists_the_unfinished_runs_and_the_report_reuses_what_they_made(images, tmp_path):
+    argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--seeds", "2",
+            "--tasks", "task2_shallow", "--compile", "off"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        reproduce.main([*argv, "--print-commands"])
+    commands = printed.getvalue().splitlines()
+    assert len(commands) == 2 and all("task2_shallow.py" in c and "--force" in c for c in commands)
+    assert not (tmp_path / "r" / "REPORT.md").exists()
+    env = {**os.environ, "REPRO_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    for command in commands:  # as a cluster scheduler would
+        subprocess.run(shlex.split(command), check=True, env=env, capture_output=True)
+    made = [(tmp_path / "r" / "task2_shallow" / f"seed{s}" / "metrics.json").stat().st_mtime_ns for s in (0, 1)]
+    reproduce.main(argv)
+    assert [(tmp_path / "r" / "task2_shallow" / f"seed{s}" / "metrics.json").stat().st_mtime_ns for s in (0, 1)] == made
+    assert " ± " in (tmp_path / "r" / "REPORT.md").read_text()
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        reproduce.main([*argv, "--print-commands"])
+    assert printed.getvalue() == ""  # nothing left to run
+
+
+def test_jobs_trains_runs_as_concurrent_processes(images, tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "r"
+    reproduce.main(["--data", str(images), "--out", str(out), "--epochs", "2", "--seeds", "2", "--jobs", "2",
+                    "--tasks", "task2_shallow", "--compile", "off", "--device", "cpu"])
+    runs = [out / "task2_shallow" / f"seed{s}" for s in (0, 1)]
+    # Both runs were under way at once: each started before the other finished.
+    started = [(run / "config.json").stat().st_mtime_ns for run in runs]
+    finished = [(run / "metrics.json").stat().st_mtime_ns for run in runs]
+    assert started[0] < finished[1] and started[1] < finished[0]
+    assert all("Testing" in (run / "log.txt").read_text() for run in runs)
+    assert " ± " in (out / "REPORT.md").read_text()
+
+
+def test_a_failed_run_process_is_one_error_naming_its_log(images, tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "cache"))
+    argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--jobs", "2", "--seeds", "1",
+            "--tasks", "task2_shallow", "--compile", "off", "--device", "cpu"]
+    reproduce.main([*argv, "--epochs", "1"])
+    (tmp_path / "r" / "task2_shallow" / "seed0" / "last.pt").write_bytes(b"garbage")
+    with pytest.raises(reproduce.UserError, match=r"task2_shallow seed 0 failed \(exit code 2\): --resume: .*last.pt "
+                                                  r".*not a checkpoint of this project.*\(see .*log.txt\)"):
+        reproduce.main([*argv, "--epochs", "2"])  # resumes the 1-epoch run, in a process of its own

@@ -1,0 +1,69 @@
+"""common/distributed.py: the task scripts under torchrun (2 CPU processes, gloo) against one process."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import common.distributed as distributed
+import task1_efficientnet
+from conftest import make_split
+from test_train import run
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_split(tmp_path / "data", counts=(6, 2, 3))  # 18 / 6 / 9 images
+
+
+def torchrun(script, *argv, cache):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / script), *argv]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "REPRO_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_two_processes_give_the_metrics_of_one_with_the_same_global_batch(data, tmp_path):
+    # Task 1's head has no dropout, so two ranks must learn what one process learns. Batch 17 of 18
+    # images leaves a last batch of 1: rank 1 then trains on a stand-in row weighed 0.
+    argv = ["--data", str(data), "--no-pretrained", "--precision", "fp32", "--epochs", "3", "--batch-size", "17",
+            "--lr", "0.01"]
+    stdout = torchrun("task1_efficientnet.py", *argv, "--out", str(tmp_path / "two"), cache=tmp_path / "cache2")
+    assert stdout.count("| Testing |") == 1  # rank 0 alone prints the table
+    task1_efficientnet.main([*argv, "--out", str(tmp_path / "one")])
+    two, one = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("two", "one"))
+    for split in one:
+        assert two[split]["top1"] == one[split]["top1"] and two[split]["top3"] == one[split]["top3"]
+        assert two[split]["loss"] == pytest.approx(one[split]["loss"], rel=1e-5)
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["split_sizes"] == {
+        "train": 18, "validation": 6, "test": 9}
+
+
+def test_task2_trains_and_resumes_under_torchrun(data, tmp_path):
+    argv = ["task2_shallow.py", "--data", str(data), "--out", str(tmp_path / "out"), "--batch-size", "5",
+            "--compile", "off"]
+    torchrun(*argv, "--epochs", "1", cache=tmp_path / "cache")
+    stdout = torchrun(*argv, "--epochs", "2", "--resume", cache=tmp_path / "cache")
+    assert "resuming" in stdout and stdout.count("| Testing |") == 1
+    history = (tmp_path / "out" / "history.csv").read_text().splitlines()
+    assert len(history) == 3  # a header and epochs 1 and 2, each written once
+
+
+def test_a_rank_other_than_0_writes_and_prints_nothing(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(distributed, "rank", lambda: 1)  # every collective is local: world() is still 1
+    run(data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert capsys.readouterr().out == ""
+
+
+def test_one_process_is_not_distributed(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not distributed.launched() and distributed.world() == 1 and distributed.is_main()
+    rows = list(range(5))
+    assert distributed.shard(rows) == rows and distributed.sum_over_ranks(1.5, 2) == (1.5, 2)
