@@ -66,7 +66,8 @@ def start_run(task, args, cpu_bf16=True):
         raise UserError(f"--data {args.data}: no such folder")
     with distributed.main_first():  # under torchrun, rank 0 makes the demo split and decodes; the others read
         root = args.data if args.data is not None else default_data()
-        check_out(args, root, *([] if args.data is not None else [DEMO_IMAGES]))
+        if distributed.is_main():  # the others would find rank 0's run folder, made meanwhile
+            check_out(args, root, *([] if args.data is not None else [DEMO_IMAGES]))
         data = load_splits(root)
     seed_everything(args.seed)
     return Run(task, args, data, device, precision, compiled)
