@@ -22,6 +22,7 @@ import os
 import platform
 import queue
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -182,27 +183,35 @@ def run_once(task, data, seed, args):
                         run_folder(task, seed, args), args.epochs or task.epochs, args.force)
 
 
-def run_as_process(task, data, seed, args, devices):
-    """run_once as a process of its own, on a device taken from the queue `devices` while it trains."""
+def run_as_process(task, data, seed, args, devices, children):
+    """run_once as a process of its own, on a device taken from the queue `devices` while it trains.
+    The process is in `children` while it runs: in a session of its own, so that a Ctrl-C reaches it
+    once, forwarded by run_concurrently, and it saves a checkpoint before it stops."""
     out = run_folder(task, seed, args)
     device = devices.get()
     try:
         argv = planned_argv(task_argv(task, data, seed, args, device), out, args.epochs or task.epochs, args.force)
-        if argv is not None:
-            make_folder(out, "run folder")
-            env = dict(os.environ)
-            if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))  # the jobs share the cores
-            with open(out / "log.txt", "a") as log:
-                code = subprocess.run([sys.executable, str(REPO / f"{task.name}.py"), *argv], stdout=log,
-                                      stderr=subprocess.STDOUT, env=env, cwd=REPO).returncode
-            if code == WeightsUnavailable.exit_code:
-                raise WeightsUnavailable(last_error(out / "log.txt"))
-            if code != 0:
-                raise UserError(f"{task.name} seed {seed} failed (exit code {code}): {last_error(out / 'log.txt')} "
-                                f"(see {out / 'log.txt'})")
+        if argv is None:
+            return json.loads((out / "metrics.json").read_text())
+        make_folder(out, "run folder")
+        env = dict(os.environ)
+        if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))  # the jobs share the cores
+        with open(out / "log.txt", "a") as log:
+            child = subprocess.Popen([sys.executable, str(REPO / f"{task.name}.py"), *argv], stdout=log,
+                                     stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+            children.add(child)
+            code = child.wait()
+            children.discard(child)
     finally:
         devices.put(device)
+    if code == WeightsUnavailable.exit_code:
+        raise WeightsUnavailable(last_error(out / "log.txt"))
+    if code == 130:
+        raise UserError(f"{task.name} seed {seed} was stopped (see {out / 'log.txt'}); run reproduce.py again to continue")
+    if code != 0:
+        raise UserError(f"{task.name} seed {seed} failed (exit code {code}): {last_error(out / 'log.txt')} "
+                        f"(see {out / 'log.txt'})")
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -359,13 +368,16 @@ def run_tasks(tasks, splits, args, progress):
 
 
 def run_concurrently(tasks, splits, args, progress):
-    """run_tasks with --jobs N: N runs at a time, each a process on a device of its own."""
-    devices = queue.Queue()
+    """run_tasks with --jobs N: N runs at a time, each a process on a device of its own. Ctrl-C or
+    SIGTERM stops them all as Ctrl-C stops one run: each saves a checkpoint and stops after its epoch."""
+    devices, children = queue.Queue(), set()
     for device in args.devices:
         devices.put(device)
     metrics, missing = {}, {}
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(run_as_process, task, data, seed, args, devices): (task, seed)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: as Ctrl-C, not orphaned runs
+    pool = ThreadPoolExecutor(args.jobs)
+    try:
+        futures = {pool.submit(run_as_process, task, data, seed, args, devices, children): (task, seed)
                    for task in tasks for seed, data in enumerate(splits)}
         for future in as_completed(futures):
             task, seed = futures[future]
@@ -377,11 +389,15 @@ def run_concurrently(tasks, splits, args, progress):
                 if task not in missing:
                     tqdm.write(f"{task.name}: weights unavailable, skipped ({e})")
                 missing[task] = str(e)
-            except BaseException:
-                for other in futures:
-                    other.cancel()  # the runs already going finish; the rest are not started
-                raise
             progress.update()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)  # runs not started yet never start
+        for child in list(children):
+            child.send_signal(signal.SIGINT)  # checkpoint, then stop
+        raise
+    finally:
+        pool.shutdown(wait=True)  # the runs under way end first
+        signal.signal(signal.SIGTERM, previous)
     runs = {task: [metrics[task, seed] for seed in range(len(splits))] for task in tasks if task not in missing}
     return runs, missing
 

@@ -12,6 +12,7 @@ import torch
 
 from common.cli import UserError, run_main
 from common.data import CROP
+from common.distributed import is_main
 from common.models import DESCRIPTOR_DIM, ShallowNetVLAD, descriptor_count, set_alpha
 from common.netvlad import check_clusters, check_fits, init_like_report
 from common.run_folder import add_compile_arg, add_training_args
@@ -51,7 +52,9 @@ def main(argv=None):
         generator = torch.Generator().manual_seed(args.seed)
         alpha, error = model.init_kmeans(run.data.train.inputs, generator)
         init.update(chosen_alpha=alpha, kmeans_error=error)
-        print(f"k-means on training descriptors: K={args.clusters}, quantisation error {error:.4f}, chosen alpha {alpha:.2f}")
+        if is_main():  # under torchrun every rank computes the same k-means; one says so
+            print(f"k-means on training descriptors: K={args.clusters}, quantisation error {error:.4f}, "
+                  f"chosen alpha {alpha:.2f}")
     else:
         init_like_report(model.netvlad, torch.Generator().manual_seed(args.seed))
     if args.alpha is not None:

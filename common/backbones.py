@@ -292,10 +292,10 @@ def extract_features(backbone, images, batch_size=64, precision="auto", device=N
     disk = ArrayCache(cache_dir) if cache_dir is not None else None
     shape = (len(images), BACKBONES[backbone.name].feature_dim)
     if distributed.all_ranks(disk and disk.get(key, shape, np.float32, mmap=True) is not None):
-        features = MappedArray(disk.file(key))
+        features = MappedArray(disk.file(key), shape, np.float32)
     else:  # under torchrun computed by all ranks together, and stored by rank 0
         features = run_backbone(backbone, images, batch_size, precision, device, augment_seed)
         if disk and distributed.is_main() and disk.put(key, features.numpy()):
-            features = MappedArray(disk.file(key))  # on disk, read a batch at a time, as the images are
+            features = MappedArray(disk.file(key), shape, np.float32)  # on disk, read a batch at a time, as the images are
     _feature_cache[key] = features
     return features

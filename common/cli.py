@@ -40,3 +40,17 @@ def run_main(main):
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
+    except RuntimeError as e:
+        if not lost_peer(e):
+            raise
+        print("error: another process of this torchrun job stopped (its error is above)", file=sys.stderr)
+        sys.exit(2)
+
+
+def lost_peer(error):
+    """True for the error a torchrun rank gets in a collective when another rank has exited."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return False
+    return isinstance(error, getattr(dist, "DistError", ())) or "closed by peer" in str(error) or \
+        "reset by peer" in str(error)

@@ -56,7 +56,7 @@ SPLITS = ("train", "validation", "test")
 MANIFEST = "split.csv"  # written by data_split.py once a split is complete
 UNFINISHED_MANIFEST = "split.csv.incomplete"  # what an interrupted data_split.py may have left behind
 RESIZE, CROP = 256, 224
-CACHE_DIR = Path(os.environ.get("REPRO_CACHE_DIR", Path(__file__).resolve().parent.parent / ".cache"))
+CACHE_DIR = Path(os.environ.get("REPRO_CACHE_DIR") or Path(__file__).resolve().parent.parent / ".cache")  # unset or empty
 
 
 MAX_ASPECT = 10  # longer side / shorter side beyond which the long side is cut before resizing
@@ -174,6 +174,9 @@ class ArrayCache:
         if self.folder in self.unwritable:
             return False
         file = self.file(key)
+        if file.is_dir():  # one bad entry, not an unwritable cache
+            warn(f"{file}: a folder where a cache entry belongs; that entry stays in memory")
+            return False
         tmp = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -197,13 +200,16 @@ def decoded_cache(cache_dir=None):
     return ArrayCache(Path(cache_dir or CACHE_DIR) / f"decoded_r{RESIZE}_c{CROP}")
 
 
-def read_mapped(file, shape=None):
+def read_mapped(file, shape, dtype):
     """The .npy array in `file`, memory-mapped: nothing is read until it is indexed, and the mapping
-    goes when the array does. A file that is gone or changed (another shape) is one error, not a crash."""
+    goes when the array does. A file that is gone or changed (another shape or type, not a regular
+    file any more) is one error, not a crash or a wait on a FIFO."""
     try:
+        if not os.path.isfile(file):
+            raise FileNotFoundError(file)
         array = np.load(file, allow_pickle=False, mmap_mode="r")
-        if shape is not None and array.shape != shape:
-            raise ValueError(f"shape {array.shape}")
+        if array.shape != tuple(shape) or array.dtype != dtype:
+            raise ValueError(f"{array.dtype} {array.shape}")
         return array
     except (OSError, ValueError, EOFError) as e:  # deleted or replaced while the run was going
         raise UserError(f"the cache file {file} went missing or changed during the run ({type(e).__name__}); "
@@ -214,17 +220,17 @@ class MappedArray:
     """A .npy array (task 1's features) that stays on disk: indexing it reads just those rows through
     a memory map that lasts the read, so memory holds the rows read, not the array."""
 
-    def __init__(self, file):
-        self.file = file
-        array = read_mapped(file)
-        self.shape, self.dtype = array.shape, torch.from_numpy(np.empty(0, array.dtype)).dtype
+    def __init__(self, file, shape, dtype):
+        self.file, self.shape, self.numpy_dtype = file, tuple(shape), np.dtype(dtype)
+        self.dtype = torch.from_numpy(np.empty(0, self.numpy_dtype)).dtype
 
     def __len__(self):
         return self.shape[0]
 
     def __getitem__(self, index):
         index = index.numpy() if isinstance(index, torch.Tensor) else index
-        return torch.from_numpy(np.array(read_mapped(self.file, self.shape)[index]))  # a copy: the map goes now
+        rows = read_mapped(self.file, self.shape, self.numpy_dtype)[index]
+        return torch.from_numpy(np.array(rows))  # a copy: the map goes now
 
 
 class DecodedImages:
@@ -253,7 +259,7 @@ class DecodedImages:
         picked = self.sources[index] if isinstance(index, slice) else [self.sources[i] for i in torch.as_tensor(index).tolist()]
         batch = np.empty((len(picked), *self.shape[1:]), np.uint8)
         for row, source in zip(batch, picked):
-            row[...] = source if isinstance(source, np.ndarray) else read_mapped(source, self.shape[1:])
+            row[...] = source if isinstance(source, np.ndarray) else read_mapped(source, self.shape[1:], np.uint8)
         return torch.from_numpy(batch)
 
 

@@ -10,6 +10,7 @@ demo split) happens on rank 0 first. Backend: NCCL on CUDA, gloo on CPU.
 import contextlib
 import datetime
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -95,8 +96,8 @@ def gather_rows(rows, indices, n):
         return rows
     parts = [None] * world()
     dist.all_gather_object(parts, (indices, rows.cpu()))
-    largest = max((part for _, part in parts), key=len)  # a rank may hold no rows at all
-    whole = torch.empty(n, *largest.shape[1:], dtype=largest.dtype)
+    parts = [(part_indices, part) for part_indices, part in parts if len(part_indices)]  # a rank may hold none
+    whole = torch.empty(n, *parts[0][1].shape[1:], dtype=parts[0][1].dtype)
     for part_indices, part in parts:
         whole[part_indices] = part
     return whole
@@ -115,6 +116,9 @@ def wrap(model, device):
     """The model for training: DistributedDataParallel under torchrun, else the model itself."""
     if world() == 1:
         return model
+    # Channels-last 1 x 1 weights (NetVLAD's) have strides of their own for the same memory order;
+    # DDP copies their tiny gradients into its buckets and says so once per rank.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 

@@ -140,7 +140,8 @@ def train_epoch(model, forward, split, optimizer, run, generator, epoch):
         optimizer.step()
         if not stand_in:
             meter.add(log_probs.detach(), labels, loss_sum.detach())
-        bar.set_postfix(loss=f"{meter.loss / meter.n:.3f}", top1=f"{100 * meter.top1 / meter.n:.1f}")
+        if meter.n:  # a rank may have had only stand-in rows so far
+            bar.set_postfix(loss=f"{meter.loss / meter.n:.3f}", top1=f"{100 * meter.top1 / meter.n:.1f}")
     return meter.result()
 
 

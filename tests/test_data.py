@@ -39,11 +39,30 @@ def test_a_split_stays_on_disk_and_batches_read_only_their_images(tmp_path):
         sorted(tuple(x.flatten()[:20].tolist()) for x in whole)
 
 
-def test_a_cache_file_deleted_during_a_run_is_one_error(tmp_path):
+@pytest.mark.parametrize("change", ["delete", "fifo", "other dtype"])
+def test_a_cache_file_deleted_or_replaced_during_a_run_is_one_error(tmp_path, change):
     data = load_splits(make_split(tmp_path / "d"), tmp_path / "cache")
-    data.train.inputs.sources[1].unlink()
+    file = data.train.inputs.sources[1]
+    file.unlink()
+    if change == "fifo":
+        os.mkfifo(file)  # reading it would wait forever
+    elif change == "other dtype":
+        np.save(file, np.zeros((3, 224, 224), np.float32))  # same shape: would be cast silently
     with pytest.raises(UserError, match="cache file .* went missing or changed during the run"):
         list(data.train.batches(4))
+
+
+def test_a_folder_in_place_of_one_cache_entry_keeps_that_image_in_memory_only(tmp_path, capsys):
+    root, cache_dir = make_split(tmp_path / "d"), tmp_path / "cache"
+    first = load_splits(root, cache_dir)
+    expected, entry = first.train.inputs[:], first.train.inputs.sources[0]
+    entry.unlink()
+    entry.mkdir()
+    again = load_splits(root, cache_dir)
+    assert torch.equal(again.train.inputs[:], expected)
+    assert isinstance(again.train.inputs.sources[0], np.ndarray)  # that one in memory
+    assert all(isinstance(source, Path) for source in again.test.inputs.sources)  # the rest still cached
+    assert "a folder where a cache entry belongs" in capsys.readouterr().err
 
 
 def test_normalize_matches_imagenet_statistics():

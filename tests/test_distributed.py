@@ -45,6 +45,34 @@ def test_two_processes_give_the_metrics_of_one_with_the_same_global_batch(data, 
         "train": 18, "validation": 6, "test": 9}
 
 
+def test_splits_smaller_than_the_ranks_and_batches_of_one(data, tmp_path):
+    # Validation and test keep 1 image each: rank 1 evaluates nothing; with --batch-size 1 it only
+    # ever trains on stand-in rows, and computes no features of its own.
+    for split in ("validation", "test"):
+        for image in sorted((data / split).rglob("*.png"))[1:]:
+            image.unlink()
+    argv = ["--data", str(data), "--no-pretrained", "--precision", "fp32", "--epochs", "2", "--batch-size", "1"]
+    torchrun("task1_efficientnet.py", *argv, "--out", str(tmp_path / "two"), cache=tmp_path / "cache2")
+    task1_efficientnet.main([*argv, "--out", str(tmp_path / "one")])
+    two, one = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("two", "one"))
+    assert two["test"]["top1"] == one["test"]["top1"]
+    assert two["validation"]["loss"] == pytest.approx(one["validation"]["loss"], rel=1e-5)
+
+
+def test_an_error_on_rank_0_is_one_line_on_each_rank(data, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")  # a run's results: refused without --force
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / "task2_shallow.py"), "--data", str(data), "--out", str(out)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "REPRO_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode != 0
+    assert "error: " in done.stderr and "already holds" in done.stderr
+    assert "another process of this torchrun job stopped" in done.stderr  # rank 1, not a gloo traceback
+    assert "[rank0]: Traceback" not in done.stderr and "[rank1]: Traceback" not in done.stderr
+
+
 def test_task2_trains_and_resumes_under_torchrun(data, tmp_path):
     argv = ["task2_shallow.py", "--data", str(data), "--out", str(tmp_path / "out"), "--batch-size", "5",
             "--compile", "off"]

@@ -5,7 +5,10 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -202,3 +205,20 @@ def test_a_failed_run_process_is_one_error_naming_its_log(images, tmp_path, monk
     with pytest.raises(reproduce.UserError, match=r"task2_shallow seed 0 failed \(exit code 2\): --resume: .*last.pt "
                                                   r".*not a checkpoint of this project.*\(see .*log.txt\)"):
         reproduce.main([*argv, "--epochs", "2"])  # resumes the 1-epoch run, in a process of its own
+
+
+def test_sigterm_stops_every_concurrent_run_after_a_checkpoint(images, tmp_path):
+    out, repo = tmp_path / "r", Path(reproduce.__file__).parent
+    command = [sys.executable, str(repo / "reproduce.py"), "--data", str(images), "--out", str(out), "--epochs", "500",
+               "--seeds", "2", "--jobs", "2", "--tasks", "task2_shallow", "--compile", "off", "--device", "cpu"]
+    parent = subprocess.Popen(command, env={**os.environ, "REPRO_CACHE_DIR": str(tmp_path / "cache")},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = [out / "task2_shallow" / f"seed{s}" for s in (0, 1)]
+    deadline = time.monotonic() + 120
+    while not all((run / "history.csv").exists() for run in runs) and time.monotonic() < deadline:
+        time.sleep(0.5)  # both runs are training
+    parent.send_signal(signal.SIGTERM)
+    _, err = parent.communicate(timeout=120)  # returns once the runs have stopped
+    assert parent.returncode == 130 and "interrupted" in err
+    for run in runs:
+        assert "stopped after epoch" in (run / "log.txt").read_text() and (run / "last.pt").exists()
