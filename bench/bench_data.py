@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common.cli import run_main  # noqa: E402
 from common.data import load_splits, normalize  # noqa: E402
 from common.split import default_data  # noqa: E402
 from tutorial import tutorial_dataset  # noqa: E402
@@ -73,4 +74,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,6 +1,8 @@
 """Image loading with the report's preprocessing, and the decoded-image cache."""
 import contextlib
+import functools
 import hashlib
+import io
 import os
 import sys
 import threading
@@ -216,6 +218,29 @@ def read_mapped(file, shape, dtype):
                         f"run again") from None
 
 
+@functools.lru_cache(maxsize=None)
+def npy_header(shape, dtype):
+    """The bytes np.save writes before an array of this shape and dtype."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(np.empty(shape, dtype)))
+    return header.getvalue()
+
+
+def read_image(file):
+    """One decoded image from its cache file, in one read when the file holds exactly what np.save
+    writes for it (about 3 times faster than np.load, which a batch does 50 times); anything else
+    (another numpy's header, or a file changed during the run) goes through read_mapped's checks."""
+    shape = (3, CROP, CROP)
+    header = npy_header(shape, np.dtype(np.uint8))
+    size = len(header) + 3 * CROP * CROP
+    if os.path.isfile(file):  # not a FIFO, which open() would wait on
+        with contextlib.suppress(OSError), open(file, "rb") as f:
+            data = f.read(size + 1)
+            if len(data) == size and data.startswith(header):
+                return np.frombuffer(data, np.uint8, offset=len(header)).reshape(shape)
+    return read_mapped(file, shape, np.uint8)
+
+
 class MappedArray:
     """A .npy array (task 1's features) that stays on disk: indexing it reads just those rows through
     a memory map that lasts the read, so memory holds the rows read, not the array."""
@@ -259,7 +284,7 @@ class DecodedImages:
         picked = self.sources[index] if isinstance(index, slice) else [self.sources[i] for i in torch.as_tensor(index).tolist()]
         batch = np.empty((len(picked), *self.shape[1:]), np.uint8)
         for row, source in zip(batch, picked):
-            row[...] = source if isinstance(source, np.ndarray) else read_mapped(source, self.shape[1:], np.uint8)
+            row[...] = source if isinstance(source, np.ndarray) else read_image(source)
         return torch.from_numpy(batch)
 
 
