@@ -287,8 +287,9 @@ def extract_features(backbone, images, batch_size=64, precision="auto", device=N
     device = torch.device(device) if device is not None else pick_device()
     precision = pick_precision(precision, device)
     key = feature_cache_key(backbone, images, precision, augment_seed)
-    if key in _feature_cache:
-        return _feature_cache[key]
+    memo = (key, str(cache_dir))  # the features may be a file in that cache folder
+    if memo in _feature_cache:
+        return _feature_cache[memo]
     disk = ArrayCache(cache_dir) if cache_dir is not None else None
     shape = (len(images), BACKBONES[backbone.name].feature_dim)
     if distributed.all_ranks(disk and disk.get(key, shape, np.float32, mmap=True) is not None):
@@ -297,5 +298,5 @@ def extract_features(backbone, images, batch_size=64, precision="auto", device=N
         features = run_backbone(backbone, images, batch_size, precision, device, augment_seed)
         if disk and distributed.is_main() and disk.put(key, features.numpy()):
             features = MappedArray(disk.file(key), shape, np.float32)  # on disk, read a batch at a time, as the images are
-    _feature_cache[key] = features
+    _feature_cache[memo] = features
     return features

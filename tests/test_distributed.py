@@ -73,9 +73,9 @@ def test_an_error_on_rank_0_is_one_line_on_each_rank(data, tmp_path):
     assert "[rank0]: Traceback" not in done.stderr and "[rank1]: Traceback" not in done.stderr
 
 
-def test_task2_trains_and_resumes_under_torchrun(data, tmp_path):
-    argv = ["task2_shallow.py", "--data", str(data), "--out", str(tmp_path / "out"), "--batch-size", "5",
-            "--compile", "off"]
+def test_task3_trains_and_resumes_under_torchrun(data, tmp_path):
+    argv = ["task3_netvlad.py", "--clusters", "4", "--data", str(data), "--out", str(tmp_path / "out"),
+            "--batch-size", "5", "--compile", "off"]
     torchrun(*argv, "--epochs", "1", cache=tmp_path / "cache")
     stdout = torchrun(*argv, "--epochs", "2", "--resume", cache=tmp_path / "cache")
     assert "resuming" in stdout and stdout.count("| Testing |") == 1

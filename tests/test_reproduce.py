@@ -160,21 +160,22 @@ def test_augment_reaches_every_task_and_the_report_says_so(images, tmp_path, off
         assert json.loads((out / name / "seed0" / "config.json").read_text())["arguments"]["augment"] is True
 
 
+# These run task 3 (3,031 parameters) rather than task 2, whose checkpoints take 450 MB a run.
 def test_print_commands_lists_the_unfinished_runs_and_the_report_reuses_what_they_made(images, tmp_path):
     argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--seeds", "2",
-            "--tasks", "task2_shallow", "--compile", "off"]
+            "--tasks", "task3_netvlad", "--compile", "off"]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         reproduce.main([*argv, "--print-commands"])
     commands = printed.getvalue().splitlines()
-    assert len(commands) == 2 and all("task2_shallow.py" in c and "--force" in c for c in commands)
+    assert len(commands) == 2 and all("task3_netvlad.py" in c and "--force" in c for c in commands)
     assert not (tmp_path / "r" / "REPORT.md").exists()
     env = {**os.environ, "REPRO_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     for command in commands:  # as a cluster scheduler would
         subprocess.run(shlex.split(command), check=True, env=env, capture_output=True)
-    made = [(tmp_path / "r" / "task2_shallow" / f"seed{s}" / "metrics.json").stat().st_mtime_ns for s in (0, 1)]
+    made = [(tmp_path / "r" / "task3_netvlad" / f"seed{s}" / "metrics.json").stat().st_mtime_ns for s in (0, 1)]
     reproduce.main(argv)
-    assert [(tmp_path / "r" / "task2_shallow" / f"seed{s}" / "metrics.json").stat().st_mtime_ns for s in (0, 1)] == made
+    assert [(tmp_path / "r" / "task3_netvlad" / f"seed{s}" / "metrics.json").stat().st_mtime_ns for s in (0, 1)] == made
     assert " ± " in (tmp_path / "r" / "REPORT.md").read_text()
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -186,8 +187,8 @@ def test_jobs_trains_runs_as_concurrent_processes(images, tmp_path, monkeypatch)
     monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "r"
     reproduce.main(["--data", str(images), "--out", str(out), "--epochs", "2", "--seeds", "2", "--jobs", "2",
-                    "--tasks", "task2_shallow", "--compile", "off", "--device", "cpu"])
-    runs = [out / "task2_shallow" / f"seed{s}" for s in (0, 1)]
+                    "--tasks", "task3_netvlad", "--compile", "off", "--device", "cpu"])
+    runs = [out / "task3_netvlad" / f"seed{s}" for s in (0, 1)]
     # Both runs were under way at once: each started before the other finished.
     started = [(run / "config.json").stat().st_mtime_ns for run in runs]
     finished = [(run / "metrics.json").stat().st_mtime_ns for run in runs]
@@ -199,10 +200,10 @@ def test_jobs_trains_runs_as_concurrent_processes(images, tmp_path, monkeypatch)
 def test_a_failed_run_process_is_one_error_naming_its_log(images, tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "cache"))
     argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--jobs", "2", "--seeds", "1",
-            "--tasks", "task2_shallow", "--compile", "off", "--device", "cpu"]
+            "--tasks", "task3_netvlad", "--compile", "off", "--device", "cpu"]
     reproduce.main([*argv, "--epochs", "1"])
-    (tmp_path / "r" / "task2_shallow" / "seed0" / "last.pt").write_bytes(b"garbage")
-    with pytest.raises(reproduce.UserError, match=r"task2_shallow seed 0 failed \(exit code 2\): --resume: .*last.pt "
+    (tmp_path / "r" / "task3_netvlad" / "seed0" / "last.pt").write_bytes(b"garbage")
+    with pytest.raises(reproduce.UserError, match=r"task3_netvlad seed 0 failed \(exit code 2\): --resume: .*last.pt "
                                                   r".*not a checkpoint of this project.*\(see .*log.txt\)"):
         reproduce.main([*argv, "--epochs", "2"])  # resumes the 1-epoch run, in a process of its own
 
@@ -210,10 +211,10 @@ def test_a_failed_run_process_is_one_error_naming_its_log(images, tmp_path, monk
 def test_sigterm_stops_every_concurrent_run_after_a_checkpoint(images, tmp_path):
     out, repo = tmp_path / "r", Path(reproduce.__file__).parent
     command = [sys.executable, str(repo / "reproduce.py"), "--data", str(images), "--out", str(out), "--epochs", "500",
-               "--seeds", "2", "--jobs", "2", "--tasks", "task2_shallow", "--compile", "off", "--device", "cpu"]
+               "--seeds", "2", "--jobs", "2", "--tasks", "task3_netvlad", "--compile", "off", "--device", "cpu"]
     parent = subprocess.Popen(command, env={**os.environ, "REPRO_CACHE_DIR": str(tmp_path / "cache")},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    runs = [out / "task2_shallow" / f"seed{s}" for s in (0, 1)]
+    runs = [out / "task3_netvlad" / f"seed{s}" for s in (0, 1)]
     deadline = time.monotonic() + 120
     while not all((run / "history.csv").exists() for run in runs) and time.monotonic() < deadline:
         time.sleep(0.5)  # both runs are training
