@@ -123,5 +123,6 @@ def wrap(model, device):
 
 
 def finish():
+    """Leave the process group (NCCL warns at exit otherwise)."""
     if dist.is_initialized():
         dist.destroy_process_group()

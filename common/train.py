@@ -325,4 +325,5 @@ def train_and_report(model, run, title, extra_config=None):
             results.plot_confusion(run.out / "confusion.png", counts, run.data.classes, f"{title}: test confusion matrix")
     if main:
         print(f"\n{title} ({run.out})\n{results.format_table(metrics)}")
+    distributed.finish()  # under torchrun: the last collective was the test split's
     return metrics
