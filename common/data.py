@@ -166,7 +166,7 @@ class ArrayCache:
         if not file.is_file():  # missing, or a FIFO or device that reading would block on
             return None
         try:  # allow_pickle=False: a .npy holding pickled objects is refused, never executed
-            array = np.load(file, allow_pickle=False, mmap_mode="c" if mmap else None)
+            array = np.load(file, allow_pickle=False, mmap_mode="r" if mmap else None)
         except (OSError, ValueError, EOFError):
             return None
         return array if array.shape == tuple(shape) and array.dtype == dtype else None

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from common.cli import UserError
-from common.data import IMAGE_EXTENSIONS, MANIFEST, SPLITS, UNFINISHED_MANIFEST, open_rgb
+from common.data import IMAGE_EXTENSIONS, MANIFEST, SPLITS, UNFINISHED_MANIFEST, open_rgb, warn
 from common.results import atomic_write
 from common.run_folder import check_folder_writable, is_inside, lock, make_folder
 
@@ -31,10 +31,6 @@ CUB_CLASSES = ("015.Lazuli_Bunting", "038.Great_Crested_Flycatcher", "041.Scisso
                "050.Eared_Grebe", "078.Gray_Kingbird", "099.Ovenbird", "114.Black_throated_Sparrow")
 DEFAULT_RATIOS = (0.7, 0.2, 0.1)  # the report's text; its code split 0.7 0.1 0.2
 MANIFEST_COLUMNS = ["path", "source", "class", "split", "sha256"]
-
-
-def warn(message):
-    tqdm.write(f"warning: {message}", file=sys.stderr)  # tqdm.write keeps a running bar intact
 
 
 def utf8_name(path):
