@@ -2,13 +2,16 @@
 
 For each task and precision both versions train the same seed on the same data for the same
 epochs, each as a whole `python taskN_*.py` process, one after the other; printed: wall time,
-the speed-up, compilation time, peak memory (max RSS) and the test metrics of both. The earlier
+the speed-up, compilation time, peak memory (max RSS), how much slower the last 20 epochs ran
+than epochs 2-21 (floats decaying towards zero slow x86 CPUs down; see common/cli.py
+flush_denormals) and the test metrics of both. The earlier
 version comes from `git archive` of --baseline (default: 6b1acb2, before the allocator fix and
 torch.compile). The decoded-image cache is filled first, so neither side pays for decoding.
 
 Compilation time is what the first epoch took beyond the median epoch (compiling the training
-graph, then the evaluation graph); it is part of the per-seed time. --cold gives every compiled
-run an empty inductor cache, as on a new machine; without it later seeds reuse compiled kernels.
+graph, then the evaluation graph); it is part of the per-seed time. --cold gives the new version an
+empty inductor cache, as on a new machine, and then runs it once more on the cache that run filled,
+as every later seed and run does: both per-seed figures are printed.
 
     python bench/bench_speed.py                          # both tasks, fp32 and auto, 100 epochs
     python bench/bench_speed.py --tasks task2_shallow --precisions fp32 --epochs 10
@@ -16,6 +19,7 @@ run an empty inductor cache, as on a new machine; without it later seeds reuse c
 import argparse
 import csv
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -57,6 +61,12 @@ def epoch_seconds(out):
         return [float(row["seconds"]) for row in csv.DictReader(f)]
 
 
+def late_slowdown(out):
+    """Median of the last 20 epochs over the median of epochs 2-21 (epoch 1 compiles)."""
+    seconds = epoch_seconds(out)
+    return statistics.median(seconds[-20:]) / statistics.median(seconds[1:21]) if len(seconds) >= 41 else math.nan
+
+
 def compile_seconds(out):
     """First epoch beyond the median epoch: the one-off cost of compiling."""
     seconds = epoch_seconds(out)
@@ -64,14 +74,14 @@ def compile_seconds(out):
 
 
 def run(version, code, task, precision, args, scratch, env):
-    out = scratch / f"{version}-{task}-{precision}"
+    out = scratch / f"{version.replace(' ', '-')}-{task}-{precision}"
     command = [sys.executable, str(code / f"{task}.py"), "--data", str(args.data), "--out", str(out),
                "--epochs", str(args.epochs), "--seed", str(args.seed), "--precision", precision, *TASK_ARGV[task]]
     run_env = dict(env)
-    if version == "new" and args.cold:
+    if version != "old" and args.cold:  # the cold run fills it, the warm one reuses it
         run_env["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / f"inductor-{task}-{precision}")
     seconds, peak = timed(command, code, run_env)
-    return {"seconds": seconds, "peak_mib": peak, "compile": compile_seconds(out),
+    return {"seconds": seconds, "peak_mib": peak, "compile": compile_seconds(out), "late": late_slowdown(out),
             "test": json.loads((out / "metrics.json").read_text())["test"],
             "config": json.loads((out / "config.json").read_text())}
 
@@ -92,7 +102,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
     parser.add_argument("--data", type=Path, default=None, help="split folder (default: the demo split)")
     parser.add_argument("--baseline", default="6b1acb2", help="the earlier commit (default: 6b1acb2)")
-    parser.add_argument("--cold", action="store_true", help="an empty inductor cache for every compiled run")
+    parser.add_argument("--cold", action="store_true",
+                        help="run the new version twice: on an empty inductor cache, then on the one it filled")
     args = parser.parse_args()
     args.data = (args.data or default_data()).resolve()
     print(f"{os.cpu_count()} CPUs, flags: {cpu_flags()}; data {args.data}; {args.epochs} epochs, seed {args.seed}; "
@@ -102,19 +113,20 @@ def main():
         env = {**os.environ, "REPRO_CACHE_DIR": str(scratch / "cache")}
         load_splits(args.data, scratch / "cache")  # decode once, for both versions
         old_code = checkout(args.baseline, scratch / "baseline")
-        print(f"{'task':<15}{'precision':<13}{'old s':>8}{'new s':>8}{'speed-up':>9}{'compile s':>10}"
-              f"{'old MiB':>9}{'new MiB':>9}   test top-1 / logloss, old -> new", flush=True)
+        print(f"{'task':<15}{'precision':<20}{'version':<11}{'seconds':>8}{'speed-up':>9}{'compile s':>10}"
+              f"{'peak MiB':>9}{'late/early':>11}   test top-1 / logloss", flush=True)
+        versions = [("old", old_code)] + ([("new cold", REPO), ("new warm", REPO)] if args.cold else [("new", REPO)])
         for task in args.tasks:
             for precision in args.precisions:
-                old = run("old", old_code, task, precision, args, scratch, env)
-                new = run("new", REPO, task, precision, args, scratch, env)
-                print(f"{task:<15}{precision + ' (' + new['config']['precision'] + ')':<13}"
-                      f"{old['seconds']:>8.1f}{new['seconds']:>8.1f}{old['seconds'] / new['seconds']:>8.2f}x"
-                      f"{new['compile']:>10.1f}{old['peak_mib']:>9.0f}{new['peak_mib']:>9.0f}   "
-                      f"{old['test']['top1']:.2f} % / {old['test']['loss']:.4f} -> "
-                      f"{new['test']['top1']:.2f} % / {new['test']['loss']:.4f}"
-                      f"{'' if new['config'].get('compiled') else ' (new not compiled)'}", flush=True)
-
+                old = None
+                for version, code in versions:
+                    result = run(version, code, task, precision, args, scratch, env)
+                    old = old or result
+                    resolved = result["config"]["precision"] + ("" if result["config"].get("compiled") else ", eager")
+                    print(f"{task:<15}{precision + ' (' + resolved + ')':<20}{version:<11}{result['seconds']:>8.1f}"
+                          f"{old['seconds'] / result['seconds']:>8.2f}x{result['compile']:>10.1f}{result['peak_mib']:>9.0f}"
+                          f"{result['late']:>10.2f}x   {result['test']['top1']:.2f} % / {result['test']['loss']:.4f}",
+                          flush=True)
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,8 @@
 import errno
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +46,15 @@ def test_unavailable_weights_exit_3_so_reproduce_can_tell_them_from_errors(capsy
     from common.backbones import WeightsUnavailable
     code, err = exit_and_stderr(fail_with(WeightsUnavailable("vgg16-397923af.pth is not in ~/.cache")), capsys)
     assert (code, err) == (3, "error: vgg16-397923af.pth is not in ~/.cache\n")
+
+
+def test_scripts_compute_denormals_as_zero_in_every_thread():
+    # a subprocess: in this one torch's thread pool is already running, and its threads keep their mode
+    script = ("import torch\nfrom common.cli import run_main\n"
+              "def main():\n"
+              "    tiny = torch.full((1_000_000,), 700_000, dtype=torch.int32).view(torch.float32)  # 1e-39, no arithmetic\n"
+              "    print(torch.get_num_threads(), int((tiny * 1.5).count_nonzero()))\n"
+              "run_main(main)\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parent.parent, check=True,
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}).stdout
+    assert out.split() == ["2", "0"]
