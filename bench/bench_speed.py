@@ -61,15 +61,13 @@ def epoch_seconds(out):
         return [float(row["seconds"]) for row in csv.DictReader(f)]
 
 
-def late_slowdown(out):
+def late_slowdown(seconds):
     """Median of the last 20 epochs over the median of epochs 2-21 (epoch 1 compiles)."""
-    seconds = epoch_seconds(out)
     return statistics.median(seconds[-20:]) / statistics.median(seconds[1:21]) if len(seconds) >= 41 else math.nan
 
 
-def compile_seconds(out):
+def compile_seconds(seconds):
     """First epoch beyond the median epoch: the one-off cost of compiling."""
-    seconds = epoch_seconds(out)
     return max(0.0, seconds[0] - statistics.median(seconds[1:])) if len(seconds) > 1 else 0.0
 
 
@@ -81,7 +79,8 @@ def run(version, code, task, precision, args, scratch, env):
     if version != "old" and args.cold:  # the cold run fills it, the warm one reuses it
         run_env["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / f"inductor-{task}-{precision}")
     seconds, peak = timed(command, code, run_env)
-    return {"seconds": seconds, "peak_mib": peak, "compile": compile_seconds(out), "late": late_slowdown(out),
+    epochs = epoch_seconds(out)
+    return {"seconds": seconds, "peak_mib": peak, "compile": compile_seconds(epochs), "late": late_slowdown(epochs),
             "test": json.loads((out / "metrics.json").read_text())["test"],
             "config": json.loads((out / "config.json").read_text())}
 
@@ -118,15 +117,16 @@ def main():
         versions = [("old", old_code)] + ([("new cold", REPO), ("new warm", REPO)] if args.cold else [("new", REPO)])
         for task in args.tasks:
             for precision in args.precisions:
-                old = None
                 for version, code in versions:
                     result = run(version, code, task, precision, args, scratch, env)
-                    old = old or result
+                    if version == "old":  # the first: every speed-up is against it
+                        old = result
                     resolved = result["config"]["precision"] + ("" if result["config"].get("compiled") else ", eager")
                     print(f"{task:<15}{precision + ' (' + resolved + ')':<20}{version:<11}{result['seconds']:>8.1f}"
                           f"{old['seconds'] / result['seconds']:>8.2f}x{result['compile']:>10.1f}{result['peak_mib']:>9.0f}"
                           f"{result['late']:>10.2f}x   {result['test']['top1']:.2f} % / {result['test']['loss']:.4f}",
                           flush=True)
+
 
 if __name__ == "__main__":
     main()

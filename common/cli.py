@@ -64,8 +64,8 @@ def run_main(main):
 
 def lost_peer(error):
     """True for the error a torchrun rank gets in a collective when another rank has exited."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_available() or not dist.is_initialized():
+    dist = torch.distributed
+    if not dist.is_available() or not dist.is_initialized():
         return False
     return isinstance(error, getattr(dist, "DistError", ())) or "closed by peer" in str(error) or \
         "reset by peer" in str(error)
