@@ -25,7 +25,6 @@ from common.data import load_splits  # noqa: E402
 from common.models import ShallowConvNet, ShallowNetVLAD  # noqa: E402
 from common.runtime import autocast  # noqa: E402
 from common.split import default_data  # noqa: E402
-from common.train import prepare  # noqa: E402
 
 TASKS = ("task2_shallow", "task3_netvlad")
 
@@ -55,8 +54,7 @@ def main():
     model = build(args.task, train).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     forward = torch.compile(model) if args.compile == "on" else model
-    batches = itertools.cycle([(prepare(inputs, device), labels)
-                               for inputs, labels in train.batches(50) if len(labels) == 50])
+    batches = itertools.cycle([batch for batch in train.batches(50) if len(batch[1]) == 50])  # uint8, as in training
 
     def step():
         images, labels = next(batches)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from common import distributed
 from common.augment import augment_batch, train_augmentation
 from common.cli import UserError
-from common.data import CROP, IMAGENET_MEAN, IMAGENET_STD, ArrayCache, MappedArray, normalize
+from common.data import CROP, IMAGENET_MEAN, IMAGENET_STD, ArrayCache, MappedArray, model_input
 from common.runtime import autocast, pick_device, pick_precision
 
 DOWNLOAD_TIMEOUT_S = 30  # per socket operation; without it a firewall that drops packets hangs for minutes
@@ -115,8 +115,9 @@ class FrozenBackbone(nn.Module):
         # a parent's .train() must not switch BatchNorm to batch statistics or turn dropout on
         return super().train(False)
 
-    def forward(self, x):
-        return self.net(x * self.input_scale + self.input_shift)
+    def forward(self, images):
+        """uint8 images (normalised here, see model_input) or ImageNet-normalised float ones."""
+        return self.net(model_input(images) * self.input_scale + self.input_shift)
 
     def weights_fingerprint(self):
         """sha1 over every tensor of the loaded weights: names the weights in feature-cache keys."""
@@ -267,8 +268,7 @@ def run_backbone(backbone, images, batch_size, precision, device, augment_seed=N
             else:
                 batch = images[rows]
             if len(rows):
-                batch = normalize(batch.to(device, non_blocking=True))
-                features.append(backbone(batch.contiguous(memory_format=torch.channels_last)).float().cpu())
+                features.append(backbone(batch.to(device, non_blocking=True)).float().cpu())
                 indices.append(rows)
             progress.update(min(batch_size, len(images) - start))
     progress.close()

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from common import distributed, results
 from common.augment import augment_batch, train_augmentation
 from common.cli import UserError
-from common.data import CROP, Split, SplitData, load_splits, normalize
+from common.data import CROP, Split, SplitData, load_splits
 from common.run_folder import (check_args, check_out, check_resumable, check_schedule, clear_previous,
                                load_checkpoint, open_run_folder, run_key)
 from common.runtime import autocast, pick_compile, pick_device, pick_precision
@@ -73,18 +73,6 @@ def start_run(task, args, cpu_bf16=True):
     return Run(task, args, data, device, precision, compiled)
 
 
-def prepare(inputs, device):
-    """uint8 images are normalised here, per batch; float inputs (cached features) pass as they are.
-
-    Images go channels-last: oneDNN's convolutions with 3 or 4 input channels run about twice
-    as fast that way on CPU (see bench/bench_task2.py).
-    """
-    inputs = inputs.to(device, non_blocking=True)
-    if inputs.dtype != torch.uint8:
-        return inputs
-    return normalize(inputs).contiguous(memory_format=torch.channels_last)
-
-
 def topk_correct(log_probs, labels, ks):
     """Number of samples whose label is among the k highest scores, for each k (capped at #classes)."""
     maxk = min(max(ks), log_probs.shape[1])
@@ -126,7 +114,7 @@ def train_epoch(model, forward, split, optimizer, run, generator, epoch):
         if augmentation is not None and inputs.dtype == torch.uint8:
             inputs = augment_batch(inputs, augmentation)
         with autocast(run.device, run.precision):
-            log_probs = forward(prepare(inputs, run.device)).float()
+            log_probs = forward(inputs.to(run.device, non_blocking=True)).float()
         # The global batch's mean loss: this rank's sum over the whole batch's size, times the number of
         # ranks, because DistributedDataParallel averages the ranks' gradients (1 in one process).
         global_size = min(batch_size, len(split) - step * batch_size)
@@ -157,7 +145,7 @@ def evaluate(model, split, run, forward=None):
             continue  # a last batch smaller than the number of ranks
         labels = labels.to(run.device)
         with autocast(run.device, run.precision):
-            log_probs = forward(prepare(inputs, run.device)).float()
+            log_probs = forward(inputs.to(run.device, non_blocking=True)).float()
         meter.add(log_probs, labels, F.nll_loss(log_probs, labels, reduction="sum"))
         outputs.append(log_probs.cpu())
     rows = torch.cat([distributed.shard(batch) for batch in torch.arange(len(split)).split(run.args.batch_size)])

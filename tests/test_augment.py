@@ -7,7 +7,7 @@ import torch.nn as nn
 from common.augment import VIEWS, augment_batch, train_augmentation
 from common.backbones import run_backbone
 from common.cli import UserError
-from common.data import CROP, Split, normalize
+from common.data import CROP, Split, model_input, normalize
 from common.run_folder import add_compile_arg, add_training_args, run_or_reuse
 from common.train import start_run, train_and_report
 from conftest import make_split
@@ -34,8 +34,11 @@ def test_each_image_gets_its_own_crop_and_flip_of_the_same_size():
 
 
 class Pixels(nn.Flatten):
-    """A stand-in backbone whose features are the normalised pixels themselves."""
+    """A stand-in backbone whose features are the normalised pixels themselves (backbones take uint8 images)."""
     name = "pixels"
+
+    def forward(self, images):
+        return super().forward(model_input(images))
 
 
 def test_augmented_views_follow_the_seed_whatever_the_batch_size_and_leave_the_run_generator_alone():
@@ -91,7 +94,7 @@ def as_set(batches):
 def test_augment_changes_training_batches_never_evaluation_inputs(data, tmp_path):
     plain, split_data = recorded_run(data, tmp_path / "plain")
     augmented, _ = recorded_run(data, tmp_path / "aug", "--augment")
-    cached = as_set([normalize(split.inputs[:]) for split in split_data.splits().values()])
+    cached = as_set([split.inputs[:] for split in split_data.splits().values()])  # models get uint8 images
     assert as_set(plain[True]) <= cached and as_set(plain[False]) <= cached
     assert as_set(augmented[False]) == as_set(plain[False])  # evaluation: the report's preprocessing
     assert not as_set(augmented[True]) & cached  # training: every image augmented

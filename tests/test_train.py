@@ -8,14 +8,22 @@ import torch
 import torch.nn as nn
 
 from common.cli import UserError
+from common.data import model_input
 from common.run_folder import add_compile_arg, add_training_args
 from common.train import start_run, topk_correct, train_and_report
 from conftest import make_split
 
 
+class ImagesIn(nn.Module):
+    """model_input as a layer: the training loop hands image models their uint8 batches."""
+
+    def forward(self, x):
+        return model_input(x)
+
+
 def tiny_model(num_classes=3):
     """Mean colour -> class, with dropout so that resuming must restore the RNG too."""
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 16), nn.ReLU(),
+    return nn.Sequential(ImagesIn(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 16), nn.ReLU(),
                          nn.Dropout(0.2), nn.Linear(16, num_classes), nn.LogSoftmax(dim=1))
 
 
@@ -85,7 +93,7 @@ def test_nan_loss_stops_with_the_epoch_named(data, tmp_path):
             self.scale = nn.Parameter(torch.tensor(float("nan")))
 
         def forward(self, x):
-            return torch.log_softmax(x.mean(dim=(2, 3)) * self.scale, dim=1)
+            return torch.log_softmax(model_input(x).mean(dim=(2, 3)) * self.scale, dim=1)
 
     with pytest.raises(UserError, match="loss became nan in epoch 1"):
         train_and_report(Broken(), r, "broken")
