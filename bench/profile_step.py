@@ -6,6 +6,7 @@ channels-last, fused Adam and the scripts' process settings, as the training loo
 
     python bench/profile_step.py task2_shallow --precision fp32
     python bench/profile_step.py task3_netvlad --precision bf16 --compile off
+    python bench/profile_step.py task2_shallow --against-plain   # what the space-to-depth convolution buys
 """
 import argparse
 import itertools
@@ -15,14 +16,15 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_speed import cpu_flags  # noqa: E402
 from common.cli import flush_denormals, keep_freed_memory  # noqa: E402
-from common.data import load_splits  # noqa: E402
-from common.models import ShallowConvNet, ShallowNetVLAD  # noqa: E402
+from common.data import load_splits, model_input  # noqa: E402
+from common.models import ShallowConvNet, ShallowConvolutions, ShallowNetVLAD  # noqa: E402
 from common.runtime import autocast  # noqa: E402
 from common.split import default_data  # noqa: E402
 
@@ -39,22 +41,18 @@ def build(task, train):
     return model
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("task", choices=TASKS)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--compile", choices=("on", "off"), default="on")
-    parser.add_argument("--steps", type=int, default=8, help="timed steps (default: 8)")
-    parser.add_argument("--rows", type=int, default=12, help="profiler rows (default: 12)")
-    args = parser.parse_args()
-    keep_freed_memory()
-    flush_denormals()
+class PlainConvolutions(ShallowConvolutions):
+    """The five layers one after another, as before conv_relu_pool: the baseline of --against-plain."""
+
+    def forward(self, images):
+        return nn.Sequential.forward(self, model_input(images))
+
+
+def stepper(model, args, batches):
+    """A function running one training step of `model`; returns its forward, backward and Adam seconds."""
     device = torch.device("cpu")
-    train = load_splits(default_data()).train
-    model = build(args.task, train).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     forward = torch.compile(model) if args.compile == "on" else model
-    batches = itertools.cycle([batch for batch in train.batches(50) if len(batch[1]) == 50])  # uint8, as in training
 
     def step():
         images, labels = next(batches)
@@ -70,14 +68,47 @@ def main():
 
     for _ in range(3):  # compilation and first-touch allocations
         step()
-    times = [step() for _ in range(args.steps)]
-    fwd, bwd, adam = (1000 * statistics.median(t[i] for t in times) for i in range(3))
+    return step
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", choices=TASKS)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--compile", choices=("on", "off"), default="on")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps (default: 8)")
+    parser.add_argument("--rows", type=int, default=12, help="profiler rows (default: 12)")
+    parser.add_argument("--against-plain", action="store_true",
+                        help="also time the same model with its convolutions run as plain layers (the code before "
+                             "the space-to-depth convolution), alternating with it, and print the ratio")
+    args = parser.parse_args()
+    keep_freed_memory()
+    flush_denormals()
+    train = load_splits(default_data()).train
+    batches = itertools.cycle([batch for batch in train.batches(50) if len(batch[1]) == 50])  # uint8, as in training
+    variants = {"space-to-depth": build(args.task, train)}
+    if args.against_plain:
+        variants["plain layers"] = build(args.task, train)  # the same weights
+        for module in variants["plain layers"].modules():
+            if isinstance(module, ShallowConvolutions):
+                module.__class__ = PlainConvolutions
+    steps = {name: stepper(model.to(memory_format=torch.channels_last), args, batches) for name, model in variants.items()}
+    times = {name: [] for name in steps}
+    for _ in range(4):  # in turns, so that both see the same machine
+        for name, step in steps.items():
+            times[name] += [step() for _ in range(-(-args.steps // 4))]
     print(f"{args.task}, {args.precision}, compile {args.compile}, {torch.get_num_threads()} threads, "
-          f"CPU flags: {cpu_flags()}\nper step: forward {fwd:.0f} ms, backward {bwd:.0f} ms, "
-          f"Adam {adam:.0f} ms, total {fwd + bwd + adam:.0f} ms")
+          f"CPU flags: {cpu_flags()}")
+    for name, measured in times.items():
+        fwd, bwd, adam = (1000 * statistics.median(t[i] for t in measured) for i in range(3))
+        print(f"{name}: per step forward {fwd:.0f} ms, backward {bwd:.0f} ms, Adam {adam:.0f} ms, "
+              f"total {fwd + bwd + adam:.0f} ms")
+    if args.against_plain:
+        total = {name: statistics.median(sum(t) for t in measured) for name, measured in times.items()}
+        print(f"plain layers / space-to-depth: {total['plain layers'] / total['space-to-depth']:.2f}x per step")
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(3):
-            step()
+            steps["space-to-depth"]()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
 
 

@@ -92,7 +92,7 @@ def limit_aspect(image):
 def report_transform():
     """The report's preprocessing up to the tensor: resize 256, centre-crop 224, uint8 CHW.
 
-    Normalisation happens per batch (`normalize`), so the cached uint8 tensor is lossless.
+    Normalisation happens per batch, in the model (`model_input`), so the cached uint8 tensor is lossless.
     """
     return T.Compose([limit_aspect, T.Resize(RESIZE), T.CenterCrop(CROP), T.PILToTensor()])
 

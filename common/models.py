@@ -23,11 +23,12 @@ def space_to_depth_kernel(weight):
 def conv_relu_pool(x, conv):
     """AvgPool2d(2)(ReLU(conv(x))) for a 3x3 convolution without padding, computed as one 2x2
     convolution of the space-to-depth input: the same products, summed in another order (equal to
-    float rounding, tests/test_models.py). oneDNN runs 12 -> 16 channels much faster than 3 -> 4,
-    so Figure 8's step takes a sixth less time on CPUs (bench/profile_step.py).
+    float rounding, tests/test_models.py). oneDNN serves 12 -> 16 channels far better than 3 -> 4
+    (`python bench/profile_step.py task2_shallow --against-plain` times both ways).
 
     The pooling is then the mean of each group of 4 channels, done as a 1x1 convolution: written
-    as view().mean(), inductor saves ReLU's mask as bools, which its CPU code stores 10x slower."""
+    as view().mean(), inductor saves ReLU's mask as bools, which its CPU code stores about 10x
+    slower than the whole layer takes this way."""
     rows, cols = (x.shape[-2] - 2) // 2, (x.shape[-1] - 2) // 2  # pooled size; pooling drops an odd last row
     blocks = F.pixel_unshuffle(x[..., :2 * rows + 2, :2 * cols + 2], 2)
     conv_outputs = F.relu(F.conv2d(blocks, space_to_depth_kernel(conv.weight), conv.bias.repeat_interleave(4)))
