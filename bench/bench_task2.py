@@ -1,8 +1,10 @@
 """Benchmark: task 2 through the project's path vs the same model in a plain tutorial loop.
 
 Side by side, same seed, same epochs, same batch order and dropout draws:
-  plain    ImageFolder + DataLoader decoding every image every epoch, fp32, NCHW, torch's default Adam
-  project  the decoded-image cache, channels-last, fused Adam, in fp32 and with --precision auto
+  plain    ImageFolder + DataLoader decoding every image every epoch, fp32, NCHW, the plain layers
+           (no space-to-depth convolution), torch's default Adam
+  project  the task's script: the decoded-image cache, channels-last, the space-to-depth convolution,
+           torch.compile, fused Adam, in fp32 and with --precision auto
 Each variant runs in its own process so that its peak memory (max RSS) is its own.
 Fewer epochs than the task's 100 keep the run short; the time per epoch is what matters.
 
@@ -24,6 +26,7 @@ from torchvision.datasets import ImageFolder
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from bench.profile_step import with_plain_layers  # noqa: E402
 from common.models import ShallowConvNet  # noqa: E402
 from common.split import default_data  # noqa: E402
 from common.train import seed_everything  # noqa: E402
@@ -42,7 +45,7 @@ def run_plain(root, epochs, seed):
     """The usual tutorial loop, shuffled in the same order as the project's loop."""
     seed_everything(seed)
     train = ImageFolder(str(root / "train"))  # file list only: the loaders below decode
-    model = ShallowConvNet(len(train.classes))
+    model = with_plain_layers(ShallowConvNet(len(train.classes)))  # the usual nn.Sequential layers
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.9)
     generator = torch.Generator().manual_seed(seed)

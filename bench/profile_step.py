@@ -42,10 +42,18 @@ def build(task, train):
 
 
 class PlainConvolutions(ShallowConvolutions):
-    """The five layers one after another, as before conv_relu_pool: the baseline of --against-plain."""
+    """The five layers one after another, as before conv_relu_pool."""
 
     def forward(self, images):
         return nn.Sequential.forward(self, model_input(images))
+
+
+def with_plain_layers(model):
+    """`model` with its convolutions run as the plain layers, the usual way (same parameters)."""
+    for module in model.modules():
+        if isinstance(module, ShallowConvolutions):
+            module.__class__ = PlainConvolutions
+    return model
 
 
 def stepper(model, args, batches):
@@ -88,10 +96,7 @@ def main():
     batches = itertools.cycle([batch for batch in train.batches(50) if len(batch[1]) == 50])  # uint8, as in training
     variants = {"space-to-depth": build(args.task, train)}
     if args.against_plain:
-        variants["plain layers"] = build(args.task, train)  # the same weights
-        for module in variants["plain layers"].modules():
-            if isinstance(module, ShallowConvolutions):
-                module.__class__ = PlainConvolutions
+        variants["plain layers"] = with_plain_layers(build(args.task, train))  # the same weights
     steps = {name: stepper(model.to(memory_format=torch.channels_last), args, batches) for name, model in variants.items()}
     times = {name: [] for name in steps}
     for _ in range(4):  # in turns, so that both see the same machine
