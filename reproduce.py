@@ -46,7 +46,7 @@ from common.split import CUB_CLASSES, DEMO_IMAGES, check_ratios, cub_images, spl
 
 REPO = Path(__file__).resolve().parent
 MAX_SEEDS = 1000
-DEFAULT_SEEDS = 3  # mean ± std by default: 10.8 and 14.5 minutes measured for the demo data on 2 CPU cores (README)
+DEFAULT_SEEDS = 3  # mean ± std by default: 8.0 minutes measured for the demo data on 2 CPU cores (README)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, to key dicts
@@ -88,7 +88,7 @@ def parse_args(argv):
     parser.add_argument("--out", type=Path, default=REPO / "results", help="results folder (default: results)")
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
                         help=f"runs per task, seeds 0..N-1 (different initialisation and batch order); with N > 1 "
-                             f"every table shows mean ± std, 1 to {MAX_SEEDS} (default: {DEFAULT_SEEDS}: 11-15 minutes "
+                             f"every table shows mean ± std, 1 to {MAX_SEEDS} (default: {DEFAULT_SEEDS}: about 8-10 minutes "
                              f"for the demo data on 2 CPU cores)")
     parser.add_argument("--resplit", action="store_true", help="draw a new train/validation/test split for every seed")
     parser.add_argument("--ratios", type=float, nargs=3, metavar="R",
