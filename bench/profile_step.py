@@ -97,7 +97,8 @@ def main():
     variants = {"space-to-depth": build(args.task, train)}
     if args.against_plain:
         variants["plain layers"] = with_plain_layers(build(args.task, train))  # the same weights
-    steps = {name: stepper(model.to(memory_format=torch.channels_last), args, batches) for name, model in variants.items()}
+    steps = {name: stepper(model.to(memory_format=torch.channels_last), args, batches)
+             for name, model in variants.items()}
     times = {name: [] for name in steps}
     for _ in range(4):  # in turns, so that both see the same machine
         for name, step in steps.items():
