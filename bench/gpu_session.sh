@@ -1,36 +1,63 @@
 #!/usr/bin/env bash
-# The GPU measurements the README's "Scaling up" table waits for, in order of value, as one script
-# so that a GPU machine's few minutes go to measuring. Run from the repository root, with the venv
+# The GPU measurements the README's "The GPU path" table holds, in order of value, as one script so
+# that a GPU machine's few minutes go to measuring. Run from the repository root with the packages
 # installed (installation is not timed). Every line it prints belongs in the README.
 #
-#   bash bench/gpu_session.sh            # tests, 1-seed reproduction (auto, fp32), 5 seeds, torchrun
-#   SKIP_TESTS=1 bash bench/gpu_session.sh
+#   bash bench/gpu_session.sh                 # everything below
+#   SKIP_TESTS=1 SKIP_SEEDS=1 bash bench/gpu_session.sh
+#   TASKS="task1_efficientnet task2_shallow task3_netvlad" bash bench/gpu_session.sh
+#
+# PY: the Python (default: .venv/bin/python, else python3). RUNS: where run folders and logs go.
+# TASKS: reproduce.py --tasks (default: all; offline, the three torchvision backbones wait for their
+# download's time-out before being skipped). LIMIT: seconds any one command may take (default 600).
 set -uo pipefail
-PY=${PY:-.venv/bin/python}
-OUT=${OUT:-/tmp/gpu_session}
-mkdir -p "$OUT"
+PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+RUNS=${RUNS:-/tmp/gpu_session}
+LIMIT=${LIMIT:-600}
+mkdir -p "$RUNS"
 GPUS=$($PY -c 'import torch; print(torch.cuda.device_count())')
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-$PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "gpus", torch.cuda.device_count())'
+$PY -c 'import torch, torchvision, sys; print("python", sys.version.split()[0], "torch", torch.__version__,
+"torchvision", torchvision.__version__, "cuda", torch.version.cuda, "gpus", torch.cuda.device_count())'
+echo "CPU: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 
-timed() {  # timed LABEL COMMAND...: wall seconds and exit status of one whole command
+timed() {  # timed LABEL COMMAND...: wall seconds and exit status of one whole command, its output in a log
     local label=$1 start end status
     shift
     start=$(date +%s%N)
-    "$@" > "$OUT/${label// /_}.log" 2>&1
+    timeout "$LIMIT" "$@" > "$RUNS/${label//[^A-Za-z0-9.-]/_}.log" 2>&1
     status=$?
     end=$(date +%s%N)
-    printf '%-44s %6d.%d s  exit %d\n' "$label" $(((end - start) / 1000000000)) $(((end - start) / 100000000 % 10)) "$status"
+    printf '%-46s %6d.%d s  exit %d\n' "$label" $(((end - start) / 1000000000)) $(((end - start) / 100000000 % 10)) "$status"
+}
+reproduce() {  # reproduce LABEL OUT ARGS...
+    local label=$1 out=$2
+    shift 2
+    timed "$label" $PY reproduce.py --out "$RUNS/$out" --device cuda ${TASKS:+--tasks $TASKS} "$@"
 }
 
 $PY data_split.py > /dev/null 2>&1  # the demo split and its decoded images, outside the timings
-[ -n "${SKIP_TESTS:-}" ] || timed "pytest (CUDA visible)" $PY -m pytest -q -x tests
-timed "reproduce 1 seed, auto" $PY reproduce.py --out "$OUT/auto1" --seeds 1 --device cuda
-timed "reproduce 1 seed, auto, again (warm)" $PY reproduce.py --out "$OUT/auto1b" --seeds 1 --device cuda
-timed "reproduce 1 seed, fp32" $PY reproduce.py --out "$OUT/fp32" --seeds 1 --device cuda --precision fp32
-timed "reproduce 5 seeds, auto, --jobs $GPUS" $PY reproduce.py --out "$OUT/auto5" --seeds 5 --device cuda --jobs "$GPUS"
-timed "task2, 1 GPU" $PY task2_shallow.py --out "$OUT/t2_1" --device cuda
+reproduce "reproduce 1 seed, auto (compiles)" auto1 --seeds 1
+[ -n "${SKIP_TESTS:-}" ] || timed "pytest (CUDA visible)" $PY -m pytest -q -x -p no:cacheprovider tests
+timed "step, task 2 bf16, against plain layers" $PY bench/profile_step.py task2_shallow --device cuda \
+    --precision bf16 --against-plain --steps 20 --rows 8
+reproduce "reproduce 1 seed, fp32" fp32 --seeds 1 --precision fp32
+reproduce "reproduce 1 seed, auto, again (compiled)" auto1b --seeds 1
+for first in "$RUNS"/auto1/*/seed0/metrics.json; do  # determinism: the same seed twice on the GPU
+    task=$(basename "$(dirname "$(dirname "$first")")")
+    cmp -s "$first" "$RUNS/auto1b/$task/seed0/metrics.json" && echo "$task, seed 0 twice: identical metrics" \
+        || echo "$task, seed 0 twice: metrics DIFFER"
+done
+timed "step, task 2 fp32, against plain layers" $PY bench/profile_step.py task2_shallow --device cuda \
+    --precision fp32 --against-plain --steps 20 --rows 8
+timed "step, task 3 bf16, against plain layers" $PY bench/profile_step.py task3_netvlad --device cuda \
+    --precision bf16 --against-plain --steps 20 --rows 8
+grep -h "per step\|^task" "$RUNS"/step*.log
+grep -h -A12 "## Summary" "$RUNS/auto1/REPORT.md" 2>/dev/null
+[ -n "${SKIP_SEEDS:-}" ] || reproduce "reproduce 5 seeds, auto, --jobs $GPUS" auto5 --seeds 5 --jobs "$GPUS"
+[ "$GPUS" -gt 1 ] && timed "task2, 1 GPU" $PY task2_shallow.py --out "$RUNS/t2_1" --device cuda
 [ "$GPUS" -gt 1 ] && timed "task2, torchrun $GPUS GPUs" $PY -m torch.distributed.run --standalone \
-    --nproc_per_node "$GPUS" task2_shallow.py --out "$OUT/t2_ddp" --device cuda
-grep -h "Testing" "$OUT"/t2_*/metrics.md 2>/dev/null
-grep -h -A8 "## Summary" "$OUT/auto1/REPORT.md"
+    --nproc_per_node "$GPUS" task2_shallow.py --out "$RUNS/t2_ddp" --device cuda
+grep -h "Testing" "$RUNS"/t2_*/metrics.md 2>/dev/null
+tail -3 "$RUNS/pytest__CUDA_visible_.log" 2>/dev/null
+exit 0

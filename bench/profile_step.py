@@ -7,6 +7,7 @@ channels-last, fused Adam and the scripts' process settings, as the training loo
     python bench/profile_step.py task2_shallow --precision fp32
     python bench/profile_step.py task3_netvlad --precision bf16 --compile off
     python bench/profile_step.py task2_shallow --against-plain   # what the space-to-depth convolution buys
+    python bench/profile_step.py task2_shallow --device cuda --precision bf16 --against-plain
 """
 import argparse
 import itertools
@@ -58,20 +59,26 @@ def with_plain_layers(model):
 
 def stepper(model, args, batches):
     """A function running one training step of `model`; returns its forward, backward and Adam seconds."""
-    device = torch.device("cpu")
+    device = torch.device(args.device)
+    # CUDA runs asynchronously: wait for the GPU at each clock reading, or the times are launch times
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     forward = torch.compile(model) if args.compile == "on" else model
 
     def step():
-        images, labels = next(batches)
+        images, labels = (tensor.to(device) for tensor in next(batches))
+        synchronize()
         began = time.perf_counter()
         with autocast(device, args.precision):
             loss = F.nll_loss(forward(images).float(), labels)
+        synchronize()
         forwarded = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        synchronize()
         backwarded = time.perf_counter()
         optimizer.step()
+        synchronize()
         return forwarded - began, backwarded - forwarded, time.perf_counter() - backwarded
 
     for _ in range(3):  # compilation and first-touch allocations
@@ -84,6 +91,8 @@ def main():
     parser.add_argument("task", choices=TASKS)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--compile", choices=("on", "off"), default="on")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the step runs (default: cpu; the training images are read on the CPU either way)")
     parser.add_argument("--steps", type=int, default=8, help="timed steps (default: 8)")
     parser.add_argument("--rows", type=int, default=12, help="profiler rows (default: 12)")
     parser.add_argument("--against-plain", action="store_true",
@@ -97,14 +106,15 @@ def main():
     variants = {"space-to-depth": build(args.task, train)}
     if args.against_plain:
         variants["plain layers"] = with_plain_layers(build(args.task, train))  # the same weights
-    steps = {name: stepper(model.to(memory_format=torch.channels_last), args, batches)
+    steps = {name: stepper(model.to(args.device, memory_format=torch.channels_last), args, batches)
              for name, model in variants.items()}
     times = {name: [] for name in steps}
     for _ in range(4):  # in turns, so that both see the same machine
         for name, step in steps.items():
             times[name] += [step() for _ in range(-(-args.steps // 4))]
-    print(f"{args.task}, {args.precision}, compile {args.compile}, {torch.get_num_threads()} threads, "
-          f"CPU flags: {cpu_flags()}")
+    where = (torch.cuda.get_device_name() if args.device == "cuda"
+             else f"{torch.get_num_threads()} threads, CPU flags: {cpu_flags()}")
+    print(f"{args.task}, {args.precision}, compile {args.compile}, {where}")
     for name, measured in times.items():
         fwd, bwd, adam = (1000 * statistics.median(t[i] for t in measured) for i in range(3))
         print(f"{name}: per step forward {fwd:.0f} ms, backward {bwd:.0f} ms, Adam {adam:.0f} ms, "
@@ -112,10 +122,12 @@ def main():
     if args.against_plain:
         total = {name: statistics.median(sum(t) for t in measured) for name, measured in times.items()}
         print(f"plain layers / space-to-depth: {total['plain layers'] / total['space-to-depth']:.2f}x per step")
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    on_gpu = args.device == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * on_gpu) as prof:
         for _ in range(3):
             steps["space-to-depth"]()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    sort_by = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=args.rows))
 
 
 if __name__ == "__main__":

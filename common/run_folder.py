@@ -209,11 +209,14 @@ def well_formed(state):
             and (best["loss"] == math.inf or (isinstance(best.get("epoch"), int) and isinstance(best.get("model"), dict))))
 
 
-def load_checkpoint(path, device):
-    """last.pt as plain data: weights_only refuses any pickled object that could run code."""
+def load_checkpoint(path):
+    """last.pt as plain data: weights_only refuses any pickled object that could run code.
+
+    Loaded to the CPU whatever the run's device: the RNG states must be CPU tensors, and loading
+    the weights and Adam's state copies them to the model's device."""
     start_over = f"start over with --force (it replaces {path.parent})"
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UserError(f"--resume: {path} holds objects other than tensors and plain data, so it is not a "
                         f"checkpoint of this project and was not loaded; {start_over}") from None

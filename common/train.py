@@ -51,7 +51,8 @@ class Run:
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # and every GPU's
+    torch.backends.cudnn.deterministic = True  # else cuDNN may pick convolution algorithms that add in any order
 
 
 def start_run(task, args, cpu_bf16=True):
@@ -198,6 +199,8 @@ def fit(model, forward, run, resumed=None):
             optimizer.load_state_dict(resumed["optimizer"])
             scheduler.load_state_dict(resumed["scheduler"])
             torch.set_rng_state(resumed["rng"])
+            if "cuda_rng" in resumed and run.device.type == "cuda":  # dropout on a GPU draws from the GPU's RNG
+                torch.cuda.set_rng_state(resumed["cuda_rng"], run.device)
             generator.set_state(resumed["shuffle_rng"])
             best_weights = resumed["best"].get("model", {})
             shapes = {k: v.shape for k, v in model.state_dict().items()}
@@ -220,6 +223,7 @@ def fit(model, forward, run, resumed=None):
             "epoch": epoch, "key": key, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(), "shuffle_rng": generator.get_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state(run.device)} if run.device.type == "cuda" else {}),
             "history": history, "best": best}, run.out / "last.pt")
 
     saved_at = time.perf_counter()
@@ -293,7 +297,7 @@ def train_and_report(model, run, title, extra_config=None):
     with open_run_folder(run.out, run.args.resume, run.args.force) if main else contextlib.nullcontext():
         resumed = None
         if run.args.resume and main:  # checked before config.json is rewritten with this run's settings
-            resumed = load_checkpoint(run.out / "last.pt", run.device if distributed.world() == 1 else "cpu")
+            resumed = load_checkpoint(run.out / "last.pt")
             check_resumable(resumed, run)
         if main:
             clear_previous(run.out, run.args.force)

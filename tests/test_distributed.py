@@ -1,4 +1,7 @@
-"""common/distributed.py: the task scripts under torchrun (2 CPU processes, gloo) against one process."""
+"""common/distributed.py: the task scripts under torchrun (2 CPU processes, gloo) against one process.
+
+Every run says --device cpu: on a machine with one GPU, auto would send both ranks to CUDA, where
+rank 1 finds no GPU of its own."""
 import json
 import os
 import subprocess
@@ -32,8 +35,8 @@ def torchrun(script, *argv, cache):
 def test_two_processes_give_the_metrics_of_one_with_the_same_global_batch(data, tmp_path):
     # Task 1's head has no dropout, so two ranks must learn what one process learns. Batch 17 of 18
     # images leaves a last batch of 1: rank 1 then trains on a stand-in row weighed 0.
-    argv = ["--data", str(data), "--no-pretrained", "--precision", "fp32", "--epochs", "3", "--batch-size", "17",
-            "--lr", "0.01"]
+    argv = ["--data", str(data), "--no-pretrained", "--device", "cpu", "--precision", "fp32", "--epochs", "3",
+            "--batch-size", "17", "--lr", "0.01"]
     stdout = torchrun("task1_efficientnet.py", *argv, "--out", str(tmp_path / "two"), cache=tmp_path / "cache2")
     assert stdout.count("| Testing |") == 1  # rank 0 alone prints the table
     task1_efficientnet.main([*argv, "--out", str(tmp_path / "one")])
@@ -51,7 +54,8 @@ def test_splits_smaller_than_the_ranks_and_batches_of_one(data, tmp_path):
     for split in ("validation", "test"):
         for image in sorted((data / split).rglob("*.png"))[1:]:
             image.unlink()
-    argv = ["--data", str(data), "--no-pretrained", "--precision", "fp32", "--epochs", "2", "--batch-size", "1"]
+    argv = ["--data", str(data), "--no-pretrained", "--device", "cpu", "--precision", "fp32", "--epochs", "2",
+            "--batch-size", "1"]
     torchrun("task1_efficientnet.py", *argv, "--out", str(tmp_path / "two"), cache=tmp_path / "cache2")
     task1_efficientnet.main([*argv, "--out", str(tmp_path / "one")])
     two, one = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("two", "one"))
@@ -64,7 +68,7 @@ def test_an_error_on_rank_0_is_one_line_on_each_rank(data, tmp_path):
     out.mkdir()
     (out / "metrics.json").write_text("{}")  # a run's results: refused without --force
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(REPO / "task2_shallow.py"), "--data", str(data), "--out", str(out)]
+               str(REPO / "task2_shallow.py"), "--data", str(data), "--out", str(out), "--device", "cpu"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "REPRO_CACHE_DIR": str(tmp_path / "cache")})
     assert done.returncode != 0
@@ -75,7 +79,7 @@ def test_an_error_on_rank_0_is_one_line_on_each_rank(data, tmp_path):
 
 def test_task3_trains_and_resumes_under_torchrun(data, tmp_path):
     argv = ["task3_netvlad.py", "--clusters", "4", "--data", str(data), "--out", str(tmp_path / "out"),
-            "--batch-size", "5", "--compile", "off"]
+            "--batch-size", "5", "--compile", "off", "--device", "cpu"]
     torchrun(*argv, "--epochs", "1", cache=tmp_path / "cache")
     stdout = torchrun(*argv, "--epochs", "2", "--resume", cache=tmp_path / "cache")
     assert "resuming" in stdout and stdout.count("| Testing |") == 1
