@@ -21,11 +21,14 @@ $PY -c 'import torch, torchvision, sys; print("python", sys.version.split()[0], 
 "torchvision", torchvision.__version__, "cuda", torch.version.cuda, "gpus", torch.cuda.device_count())'
 echo "CPU: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 
+log_of() {  # log_of LABEL: the file holding that command's output
+    echo "$RUNS/${1//[^A-Za-z0-9.-]/_}.log"
+}
 timed() {  # timed LABEL COMMAND...: wall seconds and exit status of one whole command, its output in a log
     local label=$1 start end status
     shift
     start=$(date +%s%N)
-    timeout "$LIMIT" "$@" > "$RUNS/${label//[^A-Za-z0-9.-]/_}.log" 2>&1
+    timeout "$LIMIT" "$@" > "$(log_of "$label")" 2>&1
     status=$?
     end=$(date +%s%N)
     printf '%-46s %6d.%d s  exit %d\n' "$label" $(((end - start) / 1000000000)) $(((end - start) / 100000000 % 10)) "$status"
@@ -38,7 +41,8 @@ reproduce() {  # reproduce LABEL OUT ARGS...
 
 $PY data_split.py > /dev/null 2>&1  # the demo split and its decoded images, outside the timings
 reproduce "reproduce 1 seed, auto (compiles)" auto1 --seeds 1
-[ -n "${SKIP_TESTS:-}" ] || timed "pytest (CUDA visible)" $PY -m pytest -q -x -p no:cacheprovider tests
+TESTS="pytest (CUDA visible)"
+[ -n "${SKIP_TESTS:-}" ] || timed "$TESTS" $PY -m pytest -q -x -p no:cacheprovider tests
 timed "step, task 2 bf16, against plain layers" $PY bench/profile_step.py task2_shallow --device cuda \
     --precision bf16 --against-plain --steps 20 --rows 8
 reproduce "reproduce 1 seed, fp32" fp32 --seeds 1 --precision fp32
@@ -59,5 +63,5 @@ grep -h -A12 "## Summary" "$RUNS/auto1/REPORT.md" 2>/dev/null
 [ "$GPUS" -gt 1 ] && timed "task2, torchrun $GPUS GPUs" $PY -m torch.distributed.run --standalone \
     --nproc_per_node "$GPUS" task2_shallow.py --out "$RUNS/t2_ddp" --device cuda
 grep -h "Testing" "$RUNS"/t2_*/metrics.md 2>/dev/null
-tail -3 "$RUNS/pytest__CUDA_visible_.log" 2>/dev/null
+tail -3 "$(log_of "$TESTS")" 2>/dev/null
 exit 0
