@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,6 +47,7 @@ from common.split import CUB_CLASSES, DEMO_IMAGES, check_ratios, cub_images, spl
 REPO = Path(__file__).resolve().parent
 MAX_SEEDS = 1000
 DEFAULT_SEEDS = 3  # mean ± std by default: 8.0 minutes measured for the demo data on 2 CPU cores (README)
+PROGRESS_EVERY_S = 2  # how often the bar shows the epochs of runs under way in processes of their own
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, to key dicts
@@ -177,20 +178,34 @@ def run_folder(task, seed, args):
     return args.out / task.name / f"seed{seed}"
 
 
+def runs_under_way(running):
+    """The progress of the runs training in processes of their own, briefly, as several share the
+    line: `running` maps a run folder to (name, epochs); its last history.csv row says how far it is."""
+    shown = []
+    for out, (name, epochs) in sorted(list(running.items()), key=lambda item: item[1][0]):
+        try:
+            row = results.read_history(out)[-1]
+            shown.append(f"{name}: epoch {int(row['epoch'])}/{epochs}, val top-1 {float(row['val_top1']):.1f} %")
+        except (OSError, ValueError, KeyError, IndexError, TypeError):  # not written yet (or not by us)
+            shown.append(f"{name}: starting")
+    return "; ".join(shown)
+
+
 def run_once(task, data, seed, args):
     """Train one task with one seed into OUT/<task>/seed<N>/, or reuse the run finished there."""
     return run_or_reuse(importlib.import_module(task.name).main, task_argv(task, data, seed, args),
                         run_folder(task, seed, args), args.epochs or task.epochs, args.force)
 
 
-def run_as_process(task, data, seed, args, devices, children):
+def run_as_process(task, data, seed, args, devices, children, running):
     """run_once as a process of its own, on a device taken from the queue `devices` while it trains.
     The process is in `children` while it runs: in a session of its own, so that a Ctrl-C reaches it
-    once, forwarded by run_concurrently, and it saves a checkpoint before it stops."""
-    out = run_folder(task, seed, args)
+    once, forwarded by run_concurrently, and it saves a checkpoint before it stops. Its run folder is
+    in `running` meanwhile, for the progress bar."""
+    out, epochs = run_folder(task, seed, args), args.epochs or task.epochs
     device = devices.get()
     try:
-        argv = planned_argv(task_argv(task, data, seed, args, device), out, args.epochs or task.epochs, args.force)
+        argv = planned_argv(task_argv(task, data, seed, args, device), out, epochs, args.force)
         if argv is None:
             return json.loads((out / "metrics.json").read_text())
         make_folder(out, "run folder")
@@ -201,8 +216,10 @@ def run_as_process(task, data, seed, args, devices, children):
             child = subprocess.Popen([sys.executable, str(REPO / f"{task.name}.py"), *argv], stdout=log,
                                      stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
             children.add(child)
+            running[out] = (f"{task.name} seed {seed}", epochs)
             code = child.wait()
             children.discard(child)
+            running.pop(out)
     finally:
         devices.put(device)
     if code == WeightsUnavailable.exit_code:
@@ -367,29 +384,37 @@ def run_tasks(tasks, splits, args, progress):
 
 
 
+def collect(future, task, seed, metrics, missing):
+    """A finished run's metrics into `metrics`, or its task into `missing` if its weights are unavailable."""
+    try:
+        metrics[task, seed] = future.result()
+        test = metrics[task, seed]["test"]
+        tqdm.write(f"{task.name} seed {seed}: test top-1 {test['top1']:.2f} %, logloss {test['loss']:.4f}")
+    except WeightsUnavailable as e:
+        if task not in missing:
+            tqdm.write(f"{task.name}: weights unavailable, skipped ({e})")
+        missing[task] = str(e)
+
+
 def run_concurrently(tasks, splits, args, progress):
     """run_tasks with --jobs N: N runs at a time, each a process on a device of its own. Ctrl-C or
     SIGTERM stops them all as Ctrl-C stops one run: each saves a checkpoint and stops after its epoch."""
-    devices, children = queue.Queue(), set()
+    devices, children, running = queue.Queue(), set(), {}
     for device in args.devices:
         devices.put(device)
     metrics, missing = {}, {}
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: as Ctrl-C, not orphaned runs
     pool = ThreadPoolExecutor(args.jobs)
     try:
-        futures = {pool.submit(run_as_process, task, data, seed, args, devices, children): (task, seed)
+        futures = {pool.submit(run_as_process, task, data, seed, args, devices, children, running): (task, seed)
                    for task in tasks for seed, data in enumerate(splits)}
-        for future in as_completed(futures):
-            task, seed = futures[future]
-            try:
-                metrics[task, seed] = future.result()
-                tqdm.write(f"{task.name} seed {seed}: test top-1 {metrics[task, seed]['test']['top1']:.2f} %, "
-                           f"logloss {metrics[task, seed]['test']['loss']:.4f}")
-            except WeightsUnavailable as e:
-                if task not in missing:
-                    tqdm.write(f"{task.name}: weights unavailable, skipped ({e})")
-                missing[task] = str(e)
-            progress.update()
+        pending = set(futures)
+        while pending:  # wakes every PROGRESS_EVERY_S to show how far the runs under way are
+            finished, pending = wait(pending, timeout=PROGRESS_EVERY_S, return_when=FIRST_COMPLETED)
+            progress.set_postfix_str(runs_under_way(running))
+            for future in finished:
+                collect(future, *futures[future], metrics, missing)
+                progress.update()
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)  # runs not started yet never start
         for child in list(children):

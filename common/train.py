@@ -276,6 +276,7 @@ def config_of(run, model, extra):
     return {
         "task": run.task, "arguments": vars(run.args), "seed": run.args.seed,
         "device": str(run.device), "precision": run.precision, "compiled": run.compiled,
+        "threads": torch.get_num_threads(),  # sums split over threads: another count changes the rounding
         "parameters": {"trainable": trainable, "total": total},
         "classes": run.data.classes, "data": str(run.data.root),
         "split_sizes": {name: len(split) for name, split in run.data.splits().items()},

@@ -15,6 +15,7 @@ import pytest
 
 import common.split
 import reproduce
+from common import results
 from common.run_folder import lock
 from conftest import COLORS, make_image
 from test_data_split import interrupt_after, make_cub, make_tgz
@@ -195,6 +196,19 @@ def test_jobs_trains_runs_as_concurrent_processes(images, tmp_path, monkeypatch)
     assert started[0] < finished[1] and started[1] < finished[0]
     assert all("Testing" in (run / "log.txt").read_text() for run in runs)
     assert " ± " in (out / "REPORT.md").read_text()
+
+
+def test_the_bar_shows_how_far_each_concurrent_run_is(tmp_path):
+    row = {"lr": 1e-3, "train_top1": 50.0, "train_top3": 90.0, "val_loss": 1.5, "val_top3": 80.0, "seconds": 0.7}
+    (tmp_path / "a").mkdir()
+    results.write_history(tmp_path / "a", [{**row, "epoch": 1, "train_loss": 2.0, "val_top1": 30.0},
+                                           {**row, "epoch": 2, "train_loss": 1.25, "val_top1": 42.5}])
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "history.csv").write_text("not,a\nhistory")  # damaged: shown as not yet started
+    running = {tmp_path / "b": ("task3_netvlad seed 0", 100), tmp_path / "a": ("task2_shallow seed 1", 100),
+               tmp_path / "c": ("task3_netvlad seed 1", 100)}
+    assert reproduce.runs_under_way(running) == ("task2_shallow seed 1: epoch 2/100, val top-1 42.5 %; "
+                                                 "task3_netvlad seed 0: starting; task3_netvlad seed 1: starting")
 
 
 def test_a_failed_run_process_is_one_error_naming_its_log(images, tmp_path, monkeypatch):
