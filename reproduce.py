@@ -352,6 +352,12 @@ def run_all(args):
     print(f"wrote {args.out / 'REPORT.md'}")
 
 
+def show_result(task, seed, metrics):
+    """One line above the bar for a finished run: its test top-1 and logloss."""
+    test = metrics["test"]
+    tqdm.write(f"{task.name} seed {seed}: test top-1 {test['top1']:.2f} %, logloss {test['loss']:.4f}")
+
+
 def run_tasks(tasks, splits, args, progress):
     """Every task over every seed; returns the runs' metrics and the tasks whose weights are missing."""
     if args.jobs > 1:
@@ -378,8 +384,7 @@ def run_tasks(tasks, splits, args, progress):
             finally:
                 EPOCH_LISTENERS.remove(show_epoch)
             progress.update()
-            test = runs[task][-1]["test"]
-            tqdm.write(f"{task.name} seed {seed}: test top-1 {test['top1']:.2f} %, logloss {test['loss']:.4f}")
+            show_result(task, seed, runs[task][-1])
     return runs, missing
 
 
@@ -388,8 +393,7 @@ def collect(future, task, seed, metrics, missing):
     """A finished run's metrics into `metrics`, or its task into `missing` if its weights are unavailable."""
     try:
         metrics[task, seed] = future.result()
-        test = metrics[task, seed]["test"]
-        tqdm.write(f"{task.name} seed {seed}: test top-1 {test['top1']:.2f} %, logloss {test['loss']:.4f}")
+        show_result(task, seed, metrics[task, seed])
     except WeightsUnavailable as e:
         if task not in missing:
             tqdm.write(f"{task.name}: weights unavailable, skipped ({e})")
