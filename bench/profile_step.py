@@ -8,6 +8,7 @@ channels-last, fused Adam and the scripts' process settings, as the training loo
     python bench/profile_step.py task3_netvlad --precision bf16 --compile off
     python bench/profile_step.py task2_shallow --against-plain   # what the space-to-depth convolution buys
     python bench/profile_step.py task2_shallow --device cuda --precision bf16 --against-plain
+    python bench/profile_step.py task2_shallow --gemm   # its largest layer's products against this CPU's best
 """
 import argparse
 import itertools
@@ -86,6 +87,38 @@ def stepper(model, args, batches):
     return step
 
 
+def machine(device):
+    return torch.cuda.get_device_name() if device == "cuda" else \
+        f"{torch.get_num_threads()} threads, CPU flags: {cpu_flags()}"
+
+
+def gemm_rates(args, repeats=10):
+    """GFLOP/s of the three matrix products of Figure 8's 46,656 x 500 layer (batch 50) next to a
+    square 2048 product of the same dtype: how close task 2's largest items run to what this
+    machine's matrix library reaches at all."""
+    device = torch.device(args.device)
+    dtype = torch.float32 if args.precision == "fp32" else torch.bfloat16
+    batch, inputs, outputs = 50, 46656, 500
+    x, weight, grad, square = (torch.randn(*shape, device=device).to(dtype) for shape in
+                               ((batch, inputs), (outputs, inputs), (batch, outputs), (2048, 2048)))
+    layer_flops = 2 * batch * inputs * outputs
+    products = {"square 2048 x 2048": (lambda: square @ square, 2 * 2048 ** 3),
+                "forward, x W^T (50 x 500 out)": (lambda: x @ weight.t(), layer_flops),
+                "input gradient, g W (50 x 46,656 out)": (lambda: grad @ weight, layer_flops),
+                "weight gradient, g^T x (500 x 46,656 out)": (lambda: grad.t() @ x, layer_flops)}
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    for name, (product, flops) in products.items():
+        seconds = []
+        for _ in range(repeats + 2):  # the first two allocate and warm up
+            synchronize()
+            began = time.perf_counter()
+            product()
+            synchronize()
+            seconds.append(time.perf_counter() - began)
+        median = statistics.median(seconds[2:])
+        print(f"{name}: {1000 * median:.1f} ms, {flops / median / 1e9:.0f} GFLOP/s")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=TASKS)
@@ -98,9 +131,17 @@ def main():
     parser.add_argument("--against-plain", action="store_true",
                         help="also time the same model with its convolutions run as plain layers (the code before "
                              "the space-to-depth convolution), alternating with it, and print the ratio")
+    parser.add_argument("--gemm", action="store_true",
+                        help="instead of a step, time task 2's three 46,656 x 500 matrix products (random values) "
+                             "next to a square 2048 product, in GFLOP/s")
     args = parser.parse_args()
+    if args.gemm and args.task != "task2_shallow":
+        parser.error("--gemm times task 2's linear layer: give task2_shallow")
     keep_freed_memory()
     flush_denormals()
+    if args.gemm:
+        print(f"matrix products, {args.precision}, {machine(args.device)}")
+        return gemm_rates(args)
     train = load_splits(default_data()).train
     batches = itertools.cycle([batch for batch in train.batches(50) if len(batch[1]) == 50])  # uint8, as in training
     variants = {"space-to-depth": build(args.task, train)}
@@ -112,9 +153,7 @@ def main():
     for _ in range(4):  # in turns, so that both see the same machine
         for name, step in steps.items():
             times[name] += [step() for _ in range(-(-args.steps // 4))]
-    where = (torch.cuda.get_device_name() if args.device == "cuda"
-             else f"{torch.get_num_threads()} threads, CPU flags: {cpu_flags()}")
-    print(f"{args.task}, {args.precision}, compile {args.compile}, {where}")
+    print(f"{args.task}, {args.precision}, compile {args.compile}, {machine(args.device)}")
     for name, measured in times.items():
         fwd, bwd, adam = (1000 * statistics.median(t[i] for t in measured) for i in range(3))
         print(f"{name}: per step forward {fwd:.0f} ms, backward {bwd:.0f} ms, Adam {adam:.0f} ms, "
