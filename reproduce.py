@@ -1,4 +1,4 @@
-"""Reproduce the whole report: split the data, run every task over N seeds, write results/REPORT.md.
+"""Reproduce the whole report: split the data, run every task over N seeds, write results/reproduce/REPORT.md.
 
     python reproduce.py                      # the embedded demo data, 3 seeds (mean ± std)
     python reproduce.py --data MY_IMAGES     # any folder with one sub-folder per class
@@ -18,9 +18,11 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import math
 import os
 import platform
 import queue
+import re
 import shlex
 import signal
 import subprocess
@@ -38,11 +40,12 @@ from tqdm import tqdm
 from common import results
 from common.backbones import WeightsUnavailable
 from common.cli import UserError, run_main
+from common.data import MANIFEST, SPLITS, UNFINISHED_MANIFEST
 from common.run_folder import (check_folder_writable, is_inside, lock, make_folder, planned_argv, read_config,
                                run_or_reuse)
 from common.runtime import COMPILE_MODES, pick_device
 from common.train import EPOCH_LISTENERS
-from common.split import CUB_CLASSES, DEMO_IMAGES, check_ratios, cub_images, split_dataset
+from common.split import CUB_CLASSES, DEMO_IMAGES, check_ratios, cub_images, find_classes, split_dataset
 
 REPO = Path(__file__).resolve().parent
 MAX_SEEDS = 1000
@@ -80,13 +83,33 @@ TASKS = (
 )
 
 
+def atomic_files(*names):
+    """A pattern for these file names and the temporary .NAME.PID.tmp beside each that an atomic
+    write (results.temp_path) killed midway leaves."""
+    names = "|".join(map(re.escape, names))
+    return rf"{names}|\.(?:{names})\.\d+\.tmp"
+
+
+# What reproduce.py writes into --out and into its folders there. Anything else is someone else's:
+# REPORT.md or a task's figures would replace theirs, and their folders would mix with ours.
+OWN_ENTRIES = {
+    ".": "|".join(["splits", "cub_7classes", r"\.cub_7classes\.partial-\w+", *(t.name for t in TASKS),
+                   atomic_files("REPORT.md")]),
+    "splits": r".+-[0-9a-f]{8}-seed\d+",  # make_splits' names
+    **{t.name: rf"seed\d+|{atomic_files('loss.png', 'accuracy.png', 'metrics.md')}" for t in TASKS},
+}
+REPORT_TITLE = "# Reproduction: small-data image classification (CS 6910 Assignment 3 report, 2020)"
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data", type=Path, help="folder with one sub-folder per class (default: the demo set)")
     source.add_argument("--cub", type=Path, metavar="PATH",
                         help="the report's own 7 CUB-200-2011 classes, from the CUB_200_2011 folder or .tgz archive")
-    parser.add_argument("--out", type=Path, default=REPO / "results", help="results folder (default: results)")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "reproduce",
+                        help="results folder: a new one, or one reproduce.py made before, whose finished runs it "
+                             "reuses (default: results/reproduce)")
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
                         help=f"runs per task, seeds 0..N-1 (different initialisation and batch order); with N > 1 "
                              f"every table shows mean ± std, 1 to {MAX_SEEDS} (default: {DEFAULT_SEEDS}: about 8-10 minutes "
@@ -127,19 +150,72 @@ def parse_args(argv):
     if args.jobs < 1:
         raise UserError(f"--jobs {args.jobs}: need at least 1")
     args.devices = [f"cuda:{i % gpus}" for i in range(args.jobs)] if gpus > 1 else [args.device] * args.jobs
+    check_source(args)
+    check_out(args)
+    return args
+
+
+def check_source(args):
+    """The images to split are a folder of class folders; a CUB archive is read only when extracted."""
+    if args.cub and not args.cub.is_file():
+        find_classes(cub_images(args.cub, None), CUB_CLASSES)  # not an archive: nothing to extract into `work`
+    if not args.data:
+        return
+    if not args.data.is_dir():
+        raise UserError(f"--data {args.data}: no such folder")
+    classes = find_classes(args.data)
+    if set(SPLITS) <= set(classes) or any((args.data / name).exists() for name in (MANIFEST, UNFINISHED_MANIFEST)):
+        raise UserError(f"--data {args.data} is a split folder (train/, validation/, test/): reproduce.py --data takes "
+                        "a folder of class folders and splits it itself; the task scripts take a split folder")
+
+
+def check_out(args):
+    """--out is new, or a folder of reproduce.py's whose runs can be read; creates nothing."""
     source = args.data or (args.cub if args.cub and args.cub.is_dir() else None) or DEMO_IMAGES
     if is_inside(args.out, source):
         raise UserError(f"--out {args.out} is inside {source}: the next split would read the results as a class")
     check_folder_writable(args.out, "--out")
-    return args
+    entry = foreign_entry(args.out)
+    if entry:
+        raise UserError(f"--out {args.out} holds {entry.relative_to(args.out)}, which reproduce.py did not write: "
+                        "pick a new folder, or one reproduce.py made")
+    if not args.force:  # --force replaces the runs' files without reading them
+        for task in (t for t in TASKS if t.name in args.tasks):
+            for seed in range(args.seeds):
+                check_run_files(run_folder(task, seed, args))
+
+
+def foreign_entry(out):
+    """The first entry of `out` that reproduce.py did not write, or None. A REPORT.md counts as ours
+    only if it opens with our title: the name alone is a common one."""
+    for name, pattern in OWN_ENTRIES.items():
+        if (out / name).is_dir():
+            entry = next((p for p in sorted((out / name).iterdir()) if not re.fullmatch(pattern, p.name)), None)
+            if entry:
+                return entry
+    report = out / "REPORT.md"
+    return report if os.path.lexists(report) and not written_by_us(report) else None
+
+
+def written_by_us(report):
+    if not report.is_file():  # a folder, or a FIFO whose reading would wait forever
+        return False
+    with open(report, "rb") as f:
+        return f.read(len(REPORT_TITLE.encode())) == REPORT_TITLE.encode()
+
+
+def check_run_files(out):
+    """The files that reusing a run reads must be regular files: a FIFO would block the reading forever."""
+    for name in ("config.json", "metrics.json", "history.csv"):
+        if os.path.lexists(out / name) and not (out / name).is_file():
+            raise UserError(f"{out / name} is not a regular file: use --force to train that run again, "
+                            "or another folder")
 
 
 def source_images(args):
     if args.cub:
         return cub_images(args.cub, args.out / "cub_7classes"), CUB_CLASSES, "the report's 7 CUB-200-2011 classes"
     if args.data:
-        if not args.data.is_dir():
-            raise UserError(f"--data {args.data}: no such folder")
         return args.data, None, f"{args.data}"
     return DEMO_IMAGES, None, "the embedded demo set (Tux Paint stamps, 7 classes)"
 
@@ -247,15 +323,29 @@ def print_commands(tasks, splits, args):
                 print(shlex.join([sys.executable, str(REPO / f"{task.name}.py"), *argv]))
 
 
-def summarise(task, runs, out):
+def summarise(task, runs, out, epochs):
     """The task's table and figures in OUT/<task>/: mean +- std over seeds, or the one run."""
     folder = out / task.name
     stats = results.mean_std(runs) if len(runs) > 1 else runs[0]
-    histories = [results.read_history(folder / f"seed{seed}") for seed in range(len(runs))]
+    histories = [run_history(folder / f"seed{seed}", epochs) for seed in range(len(runs))]
     results.plot_history(folder, histories, task.title)
     results.atomic_write(folder / "metrics.md", f"**{task.title}**, {over_seeds(len(runs))}\n\n"
                                                 f"{results.format_table(stats)}\n")
     return {"stats": stats, "config": read_config(folder / "seed0")}
+
+
+def run_history(run, epochs):
+    """history.csv of a finished run, a row of numbers per epoch; one error line where a reused run's
+    is missing or damaged, not a traceback from the plot."""
+    try:
+        rows = results.read_history(run)
+        if len(rows) == epochs and all(math.isfinite(float(row[field])) for row in rows
+                                       for field in results.HISTORY_FIELDS):
+            return rows
+    except (OSError, ValueError, KeyError, TypeError):  # TypeError: a short row's missing fields are None
+        pass
+    raise UserError(f"{run / 'history.csv'} is missing or damaged: use --force to train that run again, "
+                    "or another folder")
 
 
 def machine(summaries):
@@ -267,7 +357,7 @@ def machine(summaries):
 
 def header_lines(args, ratios, description, seconds, sizes, summaries):
     lines = [
-        "# Reproduction: small-data image classification (CS 6910 Assignment 3 report, 2020)", "",
+        REPORT_TITLE, "",
         f"Made by `python reproduce.py{''.join(' ' + a for a in args.command)}` on "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in {seconds / 60:.1f} minutes, {machine(summaries)}.", "",
         f"- Data: {description}; split {'/'.join(f'{r:g}' for r in ratios)} into "
@@ -347,7 +437,8 @@ def run_all(args):
         return print_commands(tasks, splits, args)
     with tqdm(total=len(tasks) * args.seeds, desc="reproduce", unit="run", dynamic_ncols=True) as progress:
         runs, missing = run_tasks(tasks, splits, args, progress)  # the bar ends its line, whatever happens
-    summaries = {task: summarise(task, task_runs, args.out) for task, task_runs in runs.items() if task not in missing}
+    summaries = {task: summarise(task, task_runs, args.out, args.epochs or task.epochs)
+                 for task, task_runs in runs.items() if task not in missing}
     write_report(args, tasks, summaries, missing, ratios, description, time.perf_counter() - began, split_sizes(splits[0]))
     print(f"wrote {args.out / 'REPORT.md'}")
 

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
+import common.cli
 import common.split
 import reproduce
 from common import results
+from common.cli import run_main
 from common.run_folder import lock
-from conftest import COLORS, make_image
+from conftest import COLORS, make_image, make_split
 from test_data_split import interrupt_after, make_cub, make_tgz
 
 
@@ -149,6 +151,124 @@ def test_a_damaged_finished_run_is_redone_or_refused(images, tmp_path):
     (run / "config.json").write_text('{"arguments": {"epochs": 1}}')
     with pytest.raises(reproduce.UserError, match="config.json is unreadable or was not written by this project"):
         reproduce.main(argv)
+
+
+QUICK = ("--epochs", "1", "--seeds", "1", "--tasks", "task3_netvlad", "--compile", "off")  # if it is not refused
+
+
+@pytest.fixture
+def refused(monkeypatch, capsys):
+    """reproduce.py's command line, which must refuse its arguments: returns its exit code and stderr lines."""
+    for setting in ("keep_freed_memory", "flush_denormals"):  # process-wide: not for the test process
+        monkeypatch.setattr(common.cli, setting, lambda: None)
+
+    def run(*argv):
+        with pytest.raises(SystemExit) as exit:
+            run_main(lambda: reproduce.main([str(a) for a in argv]))
+        return exit.value.code, capsys.readouterr().err.splitlines()
+    return run
+
+
+def contents(folder):
+    """Every path below folder with its time and bytes: what must stay as it was (a FIFO is not read)."""
+    return {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def user_report(out):
+    out.mkdir()
+    (out / "REPORT.md").write_text("precious")
+
+
+def split_folder(out):
+    """What data_split.py makes: train/, validation/, test/ and its manifest."""
+    make_split(out)
+    (out / "split.csv").write_text("path,source,class,split,sha256\n")
+
+
+def task_script_run(out):
+    """A task script's own run in OUT/task2_shallow/, as `python task2_shallow.py` leaves results/."""
+    (out / "task2_shallow").mkdir(parents=True)
+    for name in ("config.json", "loss.png", "metrics.md"):
+        (out / "task2_shallow" / name).write_text("theirs")
+
+
+def own_splits_folder(out):
+    (out / "splits" / "mine").mkdir(parents=True)
+
+
+@pytest.mark.parametrize("make_out, foreign", [(user_report, "REPORT.md"), (split_folder, "split.csv"),
+                                               (task_script_run, "task2_shallow/config.json"),
+                                               (own_splits_folder, "splits/mine")])
+def test_an_out_holding_files_of_others_is_refused_before_anything_is_written(images, tmp_path, refused, make_out,
+                                                                              foreign):
+    out = tmp_path / "out"
+    make_out(out)
+    before = contents(out)
+    code, err = refused("--data", images, "--out", out, *QUICK)
+    assert code == 2 and err == [f"error: --out {out} holds {foreign}, which reproduce.py did not write: "
+                                 "pick a new folder, or one reproduce.py made"]
+    assert contents(out) == before
+
+
+def test_foreign_entry_knows_what_reproduce_writes(tmp_path):
+    out = tmp_path / "r"
+    for folder in ("splits/images-0123abcd-seed0", "cub_7classes", ".cub_7classes.partial-x1y2", "task3_netvlad/seed0"):
+        (out / folder).mkdir(parents=True)
+    for name in (".REPORT.md.123.tmp", "task3_netvlad/loss.png", "task3_netvlad/.metrics.md.45.tmp", "task2_shallow"):
+        (out / name).write_text("ours, or what a killed write of ours left")
+    (out / "REPORT.md").write_text(reproduce.REPORT_TITLE + "\n\nthe rest")
+    assert reproduce.foreign_entry(out) is None
+    (out / "REPORT.md").write_text("# My report")
+    assert reproduce.foreign_entry(out) == out / "REPORT.md"
+    (out / "task3_netvlad" / "seed0.bak").mkdir()
+    assert reproduce.foreign_entry(out) == out / "task3_netvlad" / "seed0.bak"
+
+
+def with_manifest(images):
+    """Class folders holding data_split.py's manifest: a split, whatever its folders are called."""
+    (images / "split.csv").write_text("path,source,class,split,sha256\n")
+    return images
+
+
+@pytest.mark.parametrize("make_data", [lambda tmp_path, images: make_split(tmp_path / "split"),
+                                       lambda tmp_path, images: with_manifest(images)])
+def test_a_split_folder_as_data_is_refused_before_anything_is_created(images, tmp_path, refused, make_data):
+    data = make_data(tmp_path, images)
+    code, err = refused("--data", data, "--out", tmp_path / "new", *QUICK)
+    assert code == 2 and err == [f"error: --data {data} is a split folder (train/, validation/, test/): reproduce.py "
+                                 "--data takes a folder of class folders and splits it itself; the task scripts take "
+                                 "a split folder"]
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("source, message", [("--data", "--data {}: no such folder"), ("--cub", "{} does not exist")])
+def test_a_missing_source_leaves_no_out_behind(tmp_path, refused, source, message):
+    code, err = refused(source, tmp_path / "missing", "--out", tmp_path / "new", *QUICK)
+    assert code == 2 and err == ["error: " + message.format(tmp_path / "missing")]
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_reused_run_with_a_damaged_or_special_file_is_one_error(images, tmp_path):
+    argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--seeds", "1",
+            "--tasks", "task3_netvlad", "--compile", "off"]
+    reproduce.main(argv)
+    run = tmp_path / "r" / "task3_netvlad" / "seed0"
+    env = {**os.environ, "REPRO_CACHE_DIR": str(tmp_path / "cache")}
+    for name, damage, message in (("history.csv", lambda p: p.write_text("epoch,lr\n1,banana\n"), "is missing or damaged"),
+                                  ("history.csv", os.mkfifo, "is not a regular file"),  # reading it would wait forever
+                                  ("config.json", os.mkfifo, "is not a regular file")):
+        good = (run / name).read_bytes()
+        (run / name).unlink()
+        damage(run / name)
+        before = contents(tmp_path / "r")
+        done = subprocess.run([sys.executable, str(Path(reproduce.__file__)), *argv], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2 and "Traceback" not in done.stderr  # above the error line: the progress bar
+        assert done.stderr.splitlines()[-1] == f"error: {run / name} {message}: use --force to train that run again, " \
+                                               "or another folder"
+        assert contents(tmp_path / "r") == before  # nothing retrained or rewritten
+        (run / name).unlink()
+        (run / name).write_bytes(good)
 
 
 def test_augment_reaches_every_task_and_the_report_says_so(images, tmp_path, offline):
