@@ -13,6 +13,7 @@ typical commands:
 import argparse
 import csv
 import io
+import os
 import types
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from common.backbones import BACKBONES, extract_features, load_backbone
 from common.cli import UserError, run_main
 from common.data import IMAGE_EXTENSIONS, Split, decode_images, decoded_cache, warn
 from common.models import ShallowConvNet, ShallowNetVLAD
-from common.run_folder import read_config
+from common.netvlad import check_clusters
+from common.run_folder import MAX_BATCH, is_inside, read_config
 from common.runtime import PRECISIONS, pick_compile, pick_device, pick_precision
 from common.train import evaluate, seed_everything
 from common.transfer import FineTuned, linear_head
@@ -37,7 +39,9 @@ def parse_args(argv):
                         help="best = lowest validation loss (best.pt); last = the final weights (default: best)")
     parser.add_argument("--top", type=int, default=3, metavar="K", help="classes shown per image (default: 3, "
                                                                         "capped at the number of classes)")
-    parser.add_argument("--out", type=Path, help="also write path, rank, class, probability rows to this CSV file")
+    parser.add_argument("--out", help="also write path, rank, class, probability rows to this new CSV file")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing --out file and confusion-matrix pictures (default: refuse)")
     parser.add_argument("--weights", type=Path, help="task 1: the backbone's weight file, if it moved since training")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (default: the run's)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or mps (default: auto)")
@@ -45,14 +49,49 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.top < 1:
         raise UserError(f"--top {args.top}: need at least 1")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UserError(f"--batch-size {args.batch_size}: need at least 1")
-    if args.out is not None and args.out.is_dir():
-        raise UserError(f"--out {args.out} is a folder; give a .csv file name")
+    if args.batch_size is not None and not 1 <= args.batch_size <= MAX_BATCH:
+        raise UserError(f"--batch-size {args.batch_size} is out of range: give 1 to {MAX_BATCH}")
+    if args.out is not None:
+        if args.out.endswith(("/", os.sep)) or Path(args.out).is_dir():
+            raise UserError(f"--out {args.out} is a folder; give a .csv file name")
+        args.out = Path(args.out)
+        check_new_file(args.out, "--out", args.force)
     return args
 
 
+def check_new_file(path, label, force):
+    """Refuse to write over a file unless --force, and over anything but a regular file at all."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise UserError(f"{label} {path} exists and is not a regular file; pick another name")
+    if path.exists() and not force:
+        raise UserError(f"{label} {path} exists; --force replaces it, or pick another name")
+
+
 # --- the model ------------------------------------------------------------------------------
+
+def run_config(run_dir):
+    """The run's config.json with the fields predicting reads checked: a hand-edited or foreign
+    one is one error, not a KeyError deep inside."""
+    unreadable = f"{run_dir / 'config.json'} is unreadable or was not written by this project"
+    try:
+        config = read_config(run_dir)
+    except UserError:
+        raise UserError(unreadable) from None
+    if config is None:
+        raise UserError(f"{run_dir} holds no config.json: not a run folder of this project")
+    task, classes, arguments = config.get("task"), config.get("classes"), config["arguments"]
+    fits = (isinstance(task, str) and isinstance(classes, list) and len(classes) >= 2
+            and all(isinstance(c, str) for c in classes) and config.get("precision") in ("fp32", "bf16")
+            and isinstance(arguments.get("batch_size"), int) and 1 <= arguments["batch_size"] <= MAX_BATCH)
+    if not fits:
+        raise UserError(unreadable)
+    if task == "task3_netvlad":
+        check_clusters(arguments.get("clusters"))
+    if task.startswith("task1_") and not (isinstance(config.get("pretrained"), bool)
+                                          and isinstance(arguments.get("seed"), int)):
+        raise UserError(unreadable)
+    return config
+
 
 def load_weights(run_dir, checkpoint):
     path = run_dir / f"{checkpoint}.pt"
@@ -89,6 +128,8 @@ def task1_backbone(config, weights_file):
 def build_model(config, weights_file):
     """(backbone or None, model) for the run's task, with the run's classes and options."""
     task, classes, arguments = config["task"], config["classes"], config["arguments"]
+    if weights_file is not None and not task.startswith("task1_"):
+        warn(f"--weights {weights_file} is not used: a {task} run's checkpoint holds its whole model")
     if task == "task2_shallow":
         return None, ShallowConvNet(len(classes))
     if task == "task3_netvlad":
@@ -128,6 +169,10 @@ def gather(paths, classes):
             if unknown:
                 warn(f"{path}: classes the model does not know, skipped: {', '.join(unknown)}")
             sets.append((path, [(f, classes.index(p.name)) for p in known for f in image_files(p)]))
+            outside = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            if outside:  # beside the class folders: predicted, but without a label to score
+                warn(f"{path}: {len(outside)} images outside its class folders are predicted, not scored")
+                loose += [(f, None) for f in outside]
         elif path.exists():
             raise UserError(f"{path}: not a regular file or folder")
         else:
@@ -168,22 +213,42 @@ def write_csv(path, rows):
     print(f"wrote {path}")
 
 
-def score(metrics, labels, log_probs, classes, folder, title):
-    """The report's table row for a labelled folder, and its confusion matrix beside the run."""
+def confusion_pictures(sets, paths, force):
+    """Labelled folder -> where its confusion matrix goes: FOLDER-confusion.png in the current
+    folder (FOLDER-2-... for a second folder of that name), checked before any work is done."""
+    labelled = [folder for folder, _ in sets if folder is not None]
+    here = Path.cwd()
+    for path in paths:
+        if labelled and path.is_dir() and is_inside(here, path):
+            raise UserError(f"the current folder is inside {path}: a confusion-matrix picture written here would "
+                            "be read as an image; run predict.py from another folder")
+    pictures = {}
+    for folder in labelled:
+        base, n = folder.resolve().name or "images", 1
+        picture = here / f"{base}-confusion.png"
+        while picture in pictures.values():  # a second folder of that name
+            n += 1
+            picture = here / f"{base}-{n}-confusion.png"
+        check_new_file(picture, "the confusion-matrix picture", force)
+        pictures[folder] = picture
+    return pictures
+
+
+def score(metrics, labels, log_probs, classes, folder, title, picture):
+    """The report's table row for a labelled folder, and its confusion matrix in `picture`."""
     print(f"\n{title} on {folder}: logloss {metrics['loss']:.4f}, top-1 {metrics['top1']:.2f} %, "
           f"top-3 {metrics['top3']:.2f} % ({len(labels)} images)")
     counts = results.confusion_matrix(labels, log_probs.argmax(dim=1), len(classes))
-    picture = Path(f"{folder.resolve().name or 'images'}-confusion.png").absolute()
     results.plot_confusion(picture, counts, classes, f"{title}: confusion matrix on {folder.resolve().name}")
     print(f"wrote {picture}")
 
 
 def main(argv=None):
     args = parse_args(argv)
-    config = read_config(args.run_dir)
-    if config is None:
-        raise UserError(f"{args.run_dir} holds no config.json: not a run folder of this project")
+    config = run_config(args.run_dir)
     classes, weights = config["classes"], load_weights(args.run_dir, args.checkpoint)
+    sets = gather(args.paths, classes)
+    pictures = confusion_pictures(sets, args.paths, args.force)
     backbone, model = build_model(config, args.weights)
     try:
         model.load_state_dict(weights)
@@ -199,7 +264,7 @@ def main(argv=None):
     forward = torch.compile(model) if run.compiled else model  # compiled kernels round as in training
 
     rows, scores, title = [], {}, config["task"]
-    for folder, items in gather(args.paths, classes):
+    for folder, items in sets:
         images, kept, _ = decode_images([f for f, _ in items], decoded_cache())
         if not kept:
             continue
@@ -209,7 +274,7 @@ def main(argv=None):
         rows += print_predictions(items, log_probs, classes, min(args.top, len(classes)))
         if folder is not None:
             scores[folder] = metrics
-            score(metrics, labels, log_probs, classes, folder, title)
+            score(metrics, labels, log_probs, classes, folder, title, pictures[folder])
     if not rows:
         raise UserError("none of the images can be read (see the warnings above)")
     if args.out:

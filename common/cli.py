@@ -44,6 +44,9 @@ def run_main(main):
     """Call main(); turn a UserError into `error: ...` on stderr and a non-zero exit."""
     keep_freed_memory()
     flush_denormals()
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not valid UTF-8 prints escaped, not as a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         main()
     except UserError as e:

@@ -47,8 +47,9 @@ def replacing(path):
 
 
 def atomic_write(path, data):
+    """Write text (UTF-8; a file name that is not valid UTF-8 keeps its own bytes) or bytes."""
     with replacing(path) as tmp, open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
+        f.write(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data)
 
 
 def atomic_torch_save(obj, path):

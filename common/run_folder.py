@@ -215,6 +215,8 @@ def load_checkpoint(path):
     Loaded to the CPU whatever the run's device: the RNG states must be CPU tensors, and loading
     the weights and Adam's state copies them to the model's device."""
     start_over = f"start over with --force (it replaces {path.parent})"
+    if not path.is_file():  # reading a FIFO would wait forever
+        raise UserError(f"--resume: {path} is not a regular file; {start_over}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -236,15 +238,23 @@ def check_resumable(state, run):
                         f"{run.args.epochs}: give --epochs {state['epoch']} or more, or --force to start over")
 
 
-def check_schedule(optimizer, scheduler, epochs_done, initial_lrs, args, path):
+def optimizer_settings(optimizer):
+    """Each parameter group's settings but its parameters and learning rate (betas, eps, ...)."""
+    return [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")} for g in optimizer.param_groups]
+
+
+def check_schedule(optimizer, scheduler, epochs_done, initial_lrs, settings, args, path):
     """After loading: each parameter group's learning rate and the schedule must be what --lr (and
-    a fine-tuned backbone's factor, in initial_lrs) and --gamma give after that many epochs, so a
+    a fine-tuned backbone's factor, in initial_lrs) and --gamma give after that many epochs, and its
+    other settings those the optimizer was built with (`settings`, taken before loading), so a
     doctored optimizer or scheduler state is refused, not trained on."""
     groups = optimizer.param_groups
     fits = (scheduler.last_epoch == epochs_done and scheduler.gamma == args.gamma and scheduler.step_size == 1
             and len(groups) == len(initial_lrs)
             and all(is_number(g.get("lr")) and math.isclose(g["lr"], lr * args.gamma ** epochs_done, rel_tol=1e-6)
-                    for g, lr in zip(groups, initial_lrs)))
+                    for g, lr in zip(groups, initial_lrs))
+            # repr: a doctored value may be a tensor or a tuple of anything, which == would not settle
+            and all(repr(g.get(k, v)) == repr(v) for g, group in zip(groups, settings) for k, v in group.items()))
     if not fits:
         raise UserError(f"--resume: the optimizer or schedule in {path} does not match --lr {args.lr} and --gamma "
                         f"{args.gamma} after {epochs_done} epochs; start over with --force")
@@ -254,10 +264,13 @@ def check_schedule(optimizer, scheduler, epochs_done, initial_lrs, args, path):
 
 def read_config(out):
     """config.json of a run, with the fields that reuse and reports read; None if there is none."""
-    if not (out / "config.json").exists():
+    file = out / "config.json"
+    if not file.exists():
         return None
     try:
-        config = json.loads((out / "config.json").read_text())
+        if not file.is_file():  # reading a FIFO would wait forever
+            raise ValueError(file)
+        config = json.loads(file.read_text())
         if isinstance(config["arguments"]["epochs"], int) and isinstance(config["parameters"]["trainable"], int):
             return config
     except (OSError, ValueError, KeyError, TypeError):

@@ -13,6 +13,7 @@ import random
 import shutil
 import sys
 import tarfile
+import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 
@@ -33,14 +34,18 @@ DEFAULT_RATIOS = (0.7, 0.2, 0.1)  # the report's text; its code split 0.7 0.1 0.
 MANIFEST_COLUMNS = ["path", "source", "class", "split", "sha256"]
 
 
-def utf8_name(path):
-    """False for names that are not valid UTF-8 (the manifest is UTF-8 text): such files are left out."""
+def recordable_name(path):
+    """False for names the manifest (UTF-8 CSV) cannot hold, which are left out: names that are not
+    valid UTF-8, and names with a carriage return (csv leaves it unquoted, so a reader splits the row)."""
     try:
         str(path).encode("utf-8")
-        return True
     except UnicodeEncodeError:
         warn(f"{ascii(str(path))}: the name is not valid UTF-8; left out (rename it to include it)")
         return False
+    if "\r" in str(path):
+        warn(f"{ascii(str(path))}: the name holds a carriage return; left out (rename it to include it)")
+        return False
+    return True
 
 
 # -----------------------------------------------------------------------------
@@ -87,7 +92,10 @@ def find_classes(src, classes=None):
         raise UserError(f"{src} is not a folder")
     if not any(p for p in src.iterdir() if not p.name.startswith(".")):
         raise UserError(f"{src} is empty")
-    folders = {p.name: p for p in sorted(src.iterdir()) if p.is_dir() and not p.name.startswith(".") and utf8_name(p)}
+    folders = {p.name: p for p in sorted(src.iterdir()) if p.is_dir() and not p.name.startswith(".") and recordable_name(p)}
+    for name, folder in folders.items():
+        if is_inside(src, folder):  # a link to SRC or above: its images would be a class of every class's images
+            raise UserError(f"class folder {folder} links to {src} or a folder above it; remove or replace that link")
     if classes is not None:
         missing = [c for c in classes if c not in folders]
         if missing:
@@ -109,10 +117,10 @@ def list_files(src, folders):
     images, others = [], []
     for folder in folders.values():
         for root, dirs, files in os.walk(folder):
-            dirs[:] = [d for d in dirs if not d.startswith(".") and utf8_name(Path(root) / d)]
+            dirs[:] = [d for d in dirs if not d.startswith(".") and recordable_name(Path(root) / d)]
             for name in files:
                 path = Path(root) / name
-                if name.startswith(".") or not utf8_name(path):
+                if name.startswith(".") or not recordable_name(path):
                     continue
                 if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
                     others.append(path.relative_to(src).as_posix())
@@ -195,20 +203,20 @@ def check_dest(src, dest, force):
 def read_manifest(dest):
     """Paths listed by DEST's previous manifests (a finished one, an interrupted one), after checking
     each stays inside a split folder of DEST."""
-    paths = set()
+    listed_in = {}  # path -> the manifest listing it
     for manifest in (dest / MANIFEST, dest / UNFINISHED_MANIFEST):
         if manifest.exists():
             with open(manifest, newline="", encoding="utf-8", errors="replace") as f:
                 reader = csv.DictReader(f)
                 if reader.fieldnames != MANIFEST_COLUMNS:
                     raise UserError(f"{manifest} was not written by data_split.py; move it away to use --force")
-                paths |= {row["path"] for row in reader}
-    for path in paths:
+                listed_in.update((row["path"], manifest) for row in reader)
+    for path, manifest in listed_in.items():
         parts = PurePosixPath(path).parts
         escapes = not parts or parts[0] not in SPLITS or ".." in parts or PurePosixPath(path).is_absolute()
         if escapes or not is_inside((dest / path).parent, dest) or os.path.realpath((dest / path).parent) == os.path.realpath(dest):
             raise UserError(f"{manifest} lists {path!r}, outside DEST's split folders; not touching it")
-    return paths
+    return set(listed_in)
 
 
 def remove_old_split(dest, old_paths):
@@ -266,9 +274,16 @@ def write_split(src, dest, rows, classes, link, old_paths):
 
 
 def check_clashes(dest, rows, old_paths):
+    """Files of the user's in DEST that the new split would overwrite, or read as its own images."""
     clashes = [row["path"] for row in rows if row["path"] not in old_paths and os.path.lexists(dest / row["path"])]
     if clashes:
         raise UserError(f"{dest / clashes[0]} exists and no previous manifest lists it; move it away")
+    strays = (p for split in SPLITS for p in sorted((dest / split).rglob("*"))
+              if p.suffix.lower() in IMAGE_EXTENSIONS and p.relative_to(dest).as_posix() not in old_paths)
+    stray = next(strays, None)
+    if stray is not None:
+        raise UserError(f"{stray} is an image no previous manifest lists, inside a split folder: the new split "
+                        "would use it as one of its own; move it away")
 
 
 def split_dataset(src, dest, ratios=DEFAULT_RATIOS, seed=0, link=False, force=False, dry_run=False, classes=None):
@@ -329,8 +344,9 @@ def extract_cub(archive, work):
         return work
     if work.exists():
         raise UserError(f"{work} exists but lacks some of the 7 classes; delete it or pick another --work")
-    partial = work.with_name(work.name + ".partial")  # becomes the cache only once complete
-    shutil.rmtree(partial, ignore_errors=True)
+    make_folder(work.parent, "--work")
+    # a fresh folder of our own, renamed to WORK only once complete: nothing of the user's is touched
+    partial = Path(tempfile.mkdtemp(prefix=f".{work.name}.partial-", dir=work.parent))
     try:
         with tarfile.open(archive, "r|*") as tar:  # a stream: one pass over the 1.1 GB archive
             for member in tqdm(tar, desc="reading archive", unit=" members", disable=None):

@@ -20,7 +20,7 @@ from common.augment import augment_batch, train_augmentation
 from common.cli import UserError
 from common.data import CROP, Split, SplitData, load_splits
 from common.run_folder import (check_args, check_out, check_resumable, check_schedule, clear_previous,
-                               load_checkpoint, open_run_folder, run_key)
+                               load_checkpoint, open_run_folder, optimizer_settings, run_key)
 from common.runtime import autocast, pick_compile, pick_device, pick_precision
 from common.split import DEMO_IMAGES, default_data
 
@@ -100,6 +100,10 @@ class Meter:
         return {"loss": loss / n, "top1": 100 * top1 / n, "top3": 100 * top3 / n}
 
 
+def diverged(loss_name, value, epoch):
+    return UserError(f"{loss_name} loss became {value} in epoch {epoch}: try a lower --lr or --precision fp32")
+
+
 def train_epoch(model, forward, split, optimizer, run, generator, epoch):
     """One pass over the shuffled split; `forward` is the model or its compiled form. With --augment,
     image batches (not task 1's cached features, augmented when computed) are cropped and flipped."""
@@ -123,7 +127,7 @@ def train_epoch(model, forward, split, optimizer, run, generator, epoch):
         loss_sum = F.nll_loss(log_probs, labels, reduction="sum") * (0 if stand_in else 1)
         loss = loss_sum / (global_size / distributed.world())  # in one process exactly F.nll_loss's mean
         if not torch.isfinite(loss):
-            raise UserError(f"training loss became {loss.item()} in epoch {epoch}: try a lower --lr or --precision fp32")
+            raise diverged("training", loss.item(), epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -189,7 +193,7 @@ def fit(model, forward, run, resumed=None):
         [{"params": [p for p in model.parameters() if p.requires_grad], "lr": run.args.lr}]
     # The fused kernel updates Figure 8's 23M weights in one pass instead of several.
     optimizer = torch.optim.Adam(groups, lr=run.args.lr, fused=run.device.type in ("cpu", "cuda"))
-    initial_lrs = [g["lr"] for g in optimizer.param_groups]
+    initial_lrs, settings = [g["lr"] for g in optimizer.param_groups], optimizer_settings(optimizer)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=run.args.gamma)
     generator = torch.Generator().manual_seed(run.args.seed)  # batch order, apart from dropout's RNG
     history, best, start = [], {"loss": math.inf}, 1
@@ -209,7 +213,8 @@ def fit(model, forward, run, resumed=None):
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise UserError(f"--resume: {run.out / 'last.pt'} does not fit this model "
                             f"({str(e).splitlines()[0][:200]}); start over with --force") from None
-        check_schedule(optimizer, scheduler, resumed["epoch"], initial_lrs, run.args, run.out / "last.pt")
+        check_schedule(optimizer, scheduler, resumed["epoch"], initial_lrs, settings, run.args,
+                       run.out / "last.pt")
         history, best, start = resumed["history"], resumed["best"], resumed["epoch"] + 1
         if distributed.is_main():
             print(f"resuming {run.out} after epoch {resumed['epoch']}")
@@ -234,6 +239,8 @@ def fit(model, forward, run, resumed=None):
                 lr = optimizer.param_groups[0]["lr"]
                 train = train_epoch(model, forward, run.train_split, optimizer, run, generator, epoch)
                 val, _ = evaluate(model, run.data.validation, run, forward)
+                if not math.isfinite(val["loss"]):  # the epoch's last step may have made the weights NaN
+                    raise diverged("validation", val["loss"], epoch)
                 scheduler.step()
                 history.append({"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train.items()},
                                 **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - began})

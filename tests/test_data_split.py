@@ -182,6 +182,16 @@ def test_force_replaces_only_manifest_files(src, tmp_path, capsys):
     assert "kept 2 files" in capsys.readouterr().out
 
 
+def test_force_refuses_an_unlisted_image_in_a_split_folder(src, tmp_path):
+    dest = tmp_path / "dest"
+    ds.main([str(src), str(dest)])
+    mine = dest / "train" / "a" / "mine.png"
+    mine.write_bytes((src / "a" / "img_000.png").read_bytes())
+    with pytest.raises(UserError, match="mine.png is an image no previous manifest lists"):
+        ds.main([str(src), str(dest), "--seed", "1", "--force"])
+    assert mine.exists() and read_manifest(dest)  # the split there is untouched
+
+
 def test_force_drops_class_folders_of_the_old_split(src, tmp_path):
     dest = tmp_path / "dest"
     ds.main([str(src), str(dest)])
@@ -335,6 +345,26 @@ def test_a_file_name_that_is_not_utf8_is_left_out_with_a_warning(src, tmp_path, 
     assert files_under(dest) == {"split.csv", *(row["path"] for row in rows)}
 
 
+def test_a_name_with_a_carriage_return_is_left_out_so_the_manifest_reads_back(src, tmp_path, capsys):
+    (src / "a" / "odd\rname.png").write_bytes((src / "a" / "img_000.png").read_bytes())
+    (src / "odd\rclass").mkdir()
+    (src / "odd\rclass" / "img.png").write_bytes((src / "a" / "img_000.png").read_bytes())
+    dest = tmp_path / "dest"
+    ds.main([str(src), str(dest)])
+    assert capsys.readouterr().err.count("holds a carriage return; left out") == 2
+    rows = read_manifest(dest)
+    assert len(rows) == 37 and {r["class"] for r in rows} == {"a", "b", "c"}
+    ds.main([str(src), str(dest), "--force", "--seed", "3"])  # the manifest reads back: --force works
+    assert files_under(dest) == {"split.csv", *(row["path"] for row in read_manifest(dest))}
+
+
+def test_a_class_folder_linking_to_src_is_refused(src, tmp_path):
+    (src / "everything").symlink_to(src)
+    with pytest.raises(UserError, match="links to .* or a folder above it"):
+        ds.main([str(src), str(tmp_path / "dest")])
+    assert not (tmp_path / "dest").exists()
+
+
 def test_a_fifo_named_like_an_image_is_skipped_not_read(src, tmp_path):
     os.mkfifo(src / "a" / "pipe.png")
     done = subprocess.run([sys.executable, str(REPO / "data_split.py"), str(src), str(tmp_path / "dest")],
@@ -446,7 +476,18 @@ def test_cub_missing_classes_are_named(tmp_path):
     archive = make_tgz(folder, tmp_path / "CUB_200_2011.tgz")
     with pytest.raises(UserError, match="099.Ovenbird 114.Black_throated_Sparrow"):
         ds.main(["--cub", str(archive), str(tmp_path / "d2"), "--work", str(tmp_path / "work")])
-    assert not (tmp_path / "work").exists() and not (tmp_path / "work.partial").exists()
+    assert not (tmp_path / "work").exists() and not list(tmp_path.glob("*partial*"))
+
+
+def test_cub_extraction_leaves_a_users_folder_named_like_its_temporary_one_alone(tmp_path):
+    archive = make_tgz(make_cub(tmp_path / "cub"), tmp_path / "CUB_200_2011.tgz")
+    mine = tmp_path / "thesis.partial"
+    mine.mkdir()
+    (mine / "chapter1.tex").write_text("draft")
+    ds.main(["--cub", str(archive), str(tmp_path / "dest"), "--work", str(tmp_path / "thesis")])
+    assert (mine / "chapter1.tex").read_text() == "draft"
+    assert sorted(p.name for p in (tmp_path / "thesis").iterdir()) == sorted(splitting.CUB_CLASSES)
+    assert not list(tmp_path.glob(".thesis.partial-*"))
 
 
 def test_cub_not_an_archive(tmp_path):

@@ -1,6 +1,7 @@
 """predict.py: the same numbers as the run's own test row, top-k, CSV, and bad input."""
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -132,3 +133,87 @@ def test_bad_input_from_the_command_line_is_one_line_and_exit_2(shallow_run, tmp
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "no such file or folder" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_existing_out_file_or_picture_is_replaced_only_with_force(shallow_run, data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "mine.csv"
+    mine.write_text("precious")
+    with pytest.raises(UserError, match="mine.csv exists; --force replaces it"):
+        predict.main([str(shallow_run), str(data / "test"), "--out", str(mine)])
+    picture = tmp_path / "test-confusion.png"
+    picture.write_text("precious too")
+    with pytest.raises(UserError, match="test-confusion.png exists; --force replaces it"):
+        predict.main([str(shallow_run), str(data / "test")])
+    assert mine.read_text() == "precious" and picture.read_text() == "precious too"
+    predict.main([str(shallow_run), str(data / "test"), "--out", str(mine), "--force"])
+    assert mine.read_text().startswith("path,rank,class,probability") and picture.read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "link.csv").symlink_to(mine)
+    for out, message in ((tmp_path / "link.csv", "not a regular file"), (f"{tmp_path}/new/", "is a folder")):
+        with pytest.raises(UserError, match=message):
+            predict.main([str(shallow_run), str(data / "test" / "red"), "--out", str(out), "--force"])
+    assert (tmp_path / "link.csv").is_symlink() and not (tmp_path / "new").exists()
+
+
+def test_no_picture_is_written_into_a_folder_being_predicted(shallow_run, data, tmp_path, monkeypatch):
+    folder = tmp_path / "labelled"
+    shutil.copytree(data / "test", folder)
+    monkeypatch.chdir(folder / "red")  # the picture would become a training image of class red
+    with pytest.raises(UserError, match="the current folder is inside .*labelled"):
+        predict.main([str(shallow_run), str(folder)])
+    assert not list(folder.rglob("*confusion*"))
+
+
+def test_two_labelled_folders_of_one_name_get_a_picture_each(shallow_run, data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for parent in ("a", "b"):
+        shutil.copytree(data / "test", tmp_path / parent / "test")
+    scores = predict.main([str(shallow_run), str(tmp_path / "a" / "test"), str(tmp_path / "b" / "test")])
+    assert len(scores) == 2
+    assert (tmp_path / "test-confusion.png").exists() and (tmp_path / "test-2-confusion.png").exists()
+
+
+def test_images_beside_the_class_folders_are_predicted_not_scored(shallow_run, data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "mixed"
+    shutil.copytree(data / "test", folder)
+    make_image(folder / "loose.png", (0, 0, 200), 2)
+    scores = predict.main([str(shallow_run), str(folder)])
+    captured = capsys.readouterr()
+    assert "1 images outside its class folders are predicted, not scored" in captured.err
+    assert f"{folder / 'loose.png'}: " in captured.out
+    assert "(9 images)" in captured.out and set(scores) == {folder}  # scored: the 9 in class folders
+
+
+@pytest.mark.parametrize("doctor", [
+    lambda c: c.pop("classes"), lambda c: c.pop("precision"), lambda c: c.update(task=None),
+    lambda c: c.update(precision="fp16"), lambda c: c["arguments"].update(batch_size=0),
+    lambda c: c["arguments"].update(batch_size="50"), lambda c: c.update(classes=["only"]),
+])
+def test_a_hand_edited_config_is_one_error(shallow_run, data, tmp_path, doctor):
+    run = tmp_path / "run"
+    shutil.copytree(shallow_run, run)
+    config = json.loads((run / "config.json").read_text())
+    doctor(config)
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="config.json is unreadable or was not written by this project$"):
+        predict.main([str(run), str(data / "test" / "red")])
+
+
+def test_a_fifo_config_a_huge_batch_and_an_odd_file_name_are_handled(shallow_run, data, tmp_path):
+    fifo_run = tmp_path / "fifo_run"
+    fifo_run.mkdir()
+    os.mkfifo(fifo_run / "config.json")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    odd_name = os.fsencode(odd) + b"/bad\xff.png"
+    with open(odd_name, "wb") as f:
+        f.write((data / "test" / "red" / "0.png").read_bytes())
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}  # a UTF-8 terminal, which cannot show \xff
+    for argv, rc, expected in (([str(fifo_run), str(odd)], 2, "config.json is unreadable"),
+                               ([str(shallow_run), str(odd), "--batch-size", str(10 ** 20)], 2, "is out of range"),
+                               ([str(shallow_run), str(odd), "--out", str(tmp_path / "p.csv")], 0, "")):
+        done = subprocess.run([sys.executable, "predict.py", *argv], cwd=REPO, capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert done.returncode == rc and expected in done.stderr and "Traceback" not in done.stderr
+    assert b"bad\xff.png" in (tmp_path / "p.csv").read_bytes()  # the file's own name, byte for byte

@@ -249,6 +249,8 @@ def test_temporary_files_of_a_killed_writer_are_removed(data, tmp_path):
     (lambda s: s["scheduler"].update(gamma=0.5), "does not match --lr 0.05 and --gamma 0.9"),
     (lambda s: s["scheduler"].update(gamma="x"), "does not match --lr 0.05 and --gamma 0.9"),
     (lambda s: s["optimizer"]["param_groups"][0].update(lr="x"), "does not match --lr"),
+    (lambda s: s["optimizer"]["param_groups"][0].update(betas=(2.0, "x")), "does not match --lr"),
+    (lambda s: s["optimizer"]["param_groups"][0].update(eps=torch.ones(3)), "does not match --lr"),
     (lambda s: s["best"].update(model={"w": torch.zeros(2)}), "does not fit this model"),
 ])
 def test_a_checkpoint_with_doctored_plain_data_is_one_error(data, tmp_path, doctor, message):
@@ -259,6 +261,22 @@ def test_a_checkpoint_with_doctored_plain_data_is_one_error(data, tmp_path, doct
     torch.save(state, out / "last.pt")
     with pytest.raises(UserError, match=message):
         run(data, out, "--epochs", "2", "--resume")
+
+
+def test_a_fifo_in_place_of_the_checkpoint_is_refused_not_waited_on(data, tmp_path):
+    out = tmp_path / "out"
+    run(data, out, "--epochs", "1")
+    (out / "last.pt").unlink()
+    os.mkfifo(out / "last.pt")
+    with pytest.raises(UserError, match="last.pt is not a regular file"):
+        run(data, out, "--epochs", "2", "--resume")
+
+
+def test_weights_made_nan_by_an_epochs_last_step_are_refused_not_reported(data, tmp_path):
+    out = tmp_path / "out"  # batch size above the split's size: one step per epoch, so it is also the last
+    with pytest.raises(UserError, match="validation loss became nan in epoch 1"):
+        run(data, out, "--epochs", "1", "--lr", "1e30", "--batch-size", "1000")
+    assert not (out / "metrics.json").exists()
 
 
 def test_huge_batch_size_is_refused(data, tmp_path):

@@ -41,3 +41,11 @@ def test_auto_precision_is_bf16_only_on_amx_cpus_and_not_for_models_it_slows(mon
     assert runtime.pick_precision("auto", cpu) == ("bf16" if amx else "fp32")
     assert runtime.pick_precision("auto", cpu, cpu_bf16=False) == "fp32"
     assert runtime.pick_precision("bf16", cpu, cpu_bf16=False) == "bf16"  # an explicit choice is kept
+
+
+def test_a_gpu_index_the_machine_lacks_is_one_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert runtime.pick_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(UserError, match="--device cuda:9: this machine has 1 GPU"):
+        runtime.pick_device("cuda:9")
