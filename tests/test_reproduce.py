@@ -16,7 +16,7 @@ import pytest
 import common.cli
 import common.split
 import reproduce
-from common import results
+from common import report, results
 from common.cli import run_main
 from common.run_folder import lock
 from conftest import COLORS, make_image, make_split
@@ -216,7 +216,7 @@ def test_foreign_entry_knows_what_reproduce_writes(tmp_path):
         (out / folder).mkdir(parents=True)
     for name in (".REPORT.md.123.tmp", "task3_netvlad/loss.png", "task3_netvlad/.metrics.md.45.tmp", "task2_shallow"):
         (out / name).write_text("ours, or what a killed write of ours left")
-    (out / "REPORT.md").write_text(reproduce.REPORT_TITLE + "\n\nthe rest")
+    (out / "REPORT.md").write_text(report.REPORT_TITLE + "\n\nthe rest")
     assert reproduce.foreign_entry(out) is None
     (out / "REPORT.md").write_text("# My report")
     assert reproduce.foreign_entry(out) == out / "REPORT.md"
