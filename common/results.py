@@ -151,7 +151,10 @@ def plot_history(out, histories, title):
 
 
 def read_history(out):
-    with open(Path(out) / "history.csv", newline="") as f:
+    path = Path(out) / "history.csv"
+    if not path.is_file():  # missing, or a FIFO whose reading would wait forever
+        raise FileNotFoundError(f"{path} is not a regular file")
+    with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
 

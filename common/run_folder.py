@@ -282,6 +282,8 @@ def read_config(out):
 def finished_metrics(out):
     """metrics.json of a finished run, or None when it is missing or damaged (the run is then resumed)."""
     try:
+        if not (out / "metrics.json").is_file():  # missing, or a FIFO whose reading would wait forever
+            return None
         metrics = json.loads((out / "metrics.json").read_text())
         if all(is_number(metrics[split][m]) for split, _ in ROWS for m, _ in COLUMNS):
             return metrics

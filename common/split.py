@@ -93,7 +93,7 @@ def find_classes(src, classes=None):
     if not any(p for p in src.iterdir() if not p.name.startswith(".")):
         raise UserError(f"{src} is empty")
     folders = {p.name: p for p in sorted(src.iterdir()) if p.is_dir() and not p.name.startswith(".") and recordable_name(p)}
-    for name, folder in folders.items():
+    for folder in folders.values():
         if is_inside(src, folder):  # a link to SRC or above: its images would be a class of every class's images
             raise UserError(f"class folder {folder} links to {src} or a folder above it; remove or replace that link")
     if classes is not None:

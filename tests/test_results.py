@@ -107,3 +107,9 @@ def test_a_failed_text_write_is_one_error_and_leaves_no_temporary_file(tmp_path,
     with pytest.raises(UserError, match=r"cannot write .*metrics\.md: No space left on device"):
         results.atomic_write(tmp_path / "metrics.md", "table")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fifo_in_place_of_the_history_is_an_os_error_not_a_wait(tmp_path):
+    os.mkfifo(tmp_path / "history.csv")
+    with pytest.raises(OSError, match="history.csv is not a regular file"):
+        results.read_history(tmp_path)  # before the check, open() waited for a writer forever

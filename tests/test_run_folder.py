@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from common.cli import UserError
-from common.run_folder import add_training_args, is_inside, lock, run_or_reuse
+from common.run_folder import add_training_args, finished_metrics, is_inside, lock, run_or_reuse
 from common.train import EPOCH_LISTENERS, start_run
 from conftest import CreatesFile, make_split
 from test_train import run, tiny_main
@@ -303,3 +303,12 @@ def test_out_inside_the_demo_images_is_refused_when_data_is_the_demo_split(data,
     with pytest.raises(UserError, match="is inside .*demo_images"):
         start_run("test", parser.parse_args(["--out", str(demo_images / "zz")]))
     assert list(demo_images.iterdir()) == []
+
+
+def test_a_fifo_in_place_of_metrics_json_counts_as_missing_not_a_wait(data, tmp_path):
+    out = tmp_path / "out"
+    run(data, out, "--epochs", "1")
+    assert finished_metrics(out) is not None
+    (out / "metrics.json").unlink()
+    os.mkfifo(out / "metrics.json")
+    assert finished_metrics(out) is None  # the run is then evaluated again, as with a damaged file
