@@ -22,7 +22,8 @@ import torch
 from common import results
 from common.backbones import BACKBONES, extract_features, load_backbone
 from common.cli import UserError, run_main
-from common.data import IMAGE_EXTENSIONS, Split, decode_images, decoded_cache, warn
+from common.data import (IMAGE_EXTENSIONS, Split, check_cache_outside, class_folders, decode_images, decoded_cache,
+                         has_image_extension, list_images, sub_folders, warn)
 from common.models import ShallowConvNet, ShallowNetVLAD
 from common.netvlad import check_clusters
 from common.run_folder import MAX_BATCH, is_inside, read_config
@@ -148,28 +149,33 @@ def build_model(config, weights_file):
 
 # --- the images -----------------------------------------------------------------------------
 
-def image_files(folder):
-    return sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+def named_file(path):
+    """A file named on the command line is read as a folder's files are: by its name's extension."""
+    if has_image_extension(path.name):
+        return True
+    warn(f"{path}: not an image file name ({' '.join(IMAGE_EXTENSIONS)}); left out")
+    return False
 
 
 def gather(paths, classes):
     """[(name, [(file, label or None)])]: each labelled folder (one with class sub-folders) as its
-    own set, in ImageFolder's order so that its batches are the run's; everything else as one set."""
+    own set, in the task scripts' order (common.data.list_images) so that its batches are the run's;
+    everything else as one set."""
     sets, loose = [], []
     for path in paths:
         if path.is_file():
-            loose.append((str(path), None))
+            loose += [(str(path), None)] if named_file(path) else []
         elif path.is_dir():
-            class_folders = sorted(p for p in path.iterdir() if p.is_dir())
-            known = [p for p in class_folders if p.name in classes]
-            if not known:
-                loose += [(f, None) for f in image_files(path)]
+            if not any(p.name in classes for p in sub_folders(path)):  # not a labelled folder
+                loose += [(f, None) for f in list_images(path)]
                 continue
-            unknown = [p.name for p in class_folders if p.name not in classes]
+            folders = class_folders(path)  # refuses a class link that would count images twice
+            unknown = [p.name for p in folders if p.name not in classes]
             if unknown:
                 warn(f"{path}: classes the model does not know, skipped: {', '.join(unknown)}")
-            sets.append((path, [(f, classes.index(p.name)) for p in known for f in image_files(p)]))
-            outside = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            sets.append((path, [(f, classes.index(p.name)) for p in folders if p.name in classes
+                                for f in list_images(p)]))
+            outside = list_images(path, recursive=False)
             if outside:  # beside the class folders: predicted, but without a label to score
                 warn(f"{path}: {len(outside)} images outside its class folders are predicted, not scored")
                 loose += [(f, None) for f in outside]
@@ -245,6 +251,7 @@ def score(metrics, labels, log_probs, classes, folder, title, picture):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_cache_outside(*args.paths)
     config = run_config(args.run_dir)
     classes, weights = config["classes"], load_weights(args.run_dir, args.checkpoint)
     sets = gather(args.paths, classes)

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from common import results
 from common.backbones import WeightsUnavailable
 from common.cli import UserError, run_main
-from common.data import MANIFEST, SPLITS, UNFINISHED_MANIFEST
+from common.data import MANIFEST, SPLITS, UNFINISHED_MANIFEST, check_cache_outside
 from common.report import REPORT_TITLE, summarise, write_report
 from common.run_folder import check_folder_writable, is_inside, lock, make_folder, planned_argv, run_or_reuse
 from common.runtime import COMPILE_MODES, pick_device
@@ -170,6 +170,7 @@ def check_out(args):
     source = args.data or (args.cub if args.cub and args.cub.is_dir() else None) or DEMO_IMAGES
     if is_inside(args.out, source):
         raise UserError(f"--out {args.out} is inside {source}: the next split would read the results as a class")
+    check_cache_outside(source, args.out / "splits")  # the folders the splits and the runs read
     check_folder_writable(args.out, "--out")
     entry = foreign_entry(args.out)
     if entry:

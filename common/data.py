@@ -14,14 +14,16 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image, ImageOps
-from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 from common.cli import UserError
+from common.run_folder import is_inside
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# What every script reads as an image, in folders and named on the command line: torchvision's list and
+# .gif (PIL reads its first frame; open_rgb turns its palette into RGB).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
 def open_rgb(path):
@@ -209,6 +211,16 @@ class ArrayCache:
             return False
 
 
+def check_cache_outside(*folders, cache_dir=None):
+    """Refuse a cache (REPRO_CACHE_DIR) inside a folder the run reads, before anything is written: its
+    entries would land among the user's images, and its folders would be read as classes."""
+    cache = Path(cache_dir or CACHE_DIR)
+    for folder in folders:
+        if is_inside(cache, folder):
+            raise UserError(f"the cache folder {cache} is inside {folder}, which this run reads: set REPRO_CACHE_DIR "
+                            "to a folder outside the data")
+
+
 def decoded_cache(cache_dir=None):
     """The decoded-image cache: one folder per preprocessing, under $REPRO_CACHE_DIR or .cache/."""
     return ArrayCache(Path(cache_dir or CACHE_DIR) / f"decoded_r{RESIZE}_c{CROP}")
@@ -329,9 +341,13 @@ def decode_images(paths, cache, desc="load"):
     return DecodedImages([loaded[i][1] for i in kept]), kept, [loaded[i][0] for i in kept]
 
 
+def has_image_extension(name):
+    return str(name).lower().endswith(IMAGE_EXTENSIONS)
+
+
 def is_image_file(path):
     """An image extension and a regular file: a FIFO or device named x.png would block reading forever."""
-    if not path.lower().endswith(IMAGE_EXTENSIONS):
+    if not has_image_extension(path):
         return False
     if not os.path.isfile(path):
         warn(f"{path}: not a regular file; left out")
@@ -339,31 +355,106 @@ def is_image_file(path):
     return True
 
 
-def image_folder(path):
-    classes = [p.name for p in Path(path).iterdir() if p.is_dir()]
-    if not classes:
-        raise UserError(f"{path} holds no class folders: expected {path}/<class>/<images>")
-    return ImageFolder(str(path), is_valid_file=is_image_file, allow_empty=True)  # lists files; decode_images reads them
+def walk_files(folder, recursive=True):
+    """The files below FOLDER but hidden ones, in ImageFolder's order: folders sorted by path, files by
+    name within each. Links to files are followed; links to folders below FOLDER are not (a warning names
+    each): one that leads back up (`ln -s . c0/l`) would list the same images again, without end.
+    Every script lists images through here, so they all read the same files."""
+    found = []
+    for root, dirs, files in os.walk(folder):  # followlinks=False: a link to a folder is listed, not entered
+        dirs[:] = [d for d in dirs if recursive and not d.startswith(".")]
+        for link in [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            warn(f"{os.path.join(root, link)}: a link to a folder; not followed (its images are left out)")
+            dirs.remove(link)
+        found.append((root, sorted(f for f in files if not f.startswith("."))))
+    return [os.path.join(root, name) for root, names in sorted(found) for name in names]
 
 
-def load_split(folder, cache):
-    images, kept, digests = decode_images([p for p, _ in folder.samples], cache, f"load {Path(folder.root).name}")
-    where = folder.root
-    if not folder.samples:
-        raise UserError(f"{where} holds no images")
+def list_images(folder, recursive=True):
+    """FOLDER's image files (walk_files' order), as path strings."""
+    return [file for file in walk_files(folder, recursive) if is_image_file(file)]
+
+
+def sub_folders(folder):
+    """FOLDER's sub-folders, links to folders included, sorted by name; hidden ones are no class (Jupyter
+    puts a .ipynb_checkpoints folder in every folder it opens)."""
+    return sorted((p for p in Path(folder).iterdir() if not p.name.startswith(".") and p.is_dir()),
+                  key=lambda p: p.name)
+
+
+def class_folders(folder):
+    """FOLDER's class folders (sub_folders). A link among them that would count images in two classes is
+    refused: one that leads to FOLDER or above it, or onto or into another class folder."""
+    folders = sub_folders(folder)
+    real = {}
+    for path in folders:
+        if is_inside(folder, path):  # a class of every class's images
+            raise UserError(f"class folder {path} links to {folder} or a folder above it; remove or replace that link")
+        real.setdefault(os.path.realpath(path), []).append(path)
+    for path in folders:
+        target = Path(os.path.realpath(path))
+        other = next((q for place in [target, *target.parents] for q in real.get(str(place), []) if q != path), None)
+        if other is not None:
+            link, shared = (path, other) if path.is_symlink() else (other, path)
+            raise UserError(f"class folder {link} links to images of the class folder {shared.name} too: they would "
+                            "count in two classes; remove or replace that link")
+    return folders
+
+
+def split_images(folder):
+    """A split folder's class names and its [(image file, label)], in ImageFolder's order: classes sorted,
+    labels their index, files as walk_files orders them. Runs made before (with ImageFolder) see the same."""
+    folders = class_folders(folder)
+    if not folders:
+        raise UserError(f"{folder} holds no class folders: expected {folder}/<class>/<images>")
+    samples = [(file, label) for label, path in enumerate(folders) for file in list_images(path)]
+    return [p.name for p in folders], samples
+
+
+def load_split(folder, samples, cache):
+    images, kept, digests = decode_images([file for file, _ in samples], cache, f"load {folder.name}")
+    if not samples:
+        raise UserError(f"{folder} holds no images")
     if not kept:
-        raise UserError(f"{where}: none of its {len(folder.samples)} images can be read (see the warnings above)")
-    if len(kept) < len(folder.samples):
-        warn(f"{where}: using {len(kept)} images, left out {len(folder.samples) - len(kept)} that cannot be read")
-    labels = torch.tensor([folder.targets[i] for i in kept], dtype=torch.long)
-    return Split(images, labels, [folder.samples[i][0] for i in kept], digests)
+        raise UserError(f"{folder}: none of its {len(samples)} images can be read (see the warnings above)")
+    if len(kept) < len(samples):
+        warn(f"{folder}: using {len(kept)} images, left out {len(samples) - len(kept)} that cannot be read")
+    labels = torch.tensor([samples[i][1] for i in kept], dtype=torch.long)
+    return Split(images, labels, [samples[i][0] for i in kept], digests)
+
+
+def check_classes(root, classes):
+    """Every split holds the same class folders, and at least 2, with names a manifest can record."""
+    for name in classes["train"]:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"class folder {ascii(name)} in {root}/train: the name is not valid UTF-8; rename it") from None
+    for s in SPLITS[1:]:
+        if classes[s] != classes["train"]:
+            only_train = sorted(set(classes["train"]) - set(classes[s]))
+            only_here = sorted(set(classes[s]) - set(classes["train"]))
+            raise UserError(f"splits hold different classes: {s} lacks {only_train or 'none'} "
+                            f"and has extra {only_here or 'none'} compared with train")
+    if len(classes["train"]) < 2:
+        raise UserError(f"{root}/train needs at least 2 class folders, found {len(classes['train'])}")
+
+
+def check_every_class_trains(root, classes, train):
+    """A class without a training image would still be scored on validation and test, and never predicted."""
+    trained = set(train.labels.tolist())
+    untrained = [name for label, name in enumerate(classes) if label not in trained]
+    if untrained:
+        raise UserError(f"{root}/train holds no readable image of the class(es) {', '.join(untrained)}: the model "
+                        "could never predict them; add training images, or remove those class folders from every split")
 
 
 def load_splits(root, cache_dir=None):
     """Load DIR/{train,validation,test}/<class>/ with the report's preprocessing.
 
     Unreadable images (corrupt, truncated, not an image, a decompression bomb) are named in a
-    warning and left out; a split left with none is an error.
+    warning and left out; a split left with none is an error, and so is a class with no training image.
+    Hidden entries are skipped, and links are followed as walk_files and class_folders say.
     """
     root = Path(root)
     cache = decoded_cache(cache_dir)
@@ -373,19 +464,10 @@ def load_splits(root, cache_dir=None):
                         f"(make one with: python data_split.py SRC {root})")
     if (root / UNFINISHED_MANIFEST).exists():
         raise UserError(f"{root} is a split that data_split.py did not finish; run it again with --force")
-    folders = {s: image_folder(root / s) for s in SPLITS}
-    classes = folders["train"].classes
-    for name in classes:
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            raise UserError(f"class folder {ascii(name)} in {root}/train: the name is not valid UTF-8; rename it") from None
-    for s in SPLITS[1:]:
-        if folders[s].classes != classes:
-            only_train = sorted(set(classes) - set(folders[s].classes))
-            only_here = sorted(set(folders[s].classes) - set(classes))
-            raise UserError(f"splits hold different classes: {s} lacks {only_train or 'none'} "
-                            f"and has extra {only_here or 'none'} compared with train")
-    if len(classes) < 2:
-        raise UserError(f"{root}/train needs at least 2 class folders, found {len(classes)}")
-    return SplitData(root, classes, **{s: load_split(folder, cache) for s, folder in folders.items()})
+    check_cache_outside(root, cache_dir=cache_dir)
+    listed = {s: split_images(root / s) for s in SPLITS}
+    check_classes(root, {s: classes for s, (classes, _) in listed.items()})
+    classes = listed["train"][0]
+    train = load_split(root / "train", listed["train"][1], cache)
+    check_every_class_trains(root, classes, train)  # before the other splits are decoded
+    return SplitData(root, classes, train, *(load_split(root / s, listed[s][1], cache) for s in SPLITS[1:]))

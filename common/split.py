@@ -20,7 +20,8 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from common.cli import UserError
-from common.data import IMAGE_EXTENSIONS, MANIFEST, SPLITS, UNFINISHED_MANIFEST, open_rgb, warn
+from common.data import (MANIFEST, SPLITS, UNFINISHED_MANIFEST, class_folders, has_image_extension, is_image_file,
+                         open_rgb, walk_files, warn)
 from common.results import atomic_write
 from common.run_folder import check_folder_writable, is_inside, lock, make_folder
 
@@ -92,10 +93,7 @@ def find_classes(src, classes=None):
         raise UserError(f"{src} is not a folder")
     if not any(p for p in src.iterdir() if not p.name.startswith(".")):
         raise UserError(f"{src} is empty")
-    folders = {p.name: p for p in sorted(src.iterdir()) if p.is_dir() and not p.name.startswith(".") and recordable_name(p)}
-    for folder in folders.values():
-        if is_inside(src, folder):  # a link to SRC or above: its images would be a class of every class's images
-            raise UserError(f"class folder {folder} links to {src} or a folder above it; remove or replace that link")
+    folders = {p.name: p for p in class_folders(src) if recordable_name(p)}  # the task scripts' classes
     if classes is not None:
         missing = [c for c in classes if c not in folders]
         if missing:
@@ -109,25 +107,21 @@ def find_classes(src, classes=None):
 
 
 def list_files(src, folders):
-    """Posix paths, relative to SRC, of the non-hidden image files in the class folders.
+    """Posix paths, relative to SRC, of the image files in the class folders, as the task scripts list
+    them (common.data.walk_files: hidden entries skipped, links to folders not followed).
 
     Left out with a warning: names that are not UTF-8, and anything but a regular file (reading
     a FIFO named x.png would wait forever). Other files are counted and skipped.
     """
     images, others = [], []
     for folder in folders.values():
-        for root, dirs, files in os.walk(folder):
-            dirs[:] = [d for d in dirs if not d.startswith(".") and recordable_name(Path(root) / d)]
-            for name in files:
-                path = Path(root) / name
-                if name.startswith(".") or not recordable_name(path):
-                    continue
-                if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
-                    others.append(path.relative_to(src).as_posix())
-                elif not path.is_file():  # follows links: a link to a regular file is fine
-                    warn(f"{path}: not a regular file; left out")
-                else:
-                    images.append(path.relative_to(src).as_posix())
+        for path in map(Path, walk_files(folder)):
+            if not recordable_name(path):
+                continue
+            if not has_image_extension(path.name):
+                others.append(path.relative_to(src).as_posix())
+            elif is_image_file(path):
+                images.append(path.relative_to(src).as_posix())
     if others:
         print(f"skipped {len(others)} non-image files, e.g. {others[0]}", file=sys.stderr)
     return images
@@ -278,8 +272,8 @@ def check_clashes(dest, rows, old_paths):
     clashes = [row["path"] for row in rows if row["path"] not in old_paths and os.path.lexists(dest / row["path"])]
     if clashes:
         raise UserError(f"{dest / clashes[0]} exists and no previous manifest lists it; move it away")
-    strays = (p for split in SPLITS for p in sorted((dest / split).rglob("*"))
-              if p.suffix.lower() in IMAGE_EXTENSIONS and p.relative_to(dest).as_posix() not in old_paths)
+    strays = (p for split in SPLITS for p in map(Path, walk_files(dest / split))
+              if has_image_extension(p.name) and p.relative_to(dest).as_posix() not in old_paths)
     stray = next(strays, None)
     if stray is not None:
         raise UserError(f"{stray} is an image no previous manifest lists, inside a split folder: the new split "

@@ -2,6 +2,7 @@ import io
 import os
 import shutil
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from torchvision.datasets import ImageFolder
 
 from common.cli import UserError
 from common.data import ArrayCache, limit_aspect, load_splits, normalize, open_rgb, report_transform
-from conftest import CreatesFile, make_split
+from conftest import CreatesFile, make_image, make_split
 
 
 def test_splits_load_with_report_preprocessing(tmp_path):
@@ -256,3 +257,81 @@ def test_the_unwritable_cache_warning_comes_once_for_all_its_folders(tmp_path, c
     ArrayCache(blocked / "features").put("b", np.zeros(2))
     ArrayCache(blocked / "features").put("c", np.zeros(2))
     assert capsys.readouterr().err.count("cannot write the cache") == 1
+
+
+def test_files_are_listed_in_image_folders_order(tmp_path):
+    """The shared listing keeps ImageFolder's classes, labels and file order: earlier runs repeat exactly."""
+    root = make_split(tmp_path / "d")
+    for sub in ("a", "a b", "a/x", "b"):  # nested folders, whose order ImageFolder sorts by path
+        make_image(root / "train" / "red" / sub / "0.png", (200, 0, 0), len(sub))
+    data = load_splits(root)
+    plain = ImageFolder(str(root / "train"))
+    assert data.classes == plain.classes
+    assert list(zip(data.train.paths, data.train.labels.tolist())) == plain.samples
+
+
+def test_hidden_folders_and_files_are_never_classes_or_images(tmp_path):
+    root = make_split(tmp_path / "d")
+    for split in ("train", "validation", "test"):  # Jupyter leaves one in every folder it opens
+        make_image(root / split / ".ipynb_checkpoints" / "0-checkpoint.png", (0, 0, 0), 1)
+    make_image(root / "train" / "red" / ".ipynb_checkpoints" / "0-checkpoint.png", (0, 0, 0), 2)
+    make_image(root / "train" / "red" / "._0.png", (0, 0, 0), 3)  # macOS leaves these on other file systems
+    data = load_splits(root)
+    assert data.classes == ["blue", "green", "red"] and len(data.train) == 18
+
+
+def test_a_class_without_training_images_is_refused_naming_it(tmp_path):
+    root = make_split(tmp_path / "d")
+    for image in (root / "train" / "green").iterdir():
+        image.unlink()
+    with pytest.raises(UserError, match=r"train holds no readable image of the class\(es\) green: "):
+        load_splits(root)
+
+
+@pytest.mark.parametrize("links, named", [
+    ({"purple": "{split}/red"}, ("purple", "red")),  # another class folder
+    ({"purple": "{split}/red/deep"}, ("purple", "red")),  # into one
+    ({"purple": "{outside}/red", "pink": "{outside}/red"}, ("pink", "purple")),  # one folder as two classes
+])
+def test_a_class_folder_link_that_doubles_images_is_refused(tmp_path, links, named):
+    root = make_split(tmp_path / "d")
+    outside = make_split(tmp_path / "outside")
+    for split in ("train", "validation", "test"):
+        make_image(root / split / "red" / "deep" / "0.png", (200, 0, 0), 9)
+        for name, target in links.items():
+            (root / split / name).symlink_to(target.format(split=root / split, outside=outside / split))
+    link, shared = named
+    with pytest.raises(UserError, match=f"class folder {root / 'train' / link} links to images of the class folder "
+                                        f"{shared} too: they would count in two classes"):
+        load_splits(root)
+
+
+def test_folder_links_inside_a_class_folder_are_not_followed_so_never_loop(tmp_path, capsys):
+    root = make_split(tmp_path / "d")
+    for name in ("l1", "l2"):  # each leads back to its class folder: followed, the listing never ends
+        (root / "train" / "red" / name).symlink_to(".")
+    loaded = []
+    thread = threading.Thread(target=lambda: loaded.append(load_splits(root)), daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "listing the images did not finish"
+    assert len(loaded[0].train) == 18
+    err = capsys.readouterr().err
+    assert f"{root / 'train' / 'red' / 'l1'}: a link to a folder; not followed" in err
+
+
+def test_a_gif_is_an_image_like_the_others(tmp_path):
+    root = make_split(tmp_path / "d")
+    Image.new("P", (30, 20), 3).save(root / "train" / "red" / "palette.gif")
+    data = load_splits(root)
+    assert len(data.train) == 19 and any(p.endswith("palette.gif") for p in data.train.paths)
+
+
+@pytest.mark.parametrize("where", ["in a class folder", "the split folder itself"])
+def test_a_cache_inside_the_data_is_refused_before_anything_is_written(tmp_path, where):
+    root = make_split(tmp_path / "d")
+    cache = {"in a class folder": root / "train" / "red" / "cache", "the split folder itself": root}[where]
+    before = sorted(root.rglob("*"))
+    with pytest.raises(UserError, match=f"the cache folder {cache} is inside {root}, which this run reads"):
+        load_splits(root, cache)
+    assert sorted(root.rglob("*")) == before

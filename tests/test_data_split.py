@@ -365,6 +365,28 @@ def test_a_class_folder_linking_to_src_is_refused(src, tmp_path):
     assert not (tmp_path / "dest").exists()
 
 
+@pytest.mark.parametrize("target", ["a", "a/deep"])
+def test_a_class_folder_linking_to_another_class_is_refused(src, tmp_path, target):
+    make_image(src / "a" / "deep" / "img_000.png", 999)
+    (src / "d").symlink_to(src / target)  # class d: a's images a second time
+    with pytest.raises(UserError, match=r"class folder .*/src/d links to images of the class folder a too"):
+        ds.main([str(src), str(tmp_path / "dest")])
+    assert not (tmp_path / "dest").exists()
+
+
+def test_folder_links_inside_a_class_are_named_and_not_followed(src, tmp_path, capsys):
+    (src / "a" / "again").symlink_to(".")  # followed, it would list a's images again and again
+    ds.main([str(src), str(tmp_path / "dest")])
+    assert f"{src / 'a' / 'again'}: a link to a folder; not followed" in capsys.readouterr().err
+    assert len(read_manifest(tmp_path / "dest")) == 37
+
+
+def test_a_gif_is_split_like_any_image(src, tmp_path):
+    Image.new("P", (8, 8), 5).save(src / "a" / "palette.gif")
+    ds.main([str(src), str(tmp_path / "dest")])
+    assert "a/palette.gif" in {row["source"] for row in read_manifest(tmp_path / "dest")}
+
+
 def test_a_fifo_named_like_an_image_is_skipped_not_read(src, tmp_path):
     os.mkfifo(src / "a" / "pipe.png")
     done = subprocess.run([sys.executable, str(REPO / "data_split.py"), str(src), str(tmp_path / "dest")],

@@ -217,3 +217,49 @@ def test_a_fifo_config_a_huge_batch_and_an_odd_file_name_are_handled(shallow_run
                               env=env, timeout=120)
         assert done.returncode == rc and expected in done.stderr and "Traceback" not in done.stderr
     assert b"bad\xff.png" in (tmp_path / "p.csv").read_bytes()  # the file's own name, byte for byte
+
+
+def test_hidden_folders_and_files_are_neither_classes_nor_images(shallow_run, data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    labelled, loose = tmp_path / "labelled", tmp_path / "loose"
+    shutil.copytree(data / "test", labelled)
+    shutil.copytree(data / "test" / "red", loose)
+    for folder in (labelled, loose, labelled / "red"):  # Jupyter leaves one in every folder it opens
+        make_image(folder / ".ipynb_checkpoints" / "0-checkpoint.png", (0, 0, 0), 1)
+    make_image(loose / "._0.png", (0, 0, 0), 2)
+    scores = predict.main([str(shallow_run), str(labelled), str(loose)])
+    captured = capsys.readouterr()
+    assert "does not know" not in captured.err and "(9 images)" in captured.out and set(scores) == {labelled}
+    assert ".ipynb_checkpoints" not in captured.out and "._0.png" not in captured.out
+
+
+def test_a_gif_is_predicted_in_a_folder_too_and_a_named_non_image_is_left_out(shallow_run, data, tmp_path, capsys):
+    from PIL import Image
+    (tmp_path / "gifs").mkdir()
+    Image.open(data / "test" / "red" / "0.png").convert("P").save(tmp_path / "gifs" / "red.gif")
+    (tmp_path / "notes.txt").write_text("not an image")
+    predict.main([str(shallow_run), str(tmp_path / "gifs"), str(tmp_path / "notes.txt")])
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{tmp_path / 'gifs' / 'red.gif'}: ")
+    assert f"{tmp_path / 'notes.txt'}: not an image file name (.jpg" in captured.err
+    assert "notes.txt" not in captured.out
+
+
+def test_a_class_folder_linking_to_another_class_is_refused(shallow_run, data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "labelled"
+    shutil.copytree(data / "test", folder)
+    shutil.rmtree(folder / "blue")
+    (folder / "blue").symlink_to("red")  # red's images scored a second time, as blue
+    with pytest.raises(UserError, match="class folder .*blue links to images of the class folder red too"):
+        predict.main([str(shallow_run), str(folder)])
+
+
+def test_a_cache_inside_a_folder_being_predicted_is_refused(shallow_run, data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "photos"
+    shutil.copytree(data / "test" / "red", folder)
+    monkeypatch.setattr("common.data.CACHE_DIR", folder / "cache")
+    with pytest.raises(UserError, match=f"the cache folder {folder / 'cache'} is inside {folder}"):
+        predict.main([str(shallow_run), str(folder)])
+    assert not (folder / "cache").exists()

@@ -357,3 +357,11 @@ def test_sigterm_stops_every_concurrent_run_after_a_checkpoint(images, tmp_path)
     assert parent.returncode == 130 and "interrupted" in err
     for run in runs:
         assert "stopped after epoch" in (run / "log.txt").read_text() and (run / "last.pt").exists()
+
+
+def test_a_cache_inside_the_source_is_refused_before_anything_is_written(images, tmp_path, refused, monkeypatch):
+    monkeypatch.setattr("common.data.CACHE_DIR", images / "cache")  # its folders would become classes
+    code, err = refused("--data", images, "--out", tmp_path / "new", *QUICK)
+    assert code == 2 and err == [f"error: the cache folder {images / 'cache'} is inside {images}, which this run "
+                                 "reads: set REPRO_CACHE_DIR to a folder outside the data"]
+    assert not (tmp_path / "new").exists() and not (images / "cache").exists()
