@@ -3,17 +3,21 @@
 RUN_DIR is any task's output folder (results/task2_shallow, results/task1_efficientnet/seed0, ...).
 The model is rebuilt from its config.json and best.pt (--checkpoint last: the final weights, those
 metrics.json reports). PATH is an image or a folder, searched recursively. A folder with one
-sub-folder per class of the run is also scored: logloss, top-1, top-3 and a confusion matrix.
+sub-folder per class of the run is also scored: logloss, top-1, top-3 and a confusion matrix
+(a picture in --pictures DIR, else beside --out, else none).
 
 typical commands:
   python predict.py results/task2_shallow photo.jpg
   python predict.py results/task2_shallow data/demo_split/test --checkpoint last   # = metrics.json's test row
+  python predict.py results/task2_shallow data/demo_split/test --pictures pictures  # + its confusion matrix
   python predict.py results/task1_efficientnet ~/new_photos --top 1 --out predictions.csv
 """
 import argparse
 import csv
 import io
+import math
 import os
+import reprlib
 import types
 from pathlib import Path
 
@@ -22,11 +26,11 @@ import torch
 from common import results
 from common.backbones import BACKBONES, extract_features, load_backbone
 from common.cli import UserError, run_main
-from common.data import (IMAGE_EXTENSIONS, Split, check_cache_outside, class_folders, decode_images, decoded_cache,
-                         has_image_extension, list_images, sub_folders, warn)
-from common.models import ShallowConvNet, ShallowNetVLAD
-from common.netvlad import check_clusters
-from common.run_folder import MAX_BATCH, is_inside, read_config
+from common.data import (CROP, IMAGE_EXTENSIONS, Split, check_cache_outside, class_folders, decode_images,
+                         decoded_cache, has_image_extension, list_images, sub_folders, warn)
+from common.models import DESCRIPTOR_DIM, ShallowConvNet, ShallowNetVLAD, descriptor_count
+from common.netvlad import check_fits
+from common.run_folder import MAX_BATCH, SEEDS, check_folder_writable, is_inside, make_folder, read_config
 from common.runtime import PRECISIONS, pick_compile, pick_device, pick_precision
 from common.train import evaluate, seed_everything
 from common.transfer import FineTuned, linear_head
@@ -41,6 +45,9 @@ def parse_args(argv):
     parser.add_argument("--top", type=int, default=3, metavar="K", help="classes shown per image (default: 3, "
                                                                         "capped at the number of classes)")
     parser.add_argument("--out", help="also write path, rank, class, probability rows to this new CSV file")
+    parser.add_argument("--pictures", type=Path, metavar="DIR",
+                        help="write each labelled folder's confusion matrix here, as FOLDER-confusion.png "
+                             "(default: beside --out, as OUT-FOLDER-confusion.png; without --out, none)")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing --out file and confusion-matrix pictures (default: refuse)")
     parser.add_argument("--weights", type=Path, help="task 1: the backbone's weight file, if it moved since training")
@@ -52,12 +59,23 @@ def parse_args(argv):
         raise UserError(f"--top {args.top}: need at least 1")
     if args.batch_size is not None and not 1 <= args.batch_size <= MAX_BATCH:
         raise UserError(f"--batch-size {args.batch_size} is out of range: give 1 to {MAX_BATCH}")
+    check_outputs(args)
+    return args
+
+
+def check_outputs(args):
+    """--out and --pictures can be written, checked before any work: a refusal after predicting
+    every image would lose the work."""
     if args.out is not None:
         if args.out.endswith(("/", os.sep)) or Path(args.out).is_dir():
             raise UserError(f"--out {args.out} is a folder; give a .csv file name")
         args.out = Path(args.out)
         check_new_file(args.out, "--out", args.force)
-    return args
+        if not args.out.parent.exists():
+            raise UserError(f"--out {args.out}: there is no folder {args.out.parent}")
+        check_folder_writable(args.out.parent, "--out's folder")
+    if args.pictures is not None:
+        check_folder_writable(args.pictures, "--pictures")  # created when the first picture is written
 
 
 def check_new_file(path, label, force):
@@ -70,27 +88,80 @@ def check_new_file(path, label, force):
 
 # --- the model ------------------------------------------------------------------------------
 
-def run_config(run_dir):
-    """The run's config.json with the fields predicting reads checked: a hand-edited or foreign
-    one is one error, not a KeyError deep inside."""
-    unreadable = f"{run_dir / 'config.json'} is unreadable or was not written by this project"
+MISSING = object()  # a field config.json lacks
+
+
+def is_int_in(low, high):
+    return lambda value: isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def is_bool(value):
+    return isinstance(value, bool)
+
+
+def is_class_list(value):
+    return (isinstance(value, list) and len(value) >= 2 and all(isinstance(c, str) and c for c in value)
+            and len(set(value)) == len(value))
+
+
+TASKS = ("task2_shallow", "task3_netvlad", *(f"task1_{name}" for name in BACKBONES))
+# What predicting reads from config.json -> (check, what it must be): the command line's limits
+# (--clusters as check_clusters), so that a hand-edited file is one line, not a traceback deep inside
+CONFIG_FIELDS = {
+    "task": (lambda v: isinstance(v, str) and v in TASKS, "one of " + ", ".join(TASKS)),
+    "classes": (is_class_list, "a list of 2 or more distinct class names"),
+    "precision": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
+    "compiled": (is_bool, "true or false"),
+    "arguments.batch_size": (is_int_in(1, MAX_BATCH), f"an integer from 1 to {MAX_BATCH}"),
+}
+TASK_FIELDS = {
+    "task3_netvlad": {"arguments.clusters": (is_int_in(1, math.inf), "a positive integer"),
+                      "arguments.init": (lambda v: v in ("kmeans", "random"), "kmeans or random")},
+    **{f"task1_{name}": {"backbone": (lambda v, name=name: v == name, f"{name!r}, the backbone of its task"),
+                         "pretrained": (is_bool, "true or false"), "finetuned": (is_bool, "true or false"),
+                         "weights": (lambda v: v is None or isinstance(v, str), "a file path or null"),
+                         "weights_sha1": (lambda v: isinstance(v, str), "a sha1 in hex"),
+                         "arguments.seed": (is_int_in(0, SEEDS - 1), f"an integer from 0 to {SEEDS - 1}")}
+       for name in BACKBONES},
+}
+
+
+def config_field(config, name):
+    """config["a"]["b"] for the name "a.b"; MISSING where there is no such field."""
+    for key in name.split("."):
+        config = config.get(key, MISSING) if isinstance(config, dict) else MISSING
+    return config
+
+
+def check_fields(config, fields, file):
+    for name, (fits, expected) in fields.items():
+        value = config_field(config, name)
+        if not fits(value):
+            shown = "missing" if value is MISSING else reprlib.repr(value)  # reprlib: a huge value stays short
+            raise UserError(f"{file} was not written by this project (or was edited): {name} is {shown}, "
+                            f"expected {expected}")
+
+
+def run_config(run_dir, batch_size=None):
+    """The run's config.json with every field predicting reads checked (a hand-edited or foreign
+    one is one error, not a KeyError deep inside), and a task 3 model checked to fit in memory
+    for batches of `batch_size` (default: the run's)."""
+    file = run_dir / "config.json"
     try:
         config = read_config(run_dir)
     except UserError:
-        raise UserError(unreadable) from None
+        raise UserError(f"{file} is unreadable or was not written by this project") from None
     if config is None:
         raise UserError(f"{run_dir} holds no config.json: not a run folder of this project")
-    task, classes, arguments = config.get("task"), config.get("classes"), config["arguments"]
-    fits = (isinstance(task, str) and isinstance(classes, list) and len(classes) >= 2
-            and all(isinstance(c, str) for c in classes) and config.get("precision") in ("fp32", "bf16")
-            and isinstance(arguments.get("batch_size"), int) and 1 <= arguments["batch_size"] <= MAX_BATCH)
-    if not fits:
-        raise UserError(unreadable)
-    if task == "task3_netvlad":
-        check_clusters(arguments.get("clusters"))
-    if task.startswith("task1_") and not (isinstance(config.get("pretrained"), bool)
-                                          and isinstance(arguments.get("seed"), int)):
-        raise UserError(unreadable)
+    check_fields(config, CONFIG_FIELDS, file)
+    check_fields(config, TASK_FIELDS.get(config["task"], {}), file)
+    if config["task"] == "task3_netvlad":  # a K too large would try to allocate it (2**40: 64 TB)
+        arguments = config["arguments"]
+        try:
+            check_fits(batch_size or arguments["batch_size"], arguments["clusters"], DESCRIPTOR_DIM,
+                       descriptor_count(CROP))
+        except UserError as e:
+            raise UserError(f"{file}: {e}") from None
     return config
 
 
@@ -113,21 +184,23 @@ def task1_backbone(config, weights_file):
     """The frozen backbone the run used, checked against its recorded fingerprint."""
     name, arguments = config["backbone"], config["arguments"]
     if config["pretrained"]:
-        recorded = Path(config["weights"]) if config.get("weights") else None
+        recorded, label = Path(config["weights"]) if config["weights"] else None, None
         if weights_file is None and recorded is not None and recorded.is_file():
-            weights_file = recorded  # else: the usual places (hub cache, package), checked below
-        backbone = load_backbone(name, weights_file)
+            # else: the usual places (hub cache, package), checked below
+            weights_file, label = recorded, f"the weights file config.json names ({recorded})"
+        backbone = load_backbone(name, weights_file, weights_label=label)
     else:
         seed_everything(arguments["seed"])  # the random init the run drew, in the same order
         backbone = load_backbone(name, pretrained=False)
-    if backbone.weights_fingerprint() != config.get("weights_sha1"):
+    if backbone.weights_fingerprint() != config["weights_sha1"]:
         raise UserError(f"the backbone weights {backbone.weights_source} are not the ones the run used "
-                        f"({config.get('weights')}); pass that file with --weights FILE")
+                        f"({config['weights']}); pass that file with --weights FILE")
     return backbone
 
 
 def build_model(config, weights_file):
-    """(backbone or None, model) for the run's task, with the run's classes and options."""
+    """(backbone or None, model) for the run's task (one of TASKS: see run_config), with the run's
+    classes and options."""
     task, classes, arguments = config["task"], config["classes"], config["arguments"]
     if weights_file is not None and not task.startswith("task1_"):
         warn(f"--weights {weights_file} is not used: a {task} run's checkpoint holds its whole model")
@@ -137,14 +210,12 @@ def build_model(config, weights_file):
         model = ShallowNetVLAD(len(classes), arguments["clusters"])
         model.netvlad.normalize_input = arguments.get("init") != "random"  # the report's init does not normalise
         return None, model
-    if task.startswith("task1_") and config.get("backbone") in BACKBONES:
-        head = linear_head(BACKBONES[config["backbone"]].feature_dim, len(classes))
-        if config.get("finetuned"):  # its checkpoint holds the whole trained network: no weight file needed
-            if weights_file is not None:
-                warn(f"--weights {weights_file} is not used: the fine-tuned run's checkpoint holds its backbone")
-            return None, FineTuned(load_backbone(config["backbone"], pretrained=False), head, backbone_lr_factor=1)
-        return task1_backbone(config, weights_file), head
-    raise UserError(f"{config['task']!r} in config.json is not a task of this project")
+    head = linear_head(BACKBONES[config["backbone"]].feature_dim, len(classes))
+    if config["finetuned"]:  # its checkpoint holds the whole trained network: no weight file needed
+        if weights_file is not None:
+            warn(f"--weights {weights_file} is not used: the fine-tuned run's checkpoint holds its backbone")
+        return None, FineTuned(load_backbone(config["backbone"], pretrained=False), head, backbone_lr_factor=1)
+    return task1_backbone(config, weights_file), head
 
 
 # --- the images -----------------------------------------------------------------------------
@@ -219,32 +290,48 @@ def write_csv(path, rows):
     print(f"wrote {path}")
 
 
-def confusion_pictures(sets, paths, force):
-    """Labelled folder -> where its confusion matrix goes: FOLDER-confusion.png in the current
-    folder (FOLDER-2-... for a second folder of that name), checked before any work is done."""
+def picture_place(args):
+    """(folder, name prefix) for confusion-matrix pictures: --pictures DIR, else --out's folder with
+    --out's name in front; (None, "") when neither is given (none are written)."""
+    if args.pictures is not None:
+        return args.pictures, ""
+    if args.out is not None:
+        return args.out.parent, f"{args.out.stem}-"
+    return None, ""
+
+
+def confusion_pictures(sets, args):
+    """Labelled folder -> where its confusion matrix goes: PREFIX-FOLDER-confusion.png in the
+    picture folder (FOLDER-2-... for a second folder of that name), checked before any work is done."""
     labelled = [folder for folder, _ in sets if folder is not None]
-    here = Path.cwd()
-    for path in paths:
-        if labelled and path.is_dir() and is_inside(here, path):
-            raise UserError(f"the current folder is inside {path}: a confusion-matrix picture written here would "
-                            "be read as an image; run predict.py from another folder")
-    pictures = {}
+    place, prefix = picture_place(args)
+    if not labelled or place is None:
+        return {}
+    for path in args.paths:
+        if path.is_dir() and is_inside(place, path):
+            raise UserError(f"confusion-matrix pictures in {place} would lie inside {path}, to be read as images "
+                            "the next time; give --pictures another folder")
+    pictures, taken = {}, {args.out}  # a picture never takes --out's name
     for folder in labelled:
         base, n = folder.resolve().name or "images", 1
-        picture = here / f"{base}-confusion.png"
-        while picture in pictures.values():  # a second folder of that name
+        picture = place / f"{prefix}{base}-confusion.png"
+        while picture in taken:  # a second folder of that name
             n += 1
-            picture = here / f"{base}-{n}-confusion.png"
-        check_new_file(picture, "the confusion-matrix picture", force)
+            picture = place / f"{prefix}{base}-{n}-confusion.png"
+        check_new_file(picture, "the confusion-matrix picture", args.force)
         pictures[folder] = picture
+        taken.add(picture)
     return pictures
 
 
 def score(metrics, labels, log_probs, classes, folder, title, picture):
-    """The report's table row for a labelled folder, and its confusion matrix in `picture`."""
+    """The report's table row for a labelled folder, and its confusion matrix in `picture` (if any)."""
     print(f"\n{title} on {folder}: logloss {metrics['loss']:.4f}, top-1 {metrics['top1']:.2f} %, "
           f"top-3 {metrics['top3']:.2f} % ({len(labels)} images)")
+    if picture is None:
+        return
     counts = results.confusion_matrix(labels, log_probs.argmax(dim=1), len(classes))
+    make_folder(picture.parent, "--pictures")
     results.plot_confusion(picture, counts, classes, f"{title}: confusion matrix on {folder.resolve().name}")
     print(f"wrote {picture}")
 
@@ -252,10 +339,10 @@ def score(metrics, labels, log_probs, classes, folder, title, picture):
 def main(argv=None):
     args = parse_args(argv)
     check_cache_outside(*args.paths)
-    config = run_config(args.run_dir)
+    config = run_config(args.run_dir, args.batch_size)
     classes, weights = config["classes"], load_weights(args.run_dir, args.checkpoint)
     sets = gather(args.paths, classes)
-    pictures = confusion_pictures(sets, args.paths, args.force)
+    pictures = confusion_pictures(sets, args)
     backbone, model = build_model(config, args.weights)
     try:
         model.load_state_dict(weights)
@@ -265,7 +352,7 @@ def main(argv=None):
     device = pick_device(args.device)
     run = types.SimpleNamespace(
         device=device, precision=pick_precision(args.precision or config["precision"], device),
-        compiled=bool(config.get("compiled")) and pick_compile("auto", device),
+        compiled=config["compiled"] and pick_compile("auto", device),
         args=types.SimpleNamespace(batch_size=args.batch_size or config["arguments"]["batch_size"]))
     model.to(device, memory_format=torch.channels_last)
     forward = torch.compile(model) if run.compiled else model  # compiled kernels round as in training
@@ -281,9 +368,11 @@ def main(argv=None):
         rows += print_predictions(items, log_probs, classes, min(args.top, len(classes)))
         if folder is not None:
             scores[folder] = metrics
-            score(metrics, labels, log_probs, classes, folder, title, pictures[folder])
+            score(metrics, labels, log_probs, classes, folder, title, pictures.get(folder))
     if not rows:
         raise UserError("none of the images can be read (see the warnings above)")
+    if scores and not pictures:
+        print("\nno confusion-matrix picture written: --pictures DIR (or --out FILE) writes one per labelled folder")
     if args.out:
         write_csv(args.out, rows)
     return scores  # labelled folder -> logloss, top-1, top-3

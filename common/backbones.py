@@ -166,10 +166,11 @@ def download_state_dict(name, spec):
         socket.setdefaulttimeout(old_timeout)
 
 
-def resolve_weights(name, spec, weights_file):
-    """-> (state dict, where it came from): --weights file, package file, hub cache, else download."""
+def resolve_weights(name, spec, weights_file, label):
+    """-> (state dict, where it came from): weights_file (named `label` in messages), package file,
+    hub cache, else download."""
     if weights_file is not None:
-        return read_state_dict(weights_file, f"--weights {weights_file}"), str(weights_file)
+        return read_state_dict(weights_file, label), str(weights_file)
     if spec.package_file is not None:
         path = spec.package_file()
         return read_state_dict(path, str(path)), str(path)
@@ -215,20 +216,21 @@ def load_weights(model, name, spec, state_dict, label):
     model.load_state_dict(state_dict)
 
 
-def load_backbone(name, weights_file=None, pretrained=True, keep_classifier=False):
+def load_backbone(name, weights_file=None, pretrained=True, keep_classifier=False, weights_label=None):
     """Frozen feature extractor (images -> B x feature_dim), or with keep_classifier the 1000-class ImageNet model.
 
     pretrained=False: random init from the caller's seed, no weight file touched.
+    weights_label: how messages name weights_file (default "--weights FILE", the option that gives it).
     """
     if name not in BACKBONES:
         raise UserError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
     spec = BACKBONES[name]
+    label = weights_label or f"--weights {weights_file}"
     # weights first: a missing file fails before the slow model build
-    state_dict, source = resolve_weights(name, spec, weights_file) if pretrained else (None, "random init")
+    state_dict, source = resolve_weights(name, spec, weights_file, label) if pretrained else (None, "random init")
     model = spec.build()
     if state_dict is not None:
-        label = f"--weights {weights_file}" if weights_file is not None else source
-        load_weights(model, name, spec, state_dict, label)
+        load_weights(model, name, spec, state_dict, label if weights_file is not None else source)
     if not keep_classifier:
         model = spec.drop_head(model)
     return FrozenBackbone(name, model, source, spec.input_mean, spec.input_std)

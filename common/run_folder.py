@@ -273,7 +273,7 @@ def read_config(out):
         config = json.loads(file.read_text())
         if isinstance(config["arguments"]["epochs"], int) and isinstance(config["parameters"]["trainable"], int):
             return config
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested too deeply
         pass
     raise UserError(f"{out / 'config.json'} is unreadable or was not written by this project: "
                     "use --force to train that run again, or another folder")
@@ -287,7 +287,7 @@ def finished_metrics(out):
         metrics = json.loads((out / "metrics.json").read_text())
         if all(is_number(metrics[split][m]) for split, _ in ROWS for m, _ in COLUMNS):
             return metrics
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         pass
     return None
 

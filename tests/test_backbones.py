@@ -220,3 +220,13 @@ def test_weights_with_nan_or_other_number_types_are_refused(random_backbones, tm
     torch.save(state, tmp_path / "w.pth")
     with pytest.raises(UserError, match=re.escape(message)):
         load_backbone("resnet50", tmp_path / "w.pth")
+
+
+def test_a_weights_file_is_named_as_the_caller_says(offline, tmp_path):
+    path = tmp_path / "weights.pth"
+    path.write_text("not weights\n")
+    with pytest.raises(UserError, match=r"^the file config.json names \(.*weights.pth\) is not a PyTorch weight file"):
+        load_backbone("resnet50", weights_file=path, weights_label=f"the file config.json names ({path})")
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    with pytest.raises(UserError, match=r"^the file config.json names \(.*\) does not fit resnet50: "):
+        load_backbone("resnet50", weights_file=path, weights_label=f"the file config.json names ({path})")

@@ -39,7 +39,8 @@ def test_a_labelled_test_folder_repeats_the_runs_own_test_row_exactly(task, argv
                                                                       monkeypatch):
     monkeypatch.chdir(tmp_path)
     metrics = train(task.main, data, tmp_path / "run", *argv)
-    scores = predict.main([str(tmp_path / "run"), str(data / "test"), "--checkpoint", "last"])
+    scores = predict.main([str(tmp_path / "run"), str(data / "test"), "--checkpoint", "last",
+                           "--pictures", str(tmp_path)])
     assert scores == {data / "test": metrics["test"]}
     out = capsys.readouterr().out
     assert f"top-1 {metrics['test']['top1']:.2f} %" in out
@@ -80,7 +81,7 @@ def test_corrupt_files_are_skipped_and_unknown_classes_named(shallow_run, data, 
     shutil.copytree(data / "test", folder)
     (folder / "red" / "broken.png").write_bytes(b"not an image")
     make_image(folder / "purple" / "0.png", (120, 0, 120), 1)
-    scores = predict.main([str(shallow_run), str(folder)])
+    scores = predict.main([str(shallow_run), str(folder), "--pictures", str(tmp_path)])
     captured = capsys.readouterr()
     assert "broken.png: cannot be read as an image" in captured.err
     assert "classes the model does not know, skipped: purple" in captured.err
@@ -116,16 +117,30 @@ def test_a_checkpoint_of_another_model_or_with_code_is_refused(shallow_run, data
     assert not (tmp_path / "pwned").exists()
 
 
-def test_task1_refuses_other_backbone_weights_and_names_the_option(data, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    train(task1_efficientnet.main, data, tmp_path / "run")
-    package = json.loads((tmp_path / "run" / "config.json").read_text())["weights"]
+@pytest.fixture(scope="module")
+def efficientnet_run(data, tmp_path_factory):
+    """A frozen task 1 run on the packaged ImageNet weights (config.json names their file)."""
+    out = tmp_path_factory.mktemp("efficientnet") / "run"
+    train(task1_efficientnet.main, data, out)
+    return out
+
+
+def test_task1_refuses_other_backbone_weights_and_names_the_option(efficientnet_run, data, tmp_path):
+    package = json.loads((efficientnet_run / "config.json").read_text())["weights"]
     state = torch.load(package, weights_only=True)
     first = next(iter(state))
     state[first] = state[first] * 1.01
     torch.save(state, tmp_path / "other.pth")
     with pytest.raises(UserError, match="not the ones the run used.*--weights FILE"):
-        predict.main([str(tmp_path / "run"), str(data / "test"), "--weights", str(tmp_path / "other.pth")])
+        predict.main([str(efficientnet_run), str(data / "test"), "--weights", str(tmp_path / "other.pth")])
+
+
+def test_a_bad_weights_file_that_config_json_names_is_not_called_an_option(efficientnet_run, data, tmp_path):
+    run = copy_with_config(efficientnet_run, tmp_path, lambda c: c.update(weights=str(tmp_path / "bad.pth")))
+    (tmp_path / "bad.pth").write_text("not weights\n")
+    with pytest.raises(UserError, match=r"^the weights file config.json names \(.*bad.pth\) is not a PyTorch") as error:
+        predict.main([str(run), str(data / "test" / "red")])
+    assert "--weights" not in str(error.value)
 
 
 def test_bad_input_from_the_command_line_is_one_line_and_exit_2(shallow_run, tmp_path):
@@ -144,9 +159,9 @@ def test_an_existing_out_file_or_picture_is_replaced_only_with_force(shallow_run
     picture = tmp_path / "test-confusion.png"
     picture.write_text("precious too")
     with pytest.raises(UserError, match="test-confusion.png exists; --force replaces it"):
-        predict.main([str(shallow_run), str(data / "test")])
+        predict.main([str(shallow_run), str(data / "test"), "--pictures", str(tmp_path)])
     assert mine.read_text() == "precious" and picture.read_text() == "precious too"
-    predict.main([str(shallow_run), str(data / "test"), "--out", str(mine), "--force"])
+    predict.main([str(shallow_run), str(data / "test"), "--out", str(mine), "--pictures", str(tmp_path), "--force"])
     assert mine.read_text().startswith("path,rank,class,probability") and picture.read_bytes()[:4] == b"\x89PNG"
     (tmp_path / "link.csv").symlink_to(mine)
     for out, message in ((tmp_path / "link.csv", "not a regular file"), (f"{tmp_path}/new/", "is a folder")):
@@ -159,16 +174,19 @@ def test_no_picture_is_written_into_a_folder_being_predicted(shallow_run, data, 
     folder = tmp_path / "labelled"
     shutil.copytree(data / "test", folder)
     monkeypatch.chdir(folder / "red")  # the picture would become a training image of class red
-    with pytest.raises(UserError, match="the current folder is inside .*labelled"):
-        predict.main([str(shallow_run), str(folder)])
-    assert not list(folder.rglob("*confusion*"))
+    for where in (["--pictures", "."], ["--out", "p.csv"], ["--pictures", str(folder / "new")]):
+        with pytest.raises(UserError, match="would lie inside .*labelled"):
+            predict.main([str(shallow_run), str(folder), *where])
+    assert not list(folder.rglob("*confusion*")) and not (folder / "red" / "p.csv").exists()
+    assert not (folder / "new").exists()
 
 
 def test_two_labelled_folders_of_one_name_get_a_picture_each(shallow_run, data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for parent in ("a", "b"):
         shutil.copytree(data / "test", tmp_path / parent / "test")
-    scores = predict.main([str(shallow_run), str(tmp_path / "a" / "test"), str(tmp_path / "b" / "test")])
+    scores = predict.main([str(shallow_run), str(tmp_path / "a" / "test"), str(tmp_path / "b" / "test"),
+                           "--pictures", str(tmp_path)])
     assert len(scores) == 2
     assert (tmp_path / "test-confusion.png").exists() and (tmp_path / "test-2-confusion.png").exists()
 
@@ -185,19 +203,114 @@ def test_images_beside_the_class_folders_are_predicted_not_scored(shallow_run, d
     assert "(9 images)" in captured.out and set(scores) == {folder}  # scored: the 9 in class folders
 
 
-@pytest.mark.parametrize("doctor", [
-    lambda c: c.pop("classes"), lambda c: c.pop("precision"), lambda c: c.update(task=None),
-    lambda c: c.update(precision="fp16"), lambda c: c["arguments"].update(batch_size=0),
-    lambda c: c["arguments"].update(batch_size="50"), lambda c: c.update(classes=["only"]),
+def copy_with_config(run, tmp_path, doctor):
+    """A copy of `run` whose config.json `doctor` edited."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    doctor(config)
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+def edited_config(field):
+    return rf"config.json was not written by this project \(or was edited\): {field} is "
+
+
+@pytest.mark.parametrize("doctor, field", [
+    (lambda c: c.pop("classes"), "classes"), (lambda c: c.pop("precision"), "precision"),
+    (lambda c: c.update(task=None), "task"), (lambda c: c.update(task="task1_mobilenet"), "task"),
+    (lambda c: c.update(precision="fp16"), "precision"),
+    (lambda c: c["arguments"].update(batch_size=0), "arguments.batch_size"),
+    (lambda c: c["arguments"].update(batch_size="50"), "arguments.batch_size"),
+    (lambda c: c.update(classes=["only"]), "classes"), (lambda c: c.update(classes=["red", "red", "blue"]), "classes"),
+    (lambda c: c.update(classes=[1, 2, 3]), "classes"), (lambda c: c.update(compiled="no"), "compiled"),
 ])
-def test_a_hand_edited_config_is_one_error(shallow_run, data, tmp_path, doctor):
+def test_a_hand_edited_config_is_one_error(shallow_run, data, tmp_path, doctor, field):
+    run = copy_with_config(shallow_run, tmp_path, doctor)
+    with pytest.raises(UserError, match=edited_config(field)):
+        predict.main([str(run), str(data / "test" / "red")])
+
+
+@pytest.fixture(scope="module")
+def netvlad_run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("netvlad") / "run"
+    train(task3_netvlad.main, data, out, "--compile", "off", "--clusters", "2")
+    return out
+
+
+@pytest.mark.parametrize("doctor, argv, message", [
+    (lambda c: c["arguments"].update(clusters=2 ** 40), [], "NetVLAD with K=1099511627776 needs about .* batch of 4"),
+    (lambda c: c["arguments"].update(clusters=2 ** 40), ["--batch-size", "1"], "K=1099511627776 .* batch of 1 "),
+    (lambda c: c["arguments"].update(clusters="4"), [], edited_config("arguments.clusters")),
+    (lambda c: c["arguments"].update(clusters=True), [], edited_config("arguments.clusters")),
+    (lambda c: c["arguments"].update(init="other"), [], edited_config("arguments.init")),
+])
+def test_a_netvlad_config_is_checked_like_its_command_line(netvlad_run, data, tmp_path, doctor, argv, message):
+    run = copy_with_config(netvlad_run, tmp_path, doctor)  # K = 2**40 tried to allocate 64 TB
+    with pytest.raises(UserError, match=message):
+        predict.main([str(run), str(data / "test" / "red"), *argv])
+
+
+@pytest.mark.parametrize("doctor, field", [
+    (lambda c: c.update(backbone=["efficientnet_lite0"]), "backbone"), (lambda c: c.update(backbone="vgg"), "backbone"),
+    (lambda c: c.update(backbone="resnet50"), "backbone"),
+    (lambda c: c.update(weights=3), "weights"), (lambda c: c.update(weights=["a.pth"]), "weights"),
+    (lambda c: c.update(pretrained="yes"), "pretrained"), (lambda c: c.update(finetuned=1), "finetuned"),
+    (lambda c: c.pop("weights_sha1"), "weights_sha1"),
+    (lambda c: c["arguments"].update(seed=-1), "arguments.seed"),
+    (lambda c: c["arguments"].update(seed=2 ** 32), "arguments.seed"),
+])
+def test_a_task1_config_names_the_edited_field_not_the_task(efficientnet_run, data, tmp_path, doctor, field):
+    run = copy_with_config(efficientnet_run, tmp_path, doctor)
+    with pytest.raises(UserError, match=edited_config(field)) as error:
+        predict.main([str(run), str(data / "test" / "red")])
+    assert "not a task" not in str(error.value)
+
+
+def test_a_config_nested_too_deeply_is_one_error(shallow_run, data, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(shallow_run, run)
-    config = json.loads((run / "config.json").read_text())
-    doctor(config)
-    (run / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UserError, match="config.json is unreadable or was not written by this project$"):
-        predict.main([str(run), str(data / "test" / "red")])
+    (run / "config.json").write_text("[" * 100_000 + "]" * 100_000)  # RecursionError in json
+    done = subprocess.run([sys.executable, "predict.py", str(run), str(data / "test" / "red")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "config.json is unreadable" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_unwritable_outputs_are_refused_before_any_prediction(shallow_run, data, tmp_path, capsys, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access  # as root every folder is writable: make one not, as for a user
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and access(path, mode))
+    for where, message in ((["--out", str(tmp_path / "missing" / "p.csv")], "there is no folder .*missing"),
+                           (["--out", str(tmp_path / "a_file" / "p.csv")], "a_file is a file, not a folder"),
+                           (["--out", str(locked / "p.csv")], "cannot write to --out's folder .*locked"),
+                           (["--pictures", str(tmp_path / "a_file")], "--pictures .*a_file is a file"),
+                           (["--pictures", str(locked / "new")], "cannot write to --pictures .*locked")):
+        with pytest.raises(UserError, match=message):
+            predict.main([str(shallow_run), str(data / "test"), *where])
+        assert capsys.readouterr().out == ""  # refused before the first prediction
+    assert not (tmp_path / "missing").exists() and not any(locked.iterdir())
+
+
+def test_the_picture_goes_beside_out_or_into_pictures_never_into_the_current_folder(shallow_run, data, tmp_path,
+                                                                                    capsys, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)  # e.g. the repository's root
+    predict.main([str(shallow_run), str(data / "test")])
+    hint = [line for line in capsys.readouterr().out.splitlines() if "picture" in line]
+    assert hint == ["no confusion-matrix picture written: --pictures DIR (or --out FILE) writes one per "
+                    "labelled folder"]
+    (tmp_path / "out").mkdir()
+    predict.main([str(shallow_run), str(data / "test"), "--out", str(tmp_path / "out" / "p.csv")])
+    predict.main([str(shallow_run), str(data / "test"), "--out", str(tmp_path / "p.csv"),
+                  "--pictures", str(tmp_path / "new" / "pictures")])
+    assert not any(here.iterdir())
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p-test-confusion.png", "p.csv"]
+    assert [p.name for p in (tmp_path / "new" / "pictures").iterdir()] == ["test-confusion.png"]
+    assert "wrote " + str(tmp_path / "new" / "pictures" / "test-confusion.png") in capsys.readouterr().out
 
 
 def test_a_fifo_config_a_huge_batch_and_an_odd_file_name_are_handled(shallow_run, data, tmp_path):

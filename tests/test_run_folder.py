@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from common.cli import UserError
-from common.run_folder import add_training_args, finished_metrics, is_inside, lock, run_or_reuse
+from common.run_folder import add_training_args, finished_metrics, is_inside, lock, read_config, run_or_reuse
 from common.train import EPOCH_LISTENERS, start_run
 from conftest import CreatesFile, make_split
 from test_train import run, tiny_main
@@ -312,3 +312,16 @@ def test_a_fifo_in_place_of_metrics_json_counts_as_missing_not_a_wait(data, tmp_
     (out / "metrics.json").unlink()
     os.mkfifo(out / "metrics.json")
     assert finished_metrics(out) is None  # the run is then evaluated again, as with a damaged file
+
+
+def test_json_nested_too_deeply_is_one_error_or_missing(data, tmp_path):
+    out = tmp_path / "run"
+    run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=1)
+    deep = "[" * 100_000 + "]" * 100_000  # json.loads raises RecursionError
+    (out / "metrics.json").write_text(deep)
+    assert finished_metrics(out) is None
+    (out / "config.json").write_text(deep)
+    with pytest.raises(UserError, match="config.json is unreadable.*--force"):
+        read_config(out)
+    with pytest.raises(UserError, match="config.json is unreadable.*--force"):
+        run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=1)
