@@ -67,7 +67,11 @@ def test_an_error_on_rank_0_is_one_line_on_each_rank(data, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "metrics.json").write_text("{}")  # a run's results: refused without --force
+    # torchrun stops the other ranks as soon as it sees rank 0 exit (every 0.1 s by default): rank 1
+    # would be killed before it reaches the collective where it learns why. Checking every 5 s lets
+    # rank 1 say its line however slowly it starts on a loaded machine.
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "--monitor-interval", "5",
                str(REPO / "task2_shallow.py"), "--data", str(data), "--out", str(out), "--device", "cpu"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "REPRO_CACHE_DIR": str(tmp_path / "cache")})
