@@ -57,7 +57,7 @@ class Task:
     epochs: int        # the report's
     argv: tuple = ()
     compiles: bool = False  # takes --compile (tasks 2 and 3: long enough to repay compilation)
-    report: dict = None  # the 2020 report's table (FACTS.md): split -> (logloss, top-1, top-3)
+    report: dict = None  # the 2020 report's table: split -> (logloss, top-1, top-3)
 
 
 def report_table(train, validation, test):

@@ -73,7 +73,7 @@ def test_netvlad_model_output_and_parameter_count(k):
 
 
 def test_report_model_has_1291_parameters():
-    # FACTS' "about 1,291" is exact: 704 (convs) + 132 (NetVLAD, K=4) + 455 (Linear 64 -> 7)
+    # the report's "about 1,291" is exact: 704 (convs) + 132 (NetVLAD, K=4) + 455 (Linear 64 -> 7)
     assert parameter_count(ShallowNetVLAD(7, 4)) == 1291
 
 

@@ -127,8 +127,7 @@ def test_weights_with_no_pretrained_is_refused(data, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_finetune_trains_the_backbone_says_so_and_predict_rebuilds_it(data, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # predict writes its confusion matrix into the current folder
+def test_finetune_trains_the_backbone_says_so_and_predict_rebuilds_it(data, tmp_path):
     out = tmp_path / "ft"
     metrics = run_cached(data, out, "--finetune", "--epochs", "1")
     trained = torch.load(out / "last.pt", weights_only=True)["model"]
