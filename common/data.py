@@ -165,8 +165,9 @@ DIGEST_PREFIX = b"\nsha256:"
 DIGEST_TRAILER = len(DIGEST_PREFIX) + 64  # bytes after np.save's in a cache entry: the SHA-256 of those, in hex
 
 
-def sha256_of(f, size, chunk=1 << 20):
-    """The SHA-256 of the first `size` bytes of open file f, read a chunk at a time (features may be GBs)."""
+def digest_trailer(f, size, chunk=1 << 20):
+    """The trailer for the first `size` bytes of open file f: their SHA-256, read a chunk at a time
+    (a feature entry may be GBs)."""
     f.seek(0)
     digest = hashlib.sha256()
     while size > 0:
@@ -187,7 +188,7 @@ def digest_matches(file):
             return False
         f.seek(size)
         trailer = f.read(DIGEST_TRAILER)
-        if trailer == sha256_of(f, size):
+        if trailer == digest_trailer(f, size):
             return True
     if trailer.startswith(DIGEST_PREFIX):
         warn(f"{file}: a damaged cache entry (its bytes do not match their SHA-256); made again")
@@ -240,7 +241,7 @@ class ArrayCache:
             self.folder.mkdir(parents=True, exist_ok=True)
             with open(tmp, "w+b") as f:
                 np.save(f, array)
-                f.write(sha256_of(f, f.tell()))  # reads back what np.save wrote, from the page cache
+                f.write(digest_trailer(f, f.tell()))  # reads back what np.save wrote, from the page cache
             os.replace(tmp, file)  # atomic: a crash never leaves a half-written entry
             self.checked.add(file)
             return True
