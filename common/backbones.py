@@ -17,7 +17,7 @@ from tqdm import tqdm
 from common import distributed
 from common.augment import augment_batch, train_augmentation
 from common.cli import UserError
-from common.data import CROP, IMAGENET_MEAN, IMAGENET_STD, ArrayCache, MappedArray, model_input
+from common.data import CROP, IMAGENET_MEAN, IMAGENET_STD, ArrayCache, MappedArray, model_input, warn
 from common.runtime import autocast, pick_device, pick_precision
 
 DOWNLOAD_TIMEOUT_S = 30  # per socket operation; without it a firewall that drops packets hangs for minutes
@@ -278,6 +278,24 @@ def run_backbone(backbone, images, batch_size, precision, device, augment_seed=N
     return distributed.gather_rows(mine, torch.cat(indices) if indices else torch.empty(0, dtype=torch.long), len(images))
 
 
+def cached_features(disk, key, shape):
+    """The features stored under key, or None when missing or damaged. NaN or inf in them is damage
+    too (features of working weights are finite, see refuse_non_finite): computed again, not trained on."""
+    features = disk.get(key, shape, np.float32, mmap=True)
+    if features is None or all(np.isfinite(features[i:i + 4096]).all() for i in range(0, len(features), 4096)):
+        return features  # checked 4096 rows at a time: a large split's whole bool array would be GBs
+    warn(f"{disk.file(key)}: cached features hold NaN or infinite values; computed again")
+    return None
+
+
+def refuse_non_finite(features, backbone, precision):
+    """Fresh features with NaN or inf (broken weights, or overflow at a low precision) would only show
+    as a training loss of nan, blamed on the learning rate: refused here, naming their cause."""
+    if not torch.isfinite(features).all():
+        raise UserError(f"the {backbone.name} backbone ({backbone.weights_source}) gives NaN or infinite features "
+                        f"at precision {precision}: its weights are broken, or try --precision fp32")
+
+
 def extract_features(backbone, images, batch_size=64, precision="auto", device=None, cache_dir=None, augment_seed=None):
     """uint8 N x 3 x H x W images (or their augmented views, see run_backbone) -> float32 N x F features,
     cached in memory and (with cache_dir) on disk, where they stay (a MappedArray).
@@ -294,10 +312,11 @@ def extract_features(backbone, images, batch_size=64, precision="auto", device=N
         return _feature_cache[memo]
     disk = ArrayCache(cache_dir) if cache_dir is not None else None
     shape = (len(images), BACKBONES[backbone.name].feature_dim)
-    if distributed.all_ranks(disk and disk.get(key, shape, np.float32, mmap=True) is not None):
+    if distributed.all_ranks(disk and cached_features(disk, key, shape) is not None):
         features = MappedArray(disk.file(key), shape, np.float32)
     else:  # under torchrun computed by all ranks together, and stored by rank 0
         features = run_backbone(backbone, images, batch_size, precision, device, augment_seed)
+        refuse_non_finite(features, backbone, precision)
         if disk and distributed.is_main() and disk.put(key, features.numpy()):
             features = MappedArray(disk.file(key), shape, np.float32)  # on disk, read a batch at a time, as the images are
     _feature_cache[memo] = features

@@ -161,10 +161,46 @@ def warn(message):
     tqdm.write(f"warning: {message}", file=sys.stderr)  # tqdm.write keeps a running bar intact
 
 
+DIGEST_PREFIX = b"\nsha256:"
+DIGEST_TRAILER = len(DIGEST_PREFIX) + 64  # bytes after np.save's in a cache entry: the SHA-256 of those, in hex
+
+
+def digest_trailer(f, size, chunk=1 << 20):
+    """The trailer for the first `size` bytes of open file f: their SHA-256, read a chunk at a time
+    (a feature entry may be GBs)."""
+    f.seek(0)
+    digest = hashlib.sha256()
+    while size > 0:
+        data = f.read(min(chunk, size))
+        if not data:
+            break
+        digest.update(data)
+        size -= len(data)
+    return DIGEST_PREFIX + digest.hexdigest().encode()
+
+
+def digest_matches(file):
+    """Whether a cache entry ends with the SHA-256 of the rest of its bytes. A mismatch (a damaged
+    entry) is named in a warning; an entry without one (written before entries had it) is not."""
+    with open(file, "rb") as f:
+        size = f.seek(0, os.SEEK_END) - DIGEST_TRAILER
+        if size <= 0:
+            return False
+        f.seek(size)
+        trailer = f.read(DIGEST_TRAILER)
+        if trailer == digest_trailer(f, size):
+            return True
+    if trailer.startswith(DIGEST_PREFIX):
+        warn(f"{file}: a damaged cache entry (its bytes do not match their SHA-256); made again")
+    return False
+
+
 class ArrayCache:
-    """numpy arrays in FOLDER/<key>.npy. A corrupt or foreign entry counts as missing and is
-    replaced; a folder that cannot be written turns the cache off, with one warning per process."""
+    """numpy arrays in FOLDER/<key>.npy, each followed by the SHA-256 of its bytes (DIGEST_TRAILER).
+    A corrupt, foreign or damaged entry counts as missing and is replaced; a folder that cannot be
+    written turns the cache off, with one warning per process."""
     unwritable = set()  # folders found unwritable in this process
+    checked = set()  # entries whose digest matched in this process: later reads are not hashed again
     _lock = threading.Lock()
 
     def __init__(self, folder):
@@ -174,16 +210,23 @@ class ArrayCache:
         return self.folder / f"{key}.npy"
 
     def get(self, key, shape, dtype, mmap=False):
-        """The entry, or None if missing or not of this shape and dtype. mmap=True maps it instead of
-        reading it: only its header is read now, and its pages come in (and may go) as they are used."""
+        """The entry, or None if missing, damaged, or not of this shape and dtype. mmap=True maps it
+        instead of reading it: its pages come in (and may go) as they are used. Its digest is checked
+        the first time this process reads it, which reads it whole once."""
         file = self.file(key)
         if not file.is_file():  # missing, or a FIFO or device that reading would block on
             return None
         try:  # allow_pickle=False: a .npy holding pickled objects is refused, never executed
             array = np.load(file, allow_pickle=False, mmap_mode="r" if mmap else None)
+            if array.shape != tuple(shape) or array.dtype != dtype:
+                return None
+            if file not in self.checked:
+                if not digest_matches(file):
+                    return None
+                self.checked.add(file)
+            return array
         except (OSError, ValueError, EOFError):
             return None
-        return array if array.shape == tuple(shape) and array.dtype == dtype else None
 
     def put(self, key, array):
         """Store the entry; False if the cache cannot be written (the caller keeps the array itself)."""
@@ -196,9 +239,11 @@ class ArrayCache:
         tmp = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
+            with open(tmp, "w+b") as f:
                 np.save(f, array)
+                f.write(digest_trailer(f, f.tell()))  # reads back what np.save wrote, from the page cache
             os.replace(tmp, file)  # atomic: a crash never leaves a half-written entry
+            self.checked.add(file)
             return True
         except OSError as e:
             with contextlib.suppress(OSError):
@@ -251,17 +296,17 @@ def npy_header(shape, dtype):
 
 
 def read_image(file):
-    """One decoded image from its cache file, in one read when the file holds exactly what np.save
+    """One decoded image from its cache file, in one read when the file holds exactly what ArrayCache
     writes for it (about 3 times faster than np.load, which a batch does 50 times); anything else
     (another numpy's header, or a file changed during the run) goes through read_mapped's checks."""
     shape = (3, CROP, CROP)
     header = npy_header(shape, np.dtype(np.uint8))
-    size = len(header) + 3 * CROP * CROP
+    size = len(header) + 3 * CROP * CROP + DIGEST_TRAILER
     if os.path.isfile(file):  # not a FIFO, which open() would wait on
         with contextlib.suppress(OSError), open(file, "rb") as f:
             data = f.read(size + 1)
             if len(data) == size and data.startswith(header):
-                return np.frombuffer(data, np.uint8, offset=len(header)).reshape(shape)
+                return np.frombuffer(data, np.uint8, 3 * CROP * CROP, offset=len(header)).reshape(shape)
     return read_mapped(file, shape, np.uint8)
 
 

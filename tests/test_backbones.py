@@ -14,7 +14,7 @@ from torchvision import transforms
 from common import backbones
 from common.backbones import BACKBONES, WeightsUnavailable, extract_features, feature_cache_key, load_backbone
 from common.cli import UserError
-from common.data import MappedArray, normalize, open_rgb
+from common.data import ArrayCache, MappedArray, normalize, open_rgb
 from conftest import CreatesFile
 
 DEMO_IMAGES = Path(__file__).resolve().parent.parent / "demo_data" / "images"
@@ -230,3 +230,26 @@ def test_a_weights_file_is_named_as_the_caller_says(offline, tmp_path):
     torch.save(torchvision.models.resnet18().state_dict(), path)
     with pytest.raises(UserError, match=r"^the file config.json names \(.*\) does not fit resnet50: "):
         load_backbone("resnet50", weights_file=path, weights_label=f"the file config.json names ({path})")
+
+
+def test_a_cached_feature_entry_holding_nan_is_computed_again(random_backbones, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(backbones, "_feature_cache", {})
+    backbone, images = random_backbones["resnet50"], random_images(2, seed=5)
+    first = extract_features(backbone, images, precision="fp32", cache_dir=tmp_path)[:]
+    entry = next(tmp_path.iterdir())
+    ArrayCache(tmp_path).put(entry.stem, np.full((2, 2048), np.nan, np.float32))  # with a valid digest
+    monkeypatch.setattr(backbones, "_feature_cache", {})
+    assert torch.equal(extract_features(backbone, images, precision="fp32", cache_dir=tmp_path)[:], first)
+    assert f"{entry}: cached features hold NaN or infinite values; computed again" in capsys.readouterr().err
+    assert np.isfinite(np.load(entry)).all()  # replaced by the real features
+
+
+def test_non_finite_fresh_features_are_refused_in_one_line_and_never_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(backbones, "_feature_cache", {})
+    backbone = random_efficientnet_lite0(0)
+    with torch.no_grad():
+        next(backbone.parameters()).fill_(float("inf"))  # as broken weights would make them
+    with pytest.raises(UserError, match="efficientnet_lite0 backbone .random init. gives NaN or infinite features at "
+                                        "precision fp32: its weights are broken, or try --precision fp32"):
+        extract_features(backbone, random_images(2, seed=6), precision="fp32", cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())

@@ -13,7 +13,8 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from common.cli import UserError
-from common.data import ArrayCache, limit_aspect, load_splits, normalize, open_rgb, report_transform
+import common.data
+from common.data import ArrayCache, digest_matches, limit_aspect, load_splits, normalize, open_rgb, report_transform
 from conftest import CreatesFile, make_image, make_split
 
 
@@ -208,6 +209,55 @@ def test_corrupt_or_pickled_cache_entries_are_decoded_again_and_replaced(tmp_pat
         assert torch.equal(split.inputs[:], second.splits()[name].inputs[:])
     for file in (truncated, pickled, wrong_shape):  # healed: the next load reads them as they should be
         assert np.load(file, allow_pickle=False).shape == (3, 224, 224)
+
+
+def a_new_process(monkeypatch):
+    """What a later run sees: only the disk cache, no entry checked yet."""
+    monkeypatch.setattr(ArrayCache, "checked", set())
+
+
+def in_memory(data):
+    return {name: split.inputs[:] for name, split in data.splits().items()}  # read now: the files may change
+
+
+def test_an_entry_whose_pixels_changed_is_decoded_again_with_one_warning(tmp_path, monkeypatch, capsys):
+    root, cache_dir = make_split(tmp_path / "d"), tmp_path / "cache"
+    first = load_splits(root, cache_dir)
+    clean, entry = in_memory(first), first.train.inputs.sources[4]
+    data = bytearray(entry.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one pixel: same shape, same size, a valid .npy
+    entry.write_bytes(bytes(data))
+    a_new_process(monkeypatch)
+    again = in_memory(load_splits(root, cache_dir))
+    assert all(torch.equal(again[name], clean[name]) for name in clean)
+    assert capsys.readouterr().err.count(f"{entry}: a damaged cache entry") == 1
+    assert digest_matches(entry)  # replaced by the decoded image
+
+
+def test_a_digest_is_checked_once_per_process_and_batches_read_each_image_in_one_read(tmp_path, monkeypatch):
+    root, cache_dir = make_split(tmp_path / "d"), tmp_path / "cache"
+    load_splits(root, cache_dir)
+    a_new_process(monkeypatch)
+    checked = []
+    monkeypatch.setattr(common.data, "digest_matches", lambda file: checked.append(file) or digest_matches(file))
+    for _ in range(2):
+        data = load_splits(root, cache_dir)
+    monkeypatch.setattr(common.data, "read_mapped", lambda *args: pytest.fail("read_image fell back to np.load"))
+    for split in data.splits().values():
+        list(split.batches(4))
+    assert sorted(checked) == cache_files(cache_dir)  # each entry hashed once: the first time it was read
+
+
+def test_an_entry_written_before_entries_had_a_digest_is_rebuilt_quietly(tmp_path, monkeypatch, capsys):
+    root, cache_dir = make_split(tmp_path / "d"), tmp_path / "cache"
+    clean = in_memory(load_splits(root, cache_dir))
+    for file in cache_files(cache_dir):  # as older code wrote them: np.save's bytes alone
+        np.save(file, np.load(file))
+    a_new_process(monkeypatch)
+    again = in_memory(load_splits(root, cache_dir))
+    assert all(torch.equal(again[name], clean[name]) for name in clean)
+    assert all(digest_matches(file) for file in cache_files(cache_dir))
+    assert capsys.readouterr().err == ""
 
 
 def test_an_unwritable_cache_falls_back_to_memory_with_one_warning(tmp_path, capsys):
