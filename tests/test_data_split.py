@@ -206,7 +206,7 @@ def test_force_refuses_to_overwrite_unlisted_files(src, tmp_path):
     ds.main([str(src), str(dest)])
     (dest / "split.csv").unlink()  # the images are now the user's files
     before = snapshot(dest)
-    with pytest.raises(UserError, match="no previous manifest lists it"):
+    with pytest.raises(UserError, match="holds no split.csv: --force replaces only a split that data_split.py wrote"):
         ds.main([str(src), str(dest), "--force"])
     assert snapshot(dest) == before
 
