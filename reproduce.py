@@ -34,7 +34,6 @@ import torch
 from tqdm import tqdm
 
 from common import results
-from common.results import open_regular
 from common.backbones import WeightsUnavailable
 from common.cli import UserError, run_main
 from common.data import MANIFEST, SPLITS, UNFINISHED_MANIFEST, check_cache_outside
@@ -98,7 +97,7 @@ def atomic_files(*names):
 OWN_ENTRIES = {
     ".": "|".join(["splits", "cub_7classes", r"\.cub_7classes\.partial-\w+", *(t.name for t in TASKS),
                    atomic_files("REPORT.md")]),
-    "splits": r"[\w.-]+-[0-9a-f]{8}-seed\d+",  # make_splits' names (split_name)
+    "splits": r"(?s).*-[0-9a-f]{8}-seed\d+",  # make_splits' names: split_name's, or an earlier version's (any)
     **{t.name: rf"seed\d+|{atomic_files('loss.png', 'accuracy.png', 'metrics.md')}" for t in TASKS},
 }
 
@@ -298,7 +297,7 @@ def run_as_process(task, data, seed, args, devices, children, running):
         env = dict(os.environ)
         if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))  # the jobs share the cores
-        with open_regular(out / "log.txt", "a") as log:
+        with results.open_regular(out / "log.txt", "a") as log:
             child = subprocess.Popen([sys.executable, str(REPO / f"{task.name}.py"), *argv], stdout=log,
                                      stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
             children.add(child)
@@ -319,7 +318,7 @@ def run_as_process(task, data, seed, args, devices, children, running):
 
 
 def last_error(log):
-    with open_regular(log, errors="replace") as f:
+    with results.open_regular(log, errors="replace") as f:
         lines = [line for line in f.read().splitlines() if line.startswith("error: ")]
     return lines[-1][len("error: "):] if lines else "no error message"
 

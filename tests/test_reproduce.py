@@ -215,7 +215,8 @@ def test_an_out_holding_files_of_others_is_refused_before_anything_is_written(im
 
 def test_foreign_entry_knows_what_reproduce_writes(tmp_path):
     out = tmp_path / "r"
-    for folder in ("splits/images-0123abcd-seed0", "cub_7classes", ".cub_7classes.partial-x1y2", "task3_netvlad/seed0"):
+    for folder in ("splits/images-0123abcd-seed0", "splits/-0123abcd-seed1", "splits/my\nimages-0123abcd-seed2",
+                   "cub_7classes", ".cub_7classes.partial-x1y2", "task3_netvlad/seed0"):
         (out / folder).mkdir(parents=True)
     for name in (".REPORT.md.123.tmp", "task3_netvlad/loss.png", "task3_netvlad/.metrics.md.45.tmp", "task2_shallow"):
         (out / name).write_text("ours, or what a killed write of ours left")
