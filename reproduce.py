@@ -13,11 +13,9 @@ Slurm job array, say) to run; reproduce.py then reuses them and writes the repor
 """
 import argparse
 import contextlib
-import csv
 import dataclasses
 import hashlib
 import importlib
-import json
 import os
 import queue
 import re
@@ -25,6 +23,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -39,15 +38,21 @@ from common.backbones import WeightsUnavailable
 from common.cli import UserError, run_main
 from common.data import MANIFEST, SPLITS, UNFINISHED_MANIFEST, check_cache_outside
 from common.report import REPORT_TITLE, summarise, write_report
-from common.run_folder import check_folder_writable, is_inside, lock, make_folder, planned_argv, run_or_reuse
+from common.run_folder import (check_folder_writable, is_inside, lock, make_folder, planned_argv, read_json,
+                               run_or_reuse)
 from common.runtime import COMPILE_MODES, pick_device
 from common.train import EPOCH_LISTENERS
-from common.split import CUB_CLASSES, DEMO_IMAGES, check_ratios, cub_images, find_classes, split_dataset
+from common.split import (CUB_CLASSES, DEMO_IMAGES, check_ratios, cub_images, find_classes, manifest_rows,
+                          source_listing, split_dataset)
 
 REPO = Path(__file__).resolve().parent
 MAX_SEEDS = 1000
+MAX_JOBS = 1000  # runs at a time; more would only share the same cores
 DEFAULT_SEEDS = 3  # mean ± std by default: 8.0 minutes measured for the demo data on 2 CPU cores (README)
 PROGRESS_EVERY_S = 2  # how often the bar shows the epochs of runs under way in processes of their own
+STOPPED = {128 + s for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}  # a run's exit codes once it saved
+                                                                            # its checkpoint and stopped on one
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # a scheduler's kill, a closed terminal: both stop like Ctrl-C
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, to key dicts
@@ -92,7 +97,7 @@ def atomic_files(*names):
 OWN_ENTRIES = {
     ".": "|".join(["splits", "cub_7classes", r"\.cub_7classes\.partial-\w+", *(t.name for t in TASKS),
                    atomic_files("REPORT.md")]),
-    "splits": r".+-[0-9a-f]{8}-seed\d+",  # make_splits' names
+    "splits": r"(?s).*-[0-9a-f]{8}-seed\d+",  # make_splits' names: split_name's, or an earlier version's (any)
     **{t.name: rf"seed\d+|{atomic_files('loss.png', 'accuracy.png', 'metrics.md')}" for t in TASKS},
 }
 
@@ -143,8 +148,8 @@ def parse_args(argv):
     device = pick_device(args.device)  # every check before anything is created
     gpus = torch.cuda.device_count() if device.type == "cuda" and device.index is None else 1
     args.jobs = gpus if args.jobs is None else args.jobs
-    if args.jobs < 1:
-        raise UserError(f"--jobs {args.jobs}: need at least 1")
+    if not 1 <= args.jobs <= MAX_JOBS:
+        raise UserError(f"--jobs {args.jobs}: give 1 to {MAX_JOBS}")
     args.devices = [f"cuda:{i % gpus}" for i in range(args.jobs)] if gpus > 1 else [args.device] * args.jobs
     check_source(args)
     check_out(args)
@@ -217,25 +222,36 @@ def source_images(args):
     return DEMO_IMAGES, None, "the embedded demo set (Tux Paint stamps, 7 classes)"
 
 
+def split_name(src):
+    """A split folder's name from the source folder's real name (`--data .` names the folder it is),
+    made safe: letters, digits, `_`, `-` and inner dots only, and short enough for any file system."""
+    name = re.sub(r"[^\w.-]", "_", src.resolve().name).lstrip(".")[:50]
+    return name or "data"
+
+
 def make_splits(args):
-    """One split folder per seed (--resplit) or one shared by all; made once, then reused."""
+    """One split folder per seed (--resplit) or one shared by all; made once, then reused. Its name
+    holds a hash of what the split is made of, the source's file listing included: an image or class
+    added to (or changed in) the source makes a new split, never a silently reused old one."""
     src, classes, description = source_images(args)
     ratios = tuple(args.ratios or ((0.7, 0.1, 0.2) if args.cub else (0.7, 0.2, 0.1)))
-    tag = hashlib.sha1(f"{src.resolve()}|{ratios}|{classes}".encode()).hexdigest()[:8]
+    key = f"{src.resolve()}|{ratios}|{classes}|{source_listing(src, classes)}"
+    tag = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     folders = []
     for seed in range(args.seeds):
         split_seed = seed if args.resplit else 0
-        folder = args.out / "splits" / f"{src.name}-{tag}-seed{split_seed}"
-        if args.force or not (folder / "split.csv").exists():
+        folder = args.out / "splits" / f"{split_name(src)}-{tag}-seed{split_seed}"
+        if args.force or not os.path.lexists(folder / MANIFEST):
             with contextlib.redirect_stdout(sys.stderr):
                 split_dataset(src, folder, ratios, seed=split_seed, force=True, classes=classes)
+        split_sizes(folder)  # a reused split's manifest must read back, before any run starts
         folders.append(folder)
     return folders, ratios, description
 
 
 def split_sizes(folder):
-    with open(folder / "split.csv", newline="") as f:
-        return Counter(row["split"] for row in csv.DictReader(f))
+    rows = manifest_rows(folder / MANIFEST, f"delete {folder} to split again")
+    return Counter(row["split"] for row in rows)
 
 
 def task_argv(task, data, seed, args, device=None):
@@ -276,12 +292,12 @@ def run_as_process(task, data, seed, args, devices, children, running):
     try:
         argv = planned_argv(task_argv(task, data, seed, args, device), out, epochs, args.force)
         if argv is None:
-            return json.loads((out / "metrics.json").read_text())
+            return read_json(out / "metrics.json")
         make_folder(out, "run folder")
         env = dict(os.environ)
         if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))  # the jobs share the cores
-        with open(out / "log.txt", "a") as log:
+        with results.open_regular(out / "log.txt", "a") as log:
             child = subprocess.Popen([sys.executable, str(REPO / f"{task.name}.py"), *argv], stdout=log,
                                      stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
             children.add(child)
@@ -293,35 +309,77 @@ def run_as_process(task, data, seed, args, devices, children, running):
         devices.put(device)
     if code == WeightsUnavailable.exit_code:
         raise WeightsUnavailable(last_error(out / "log.txt"))
-    if code == 130:
+    if code in STOPPED:
         raise UserError(f"{task.name} seed {seed} was stopped (see {out / 'log.txt'}); run reproduce.py again to continue")
     if code != 0:
         raise UserError(f"{task.name} seed {seed} failed (exit code {code}): {last_error(out / 'log.txt')} "
                         f"(see {out / 'log.txt'})")
-    return json.loads((out / "metrics.json").read_text())
+    return read_json(out / "metrics.json")
 
 
 def last_error(log):
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("error: ")]
+    with results.open_regular(log, errors="replace") as f:
+        lines = [line for line in f.read().splitlines() if line.startswith("error: ")]
     return lines[-1][len("error: "):] if lines else "no error message"
 
 
+def unprintable(c):
+    """A control character, or a byte that is not UTF-8 (os.fsdecode keeps it as a surrogate)."""
+    return ord(c) < 32 or ord(c) == 127 or 0xDC80 <= ord(c) <= 0xDCFF
+
+
+def shell_word(word):
+    """`word` quoted for a POSIX shell, on one line whatever it holds: a word with an unprintable
+    character (a newline would end the line) is written in bash's $'...' form, each such byte as \\xHH."""
+    if not any(map(unprintable, word)):
+        return shlex.quote(word)
+    escaped = (f"\\x{ord(c) & 0xFF:02x}" if unprintable(c) else "\\" + c if c in "\\'" else c for c in word)
+    return "$'" + "".join(escaped) + "'"
+
+
 def print_commands(tasks, splits, args):
-    """Every unfinished run's command line, one per line, runnable in any order or all at once."""
+    """Every unfinished run's command line, exactly one line each, every word quoted (eval runs none
+    of what a path holds), runnable in any order or all at once."""
     for task in tasks:
         for seed, data in enumerate(splits):
             argv = planned_argv(task_argv(task, data, seed, args), run_folder(task, seed, args),
                                 args.epochs or task.epochs, args.force)
             if argv is not None:
-                print(shlex.join([sys.executable, str(REPO / f"{task.name}.py"), *argv]))
+                print(" ".join(map(shell_word, [sys.executable, str(REPO / f"{task.name}.py"), *argv])))
+
+
+@contextlib.contextmanager
+def signals_as_ctrl_c():
+    """SIGTERM and SIGHUP do what Ctrl-C does at that moment (inside a run: stop after a checkpoint;
+    elsewhere KeyboardInterrupt, which stops the runs in processes of their own): ending reproduce.py
+    never leaves a run training unattended. A signal ignored when we started (nohup) stays ignored."""
+    def as_ctrl_c(signum, frame):
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):  # SIGINT ignored (a background job) or default: stop all the same
+            raise KeyboardInterrupt
+        handler(signum, frame)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    for s, handler in previous.items():
+        if handler == signal.SIG_DFL:
+            signal.signal(s, as_ctrl_c)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def main(argv=None):
     """Every task over every seed, then REPORT.md."""
-    args = parse_args(argv)
-    make_folder(args.out, "--out")
-    with lock(args.out, "--out"):  # two reproductions into one folder would replace each other's files
-        run_all(args)
+    with signals_as_ctrl_c():
+        args = parse_args(argv)
+        make_folder(args.out, "--out")
+        with lock(args.out, "--out"):  # two reproductions into one folder would replace each other's files
+            run_all(args)
 
 
 def run_all(args):
@@ -388,13 +446,13 @@ def collect(future, task, seed, metrics, missing):
 
 
 def run_concurrently(tasks, splits, args, progress):
-    """run_tasks with --jobs N: N runs at a time, each a process on a device of its own. Ctrl-C or
-    SIGTERM stops them all as Ctrl-C stops one run: each saves a checkpoint and stops after its epoch."""
+    """run_tasks with --jobs N: N runs at a time, each a process on a device of its own. Ctrl-C (or
+    SIGTERM or SIGHUP, see signals_as_ctrl_c) stops them all as Ctrl-C stops one run: each saves a
+    checkpoint and stops after its epoch."""
     devices, children, running = queue.Queue(), set(), {}
     for device in args.devices:
         devices.put(device)
     metrics, missing = {}, {}
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: as Ctrl-C, not orphaned runs
     pool = ThreadPoolExecutor(args.jobs)
     try:
         futures = {pool.submit(run_as_process, task, data, seed, args, devices, children, running): (task, seed)
@@ -413,7 +471,6 @@ def run_concurrently(tasks, splits, args, progress):
         raise
     finally:
         pool.shutdown(wait=True)  # the runs under way end first
-        signal.signal(signal.SIGTERM, previous)
     runs = {task: [metrics[task, seed] for seed in range(len(splits))] for task in tasks if task not in missing}
     return runs, missing
 

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import stat
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +18,28 @@ ROWS = (("train", "Training"), ("validation", "Validation"), ("test", "Testing")
 COLUMNS = (("loss", "Logloss"), ("top1", "Top 1 accuracy"), ("top3", "Top 3 accuracy"))
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_top1", "train_top3",
                   "val_loss", "val_top1", "val_top3", "seconds")
+
+
+class NotRegularFile(OSError, UserError):
+    """A FIFO, device or folder where a file of ours should be: an OSError to the readers that treat
+    an unreadable file as missing or damaged, one error line (a UserError) to everyone else."""
+
+
+OPEN_FLAGS = {"r": os.O_RDONLY, "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND}
+
+
+def open_regular(path, mode="r", **kwargs):
+    """open(), for regular files only, and without waiting: opening a FIFO waits for its other end
+    forever, and a device may never end. Every reader and writer of a run's or a split's files uses it."""
+    with contextlib.suppress(FileNotFoundError):  # a new file is made by the open
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise NotRegularFile(f"{path} is not a regular file (a FIFO, device or folder)")
+    fd = os.open(path, OPEN_FLAGS[mode.strip("bt")] | os.O_NONBLOCK, 0o666)  # no wait, even if it changed since
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotRegularFile(f"{path} is not a regular file (a FIFO, device or folder)")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, mode, **kwargs)
 
 
 def temp_path(path):
@@ -48,7 +71,7 @@ def replacing(path):
 
 def atomic_write(path, data):
     """Write text (UTF-8; a file name that is not valid UTF-8 keeps its own bytes) or bytes."""
-    with replacing(path) as tmp, open(tmp, "wb") as f:
+    with replacing(path) as tmp, open(tmp, "wb") as f:  # never opens `path` itself: a FIFO there is replaced
         f.write(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data)
 
 
@@ -151,11 +174,14 @@ def plot_history(out, histories, title):
 
 
 def read_history(out):
+    """history.csv's rows; an OSError where it is missing or not a regular file, a ValueError where
+    csv cannot parse it (a field over csv's 128 KB limit, say)."""
     path = Path(out) / "history.csv"
-    if not path.is_file():  # missing, or a FIFO whose reading would wait forever
-        raise FileNotFoundError(f"{path} is not a regular file")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    with open_regular(path, newline="") as f:
+        try:
+            return list(csv.DictReader(f))
+        except csv.Error as e:
+            raise ValueError(f"{path} is damaged: {e}") from None
 
 
 def confusion_matrix(labels, predictions, num_classes):

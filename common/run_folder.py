@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from common.cli import UserError
-from common.results import COLUMNS, HISTORY_FIELDS, ROWS
+from common.results import COLUMNS, HISTORY_FIELDS, ROWS, open_regular
 from common.runtime import COMPILE_MODES, PRECISIONS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -262,15 +262,19 @@ def check_schedule(optimizer, scheduler, epochs_done, initial_lrs, settings, arg
 
 # --- reuse ----------------------------------------------------------------------------------
 
+def read_json(file):
+    """A file's JSON; an OSError where it is missing or no regular file (a FIFO would be waited on forever)."""
+    with open_regular(file) as f:
+        return json.load(f)
+
+
 def read_config(out):
     """config.json of a run, with the fields that reuse and reports read; None if there is none."""
     file = out / "config.json"
     if not file.exists():
         return None
     try:
-        if not file.is_file():  # reading a FIFO would wait forever
-            raise ValueError(file)
-        config = json.loads(file.read_text())
+        config = read_json(file)
         if isinstance(config["arguments"]["epochs"], int) and isinstance(config["parameters"]["trainable"], int):
             return config
     except (OSError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested too deeply
@@ -282,9 +286,7 @@ def read_config(out):
 def finished_metrics(out):
     """metrics.json of a finished run, or None when it is missing or damaged (the run is then resumed)."""
     try:
-        if not (out / "metrics.json").is_file():  # missing, or a FIFO whose reading would wait forever
-            return None
-        metrics = json.loads((out / "metrics.json").read_text())
+        metrics = read_json(out / "metrics.json")
         if all(is_number(metrics[split][m]) for split, _ in ROWS for m, _ in COLUMNS):
             return metrics
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
@@ -347,6 +349,7 @@ def run_or_reuse(main, argv, out, epochs, force=False):
     argv = planned_argv(argv, out, epochs, force)
     if argv is not None:
         make_folder(out, "run folder")
-        with open(out / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        with open_regular(out / "log.txt", "a") as log, contextlib.redirect_stdout(log), \
+                contextlib.redirect_stderr(log):
             main(argv)
-    return json.loads((out / "metrics.json").read_text())
+    return read_json(out / "metrics.json")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from common.cli import UserError
 from common.data import (MANIFEST, SPLITS, UNFINISHED_MANIFEST, class_folders, has_image_extension, is_image_file,
                          open_rgb, walk_files, warn)
-from common.results import atomic_write
+from common.results import NotRegularFile, atomic_write, open_regular
 from common.run_folder import check_folder_writable, is_inside, lock, make_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,6 +127,22 @@ def list_files(src, folders):
     return images
 
 
+def source_listing(src, classes=None):
+    """What a split of SRC is made from, cheaply, as a hash: each file's path, size and modification time
+    in the class folders (`classes` picks some). It changes when an image or class is added, removed or
+    edited, so reproduce.py makes a new split then instead of reusing the old one."""
+    digest = hashlib.sha1()
+    for folder in class_folders(src):
+        for path in walk_files(folder) if classes is None or folder.name in classes else ():
+            try:
+                info = os.stat(path)
+                entry = (os.path.relpath(path, src), info.st_size, info.st_mtime_ns)
+            except OSError:  # a broken link: its name alone
+                entry = (os.path.relpath(path, src),)
+            digest.update(repr(entry).encode())  # repr escapes a name's bytes that are not UTF-8
+    return digest.hexdigest()
+
+
 def read_images(src, folders):
     """Class -> [(source, sha256)] of the images that decode; warns about and leaves out the rest."""
     images = {name: [] for name in folders}
@@ -191,7 +207,25 @@ def check_dest(src, dest, force):
         return set()
     if not force:
         raise UserError(f"{dest} is not empty; use --force to replace a split written there before")
+    if not any(os.path.lexists(dest / name) for name in (MANIFEST, UNFINISHED_MANIFEST)):
+        raise UserError(f"{dest} is not empty and holds no {MANIFEST}: --force replaces only a split that "
+                        "data_split.py wrote; pick a new or empty DEST")
     return read_manifest(dest)
+
+
+def manifest_rows(manifest, remedy):
+    """A manifest's rows, or one error line ending in `remedy` where it is no regular file (a FIFO would
+    be waited on forever), has other columns, or is not CSV that the csv module reads."""
+    try:
+        with open_regular(manifest, newline="", encoding="utf-8", errors="replace") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != MANIFEST_COLUMNS:
+                raise UserError(f"{manifest} was not written by data_split.py; {remedy}")
+            return list(reader)
+    except NotRegularFile as e:
+        raise UserError(f"{e}; {remedy}") from None
+    except csv.Error as e:  # e.g. a field over csv's 128 KB limit
+        raise UserError(f"{manifest} is damaged ({e}); {remedy}") from None
 
 
 def read_manifest(dest):
@@ -199,12 +233,9 @@ def read_manifest(dest):
     each stays inside a split folder of DEST."""
     listed_in = {}  # path -> the manifest listing it
     for manifest in (dest / MANIFEST, dest / UNFINISHED_MANIFEST):
-        if manifest.exists():
-            with open(manifest, newline="", encoding="utf-8", errors="replace") as f:
-                reader = csv.DictReader(f)
-                if reader.fieldnames != MANIFEST_COLUMNS:
-                    raise UserError(f"{manifest} was not written by data_split.py; move it away to use --force")
-                listed_in.update((row["path"], manifest) for row in reader)
+        if os.path.lexists(manifest):
+            rows = manifest_rows(manifest, "move it away to use --force")
+            listed_in.update((row["path"], manifest) for row in rows)
     for path, manifest in listed_in.items():
         parts = PurePosixPath(path).parts
         escapes = not parts or parts[0] not in SPLITS or ".." in parts or PurePosixPath(path).is_absolute()

@@ -206,7 +206,7 @@ def test_force_refuses_to_overwrite_unlisted_files(src, tmp_path):
     ds.main([str(src), str(dest)])
     (dest / "split.csv").unlink()  # the images are now the user's files
     before = snapshot(dest)
-    with pytest.raises(UserError, match="no previous manifest lists it"):
+    with pytest.raises(UserError, match="holds no split.csv: --force replaces only a split that data_split.py wrote"):
         ds.main([str(src), str(dest), "--force"])
     assert snapshot(dest) == before
 
@@ -549,3 +549,35 @@ def test_demo_set_dry_run(tmp_path):
     counts = splitting.split_dataset(splitting.DEMO_IMAGES, tmp_path / "dest", dry_run=True)
     assert len(counts) == 7 and not (tmp_path / "dest").exists()
     assert sum(sum(c.values()) for c in counts.values()) == len(list(splitting.DEMO_IMAGES.rglob("*.jpg")))
+
+
+def test_force_refuses_a_folder_that_is_not_a_split(src, tmp_path, capsys):
+    photos = make_dataset(tmp_path / "photos", {"holiday": 3})
+    (photos / "notes.txt").write_text("mine")
+    before = snapshot(photos)
+    code, out, err = cli_error([src, photos, "--force"], capsys)
+    assert code == 2 and err == f"error: {photos} is not empty and holds no split.csv: --force replaces only a split " \
+                                "that data_split.py wrote; pick a new or empty DEST\n"
+    assert snapshot(photos) == before  # before: 37 images and a manifest added to the user's folder
+
+
+@pytest.mark.parametrize("manifest", ["split.csv", "split.csv.incomplete"])
+def test_a_fifo_manifest_is_one_error_not_a_wait(src, tmp_path, manifest):
+    dest = tmp_path / "dest"
+    ds.main([str(src), str(dest)])
+    (dest / "split.csv").unlink()
+    os.mkfifo(dest / manifest)
+    done = subprocess.run([sys.executable, str(REPO / "data_split.py"), str(src), str(dest), "--force"],
+                          capture_output=True, text=True, timeout=120)  # before: reading the FIFO waited forever
+    assert done.returncode == 2 and done.stderr == f"error: {dest / manifest} is not a regular file (a FIFO, device " \
+                                                   "or folder); move it away to use --force\n"
+
+
+def test_a_manifest_field_over_the_csv_limit_is_one_error(src, tmp_path, capsys):
+    dest = tmp_path / "dest"
+    ds.main([str(src), str(dest)])
+    with open(dest / "split.csv", "a") as f:
+        f.write("train/a/" + "x" * 200_000 + ".png,a/x.png,a,train,0\n")  # csv reads fields up to 128 KB
+    code, out, err = cli_error([src, dest, "--force"], capsys)
+    assert code == 2 and err == f"error: {dest / 'split.csv'} is damaged (field larger than field limit (131072)); " \
+                                "move it away to use --force\n"

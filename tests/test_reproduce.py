@@ -132,7 +132,10 @@ def test_an_interrupted_split_is_redone_not_reused(images, tmp_path, monkeypatch
 
 @pytest.mark.parametrize("argv, message", [(["--device", "nonsense"], "not a device name"),
                                            (["--ratios", "0.5", "0.5", "0.5"], "summing to 1"),
-                                           (["--seeds", str(10 ** 20)], "give 1 to 1000")])
+                                           (["--seeds", str(10 ** 20)], "give 1 to 1000"),
+                                           (["--jobs", str(2 ** 62)], "--jobs 4611686018427387904: give 1 to 1000"),
+                                           (["--jobs", str(2 ** 63)], "give 1 to 1000"),
+                                           (["--jobs", "0"], "--jobs 0: give 1 to 1000")])
 def test_bad_options_are_refused_before_anything_is_created(images, tmp_path, argv, message):
     with pytest.raises(reproduce.UserError, match=message):
         reproduce.main(["--data", str(images), "--out", str(tmp_path / "r"), *argv])
@@ -212,7 +215,8 @@ def test_an_out_holding_files_of_others_is_refused_before_anything_is_written(im
 
 def test_foreign_entry_knows_what_reproduce_writes(tmp_path):
     out = tmp_path / "r"
-    for folder in ("splits/images-0123abcd-seed0", "cub_7classes", ".cub_7classes.partial-x1y2", "task3_netvlad/seed0"):
+    for folder in ("splits/images-0123abcd-seed0", "splits/-0123abcd-seed1", "splits/my\nimages-0123abcd-seed2",
+                   "cub_7classes", ".cub_7classes.partial-x1y2", "task3_netvlad/seed0"):
         (out / folder).mkdir(parents=True)
     for name in (".REPORT.md.123.tmp", "task3_netvlad/loss.png", "task3_netvlad/.metrics.md.45.tmp", "task2_shallow"):
         (out / name).write_text("ours, or what a killed write of ours left")
@@ -342,7 +346,18 @@ def test_a_failed_run_process_is_one_error_naming_its_log(images, tmp_path, monk
         reproduce.main([*argv, "--epochs", "2"])  # resumes the 1-epoch run, in a process of its own
 
 
-def test_sigterm_stops_every_concurrent_run_after_a_checkpoint(images, tmp_path):
+def processes_naming(text):
+    """Process ids whose command line holds `text` (read from /proc)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if text.encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+    return pids
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])  # a scheduler's kill, a closed terminal
+def test_a_stop_signal_stops_every_concurrent_run_after_a_checkpoint(images, tmp_path, stop):
     out, repo = tmp_path / "r", Path(reproduce.__file__).parent
     command = [sys.executable, str(repo / "reproduce.py"), "--data", str(images), "--out", str(out), "--epochs", "500",
                "--seeds", "2", "--jobs", "2", "--tasks", "task3_netvlad", "--compile", "off", "--device", "cpu"]
@@ -352,11 +367,30 @@ def test_sigterm_stops_every_concurrent_run_after_a_checkpoint(images, tmp_path)
     deadline = time.monotonic() + 120
     while not all((run / "history.csv").exists() for run in runs) and time.monotonic() < deadline:
         time.sleep(0.5)  # both runs are training
-    parent.send_signal(signal.SIGTERM)
-    _, err = parent.communicate(timeout=120)  # returns once the runs have stopped
-    assert parent.returncode == 130 and "interrupted" in err
-    for run in runs:
-        assert "stopped after epoch" in (run / "log.txt").read_text() and (run / "last.pt").exists()
+    parent.send_signal(stop)
+    try:
+        _, err = parent.communicate(timeout=120)  # returns once the runs have stopped
+        assert processes_naming(str(out)) == []  # before: SIGHUP left both runs training unattended
+        assert parent.returncode == 130 and "interrupted" in err
+        for run in runs:
+            assert "stopped after epoch" in (run / "log.txt").read_text() and (run / "last.pt").exists()
+    finally:
+        for pid in processes_naming(str(out)):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_signals_as_ctrl_c_leaves_an_ignored_signal_ignored_and_restores_the_rest():
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    try:
+        with reproduce.signals_as_ctrl_c():
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler runs here
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def test_a_cache_inside_the_source_is_refused_before_anything_is_written(images, tmp_path, refused, monkeypatch):
@@ -365,3 +399,77 @@ def test_a_cache_inside_the_source_is_refused_before_anything_is_written(images,
     assert code == 2 and err == [f"error: the cache folder {images / 'cache'} is inside {images}, which this run "
                                  "reads: set REPRO_CACHE_DIR to a folder outside the data"]
     assert not (tmp_path / "new").exists() and not (images / "cache").exists()
+
+
+def print_commands(*argv):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        reproduce.main([*map(str, argv), "--print-commands"])
+    return printed.getvalue()
+
+
+def test_print_commands_prints_one_quoted_line_per_run_whatever_the_paths_hold(images, tmp_path):
+    out = tmp_path / "r\n; touch injected1; $(touch injected2) `touch injected3` \udcff'\"\\"
+    printed = print_commands("--data", images, "--out", out, "--epochs", "1", "--seeds", "2",
+                             "--tasks", "task3_netvlad", "--compile", "off")
+    lines = printed.split("\n")[:-1]
+    assert len(lines) == 2  # before: a newline in a path split one command over two lines
+    for seed, line in enumerate(lines):  # as `eval "$(sed -n Np runs.txt)"` reads it, in bash
+        done = subprocess.run(["bash", "-c", 'eval "words=($1)"; printf "%s\\0" "${words[@]}"', "bash", line],
+                              cwd=tmp_path, capture_output=True, check=True)
+        argv = [os.fsdecode(word) for word in done.stdout.split(b"\0")[:-1]]
+        assert argv[:2] == [sys.executable, str(Path(reproduce.__file__).parent / "task3_netvlad.py")]
+        assert argv[argv.index("--out") + 1] == str(out / "task3_netvlad" / f"seed{seed}")
+        assert Path(argv[argv.index("--data") + 1]).parent == out / "splits"
+    assert not list(tmp_path.glob("injected*"))  # no word of a path ran as a command
+
+
+@pytest.mark.parametrize("name", [".", "my\nimages"])
+def test_a_source_named_dot_or_with_a_newline_splits_and_reruns(images, tmp_path, monkeypatch, name):
+    data = images if name == "." else images.rename(tmp_path / name)
+    monkeypatch.chdir(data)
+    argv = ("--data", name if name == "." else data, "--out", tmp_path / "r", *QUICK)
+    print_commands(*argv)
+    assert print_commands(*argv)  # before: the second run refused the split folder the first one made
+    assert [p.name[:-len("-01234567-seed0")] for p in (tmp_path / "r" / "splits").iterdir()] == \
+           ["images" if name == "." else "my_images"]
+
+
+def test_a_class_added_to_the_source_is_split_afresh(images, tmp_path):
+    argv = ("--data", images, "--out", tmp_path / "r", *QUICK)
+    print_commands(*argv)
+    for i in range(8):
+        make_image(images / "yellow" / f"{i}.png", (230, 220, 30), 100 + i)
+    line = print_commands(*argv)
+    split = Path(shlex.split(line)[shlex.split(line).index("--data") + 1])
+    assert (split / "train" / "yellow").is_dir()  # before: the old split, without yellow, was reused silently
+    assert len(list((tmp_path / "r" / "splits").iterdir())) == 2  # the first split is left as it was
+
+
+def test_a_reused_split_whose_manifest_is_a_fifo_or_damaged_is_one_error(images, tmp_path, refused, capsys):
+    argv = ("--data", images, "--out", tmp_path / "r", *QUICK)
+    print_commands(*argv)
+    capsys.readouterr()  # the split's table
+    split = next((tmp_path / "r" / "splits").iterdir())
+    (split / "split.csv").write_text("path,source,class,split,sha256\n" + "x" * 200_000 + ",a,b,train,0\n")
+    code, err = refused(*argv)
+    assert code == 2 and err == [f"error: {split / 'split.csv'} is damaged (field larger than field limit (131072)); "
+                                 f"delete {split} to split again"]
+    (split / "split.csv").unlink()
+    os.mkfifo(split / "split.csv")
+    done = subprocess.run([sys.executable, reproduce.__file__, *map(str, argv)], capture_output=True, text=True,
+                          env={**os.environ, "REPRO_CACHE_DIR": str(tmp_path / "cache")}, timeout=120)
+    assert done.returncode == 2 and done.stderr.splitlines() == [  # before: it waited on the FIFO forever
+        f"error: {split / 'split.csv'} is not a regular file (a FIFO, device or folder); delete {split} to split again"]
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_fifo_in_place_of_a_runs_log_is_one_error(images, tmp_path, jobs):
+    log = tmp_path / "r" / "task3_netvlad" / "seed0" / "log.txt"
+    log.parent.mkdir(parents=True)
+    os.mkfifo(log)
+    done = subprocess.run([sys.executable, reproduce.__file__, "--data", str(images), "--out", str(tmp_path / "r"),
+                           *QUICK, "--jobs", jobs, "--device", "cpu"], capture_output=True, text=True,
+                          env={**os.environ, "REPRO_CACHE_DIR": str(tmp_path / "cache")}, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr  # before: it waited on the FIFO forever
+    assert done.stderr.splitlines()[-1] == f"error: {log} is not a regular file (a FIFO, device or folder)"

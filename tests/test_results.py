@@ -3,6 +3,7 @@ import errno
 import io
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,44 @@ def test_a_fifo_in_place_of_the_history_is_an_os_error_not_a_wait(tmp_path):
     os.mkfifo(tmp_path / "history.csv")
     with pytest.raises(OSError, match="history.csv is not a regular file"):
         results.read_history(tmp_path)  # before the check, open() waited for a writer forever
+
+
+def finishes_within(seconds, call):
+    """call()'s exception, or None; fails the test where call() is still waiting after `seconds` (a
+    thread: an open() that waits on a FIFO cannot be interrupted, and the test must not hang)."""
+    caught = []
+
+    def target():
+        try:
+            call()
+        except BaseException as e:
+            caught.append(e)
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "still waiting"
+    return caught[0] if caught else None
+
+
+@pytest.mark.parametrize("mode", ["r", "a", "w", "rb"])
+@pytest.mark.parametrize("make", [os.mkfifo, os.mkdir])
+def test_open_regular_refuses_a_fifo_or_folder_at_once(tmp_path, mode, make):
+    make(tmp_path / "log.txt")
+    error = finishes_within(10, lambda: results.open_regular(tmp_path / "log.txt", mode))
+    assert isinstance(error, results.NotRegularFile) and isinstance(error, UserError) and isinstance(error, OSError)
+    assert str(error) == f"{tmp_path / 'log.txt'} is not a regular file (a FIFO, device or folder)"
+
+
+def test_open_regular_opens_and_creates_regular_files(tmp_path):
+    with results.open_regular(tmp_path / "log.txt", "a") as f:
+        f.write("one\n")
+    with results.open_regular(tmp_path / "log.txt", "a") as f:
+        f.write("two\n")
+    with results.open_regular(tmp_path / "log.txt") as f:
+        assert f.read() == "one\ntwo\n"
+
+
+def test_a_history_field_over_the_csv_limit_is_a_damaged_file(tmp_path):
+    (tmp_path / "history.csv").write_text("epoch,lr\n1," + "9" * 200_000 + "\n")  # csv reads fields up to 128 KB
+    with pytest.raises(ValueError, match="history.csv is damaged: field larger than field limit"):
+        results.read_history(tmp_path)

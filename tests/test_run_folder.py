@@ -325,3 +325,20 @@ def test_json_nested_too_deeply_is_one_error_or_missing(data, tmp_path):
         read_config(out)
     with pytest.raises(UserError, match="config.json is unreadable.*--force"):
         run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=1)
+
+
+def test_a_fifo_in_place_of_the_log_is_refused_before_the_run_not_waited_on(data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    os.mkfifo(out / "log.txt")
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, {str(REPO)!r})
+        from common.run_folder import run_or_reuse
+        try:
+            run_or_reuse(lambda argv: print("trained"), [], Path({str(out)!r}), epochs=1)
+        except OSError as e:
+            print(e)
+        """)], capture_output=True, text=True, timeout=60)  # before: open() waited for a reader forever
+    assert done.stdout == f"{out / 'log.txt'} is not a regular file (a FIFO, device or folder)\n", done.stderr
