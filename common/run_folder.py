@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -209,6 +210,20 @@ def well_formed(state):
             and (best["loss"] == math.inf or (isinstance(best.get("epoch"), int) and isinstance(best.get("model"), dict))))
 
 
+def checkpoint_damage(path):
+    """Why the file torch.save wrote at `path` is damaged, or None where every byte is as written.
+
+    torch.save writes a zip archive, which holds a CRC-32 of each member; torch.load never checks
+    them, so a flipped byte inside a tensor would load as a silently different weight. Reading the
+    whole file once costs little beside loading it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            member = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        return f"not a whole zip archive as torch.save writes: {e}"
+    return f"{member} fails its CRC-32 check" if member else None
+
+
 def load_checkpoint(path):
     """last.pt as plain data: weights_only refuses any pickled object that could run code.
 
@@ -217,6 +232,9 @@ def load_checkpoint(path):
     start_over = f"start over with --force (it replaces {path.parent})"
     if not path.is_file():  # reading a FIFO would wait forever
         raise UserError(f"--resume: {path} is not a regular file; {start_over}")
+    damage = checkpoint_damage(path)
+    if damage:
+        raise UserError(f"--resume: {path} is corrupt or unreadable ({damage}), refused; {start_over}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -14,7 +14,7 @@ import torch
 from common.cli import UserError
 from common.run_folder import add_training_args, finished_metrics, is_inside, lock, read_config, run_or_reuse
 from common.train import EPOCH_LISTENERS, start_run
-from conftest import CreatesFile, make_split
+from conftest import CreatesFile, flip_byte_in_largest_tensor, make_split
 from test_train import run, tiny_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -325,3 +325,12 @@ def test_json_nested_too_deeply_is_one_error_or_missing(data, tmp_path):
         read_config(out)
     with pytest.raises(UserError, match="config.json is unreadable.*--force"):
         run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=1)
+
+
+def test_a_checkpoint_with_a_flipped_byte_in_a_tensor_is_refused(data, tmp_path):
+    out = tmp_path / "out"
+    run(data, out, "--epochs", "1")
+    flip_byte_in_largest_tensor(out / "last.pt")
+    torch.load(out / "last.pt", weights_only=True)  # loads as if whole: only the CRC-32s tell
+    with pytest.raises(UserError, match=r"last\.pt is corrupt or unreadable \(.* fails its CRC-32 check\), refused"):
+        run(data, out, "--epochs", "2", "--resume")
