@@ -41,7 +41,7 @@ from common.data import MANIFEST, SPLITS, UNFINISHED_MANIFEST, check_cache_outsi
 from common.report import REPORT_TITLE, summarise, write_report
 from common.run_folder import check_folder_writable, is_inside, lock, make_folder, planned_argv, run_or_reuse
 from common.runtime import COMPILE_MODES, pick_device
-from common.train import EPOCH_LISTENERS
+from common.train import EPOCH_LISTENERS, STOPPED_EXIT_CODES
 from common.split import CUB_CLASSES, DEMO_IMAGES, check_ratios, cub_images, find_classes, split_dataset
 
 REPO = Path(__file__).resolve().parent
@@ -293,7 +293,7 @@ def run_as_process(task, data, seed, args, devices, children, running):
         devices.put(device)
     if code == WeightsUnavailable.exit_code:
         raise WeightsUnavailable(last_error(out / "log.txt"))
-    if code == 130:
+    if code in STOPPED_EXIT_CODES:  # it saved a checkpoint on Ctrl-C, SIGTERM or SIGHUP
         raise UserError(f"{task.name} seed {seed} was stopped (see {out / 'log.txt'}); run reproduce.py again to continue")
     if code != 0:
         raise UserError(f"{task.name} seed {seed} failed (exit code {code}): {last_error(out / 'log.txt')} "

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from common import distributed
 from common.cli import UserError
 from common.results import COLUMNS, HISTORY_FIELDS, ROWS
 from common.runtime import COMPILE_MODES, PRECISIONS
@@ -18,8 +19,8 @@ from common.runtime import COMPILE_MODES, PRECISIONS
 REPO = Path(__file__).resolve().parent.parent
 # Everything a run writes into --out, but reproduce.py's log.txt.
 RUN_FILES = ("config.json", "history.csv", "loss.png", "accuracy.png", "last.pt", "best.pt",
-             "metrics.md", "metrics.json", "metrics.csv", "confusion.png")
-FINAL_FILES = RUN_FILES[-4:]  # they describe a finished run: gone while a resumed one trains
+             "metrics.md", "metrics.json", "metrics.csv", "confusion.png", "confusion.csv")
+FINAL_FILES = RUN_FILES[-5:]  # they describe a finished run: gone while a resumed one trains
 MAX_BATCH = 2 ** 31 - 1
 SEEDS = 2 ** 32  # numpy's seed range, 0 .. 2**32 - 1
 # Options that may change between a run and its --resume: where things go, how long, where it computes.
@@ -179,11 +180,14 @@ def run_key(run):
 
     The task's own options (--clusters, --init, --alpha, --no-pretrained, ...) come in through
     vars(args); `run.identity` adds what the task knows only after loading (weights fingerprint).
+    The number of torchrun processes counts (they draw other dropout masks), named only above 1, so
+    the checkpoints of one process made before it was keyed still resume.
     """
     options = {f"--{name.replace('_', '-')}": str(value) if isinstance(value, Path) else value
                for name, value in vars(run.args).items() if name not in NOT_KEYED}  # plain data only
+    processes = {"torchrun processes": distributed.world()} if distributed.world() > 1 else {}
     return {"task": run.task, **options, "--precision": run.precision, "classes": list(run.data.classes),
-            "data (image content)": run.data.fingerprint(), **run.identity}
+            "data (image content)": run.data.fingerprint(), **processes, **run.identity}
 
 
 def key_differences(saved, now):

@@ -365,3 +365,21 @@ def test_a_cache_inside_the_source_is_refused_before_anything_is_written(images,
     assert code == 2 and err == [f"error: the cache folder {images / 'cache'} is inside {images}, which this run "
                                  "reads: set REPRO_CACHE_DIR to a folder outside the data"]
     assert not (tmp_path / "new").exists() and not (images / "cache").exists()
+
+
+@pytest.mark.parametrize("code", [130, 143, 129])  # Ctrl-C, SIGTERM, SIGHUP: each saved a checkpoint first
+def test_a_run_process_stopped_by_a_signal_is_reported_as_stopped_not_failed(tmp_path, monkeypatch, code):
+    import queue
+
+    class Stopped:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def wait(self):
+            return code
+    monkeypatch.setattr(reproduce.subprocess, "Popen", Stopped)
+    args = reproduce.parse_args(["--out", str(tmp_path / "r"), "--seeds", "1", "--device", "cpu"])
+    devices = queue.Queue()
+    devices.put("cpu")
+    with pytest.raises(reproduce.UserError, match="task3_netvlad seed 0 was stopped .*run reproduce.py again"):
+        reproduce.run_as_process(reproduce.TASKS[-1], tmp_path / "split", 0, args, devices, set(), {})
