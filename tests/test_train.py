@@ -74,6 +74,7 @@ def test_config_and_table_say_one_process_trained_it_and_its_key_does_not(data, 
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["processes"] == 1 and "rank_devices" not in config  # one device: nothing to list
     assert (tmp_path / "out" / "metrics.md").read_text().startswith("**tiny** (1 process)\n")
+    assert len((tmp_path / "out" / "confusion.csv").read_text().splitlines()) == 1 + 3  # beside confusion.png
     out = capsys.readouterr().out
     assert "; cpu, fp32; 1 process; " in out and f"tiny ({tmp_path / 'out'}; 1 process)" in out
     key = torch.load(tmp_path / "out" / "last.pt", weights_only=True)["key"]
