@@ -30,7 +30,8 @@ from common.data import (CROP, IMAGE_EXTENSIONS, Split, check_cache_outside, cla
                          decoded_cache, has_image_extension, list_images, sub_folders, warn)
 from common.models import DESCRIPTOR_DIM, ShallowConvNet, ShallowNetVLAD, descriptor_count
 from common.netvlad import check_fits
-from common.run_folder import MAX_BATCH, SEEDS, check_folder_writable, is_inside, make_folder, read_config
+from common.run_folder import (MAX_BATCH, SEEDS, check_folder_writable, checkpoint_damage, is_inside, make_folder,
+                               read_config)
 from common.runtime import PRECISIONS, pick_compile, pick_device, pick_precision
 from common.train import evaluate, seed_everything
 from common.transfer import FineTuned, linear_head
@@ -170,6 +171,9 @@ def load_weights(run_dir, checkpoint):
     if not path.is_file():
         raise UserError(f"{run_dir} holds no {path.name}: not a finished run (or pick --checkpoint "
                         f"{'last' if checkpoint == 'best' else 'best'})")
+    damage = checkpoint_damage(path)
+    if damage:
+        raise UserError(f"{path} is corrupt ({damage}): refused; train the run again (--force)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # a checkpoint is untrusted input
     except Exception as e:

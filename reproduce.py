@@ -41,7 +41,7 @@ from common.report import REPORT_TITLE, summarise, write_report
 from common.run_folder import (check_folder_writable, is_inside, lock, make_folder, planned_argv, read_json,
                                run_or_reuse)
 from common.runtime import COMPILE_MODES, pick_device
-from common.train import EPOCH_LISTENERS
+from common.train import EPOCH_LISTENERS, STOPPED_EXIT_CODES
 from common.split import (CUB_CLASSES, DEMO_IMAGES, check_ratios, cub_images, find_classes, manifest_rows,
                           source_listing, split_dataset)
 
@@ -50,9 +50,7 @@ MAX_SEEDS = 1000
 MAX_JOBS = 1000  # runs at a time; more would only share the same cores
 DEFAULT_SEEDS = 3  # mean ± std by default: 8.0 minutes measured for the demo data on 2 CPU cores (README)
 PROGRESS_EVERY_S = 2  # how often the bar shows the epochs of runs under way in processes of their own
-STOPPED = {128 + s for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}  # a run's exit codes once it saved
-                                                                            # its checkpoint and stopped on one
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # a scheduler's kill, a closed terminal: both stop like Ctrl-C
+LIKE_CTRL_C = (signal.SIGTERM, signal.SIGHUP)  # a scheduler's kill, a closed terminal: both stop like Ctrl-C
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, to key dicts
@@ -309,7 +307,7 @@ def run_as_process(task, data, seed, args, devices, children, running):
         devices.put(device)
     if code == WeightsUnavailable.exit_code:
         raise WeightsUnavailable(last_error(out / "log.txt"))
-    if code in STOPPED:
+    if code in STOPPED_EXIT_CODES:  # it saved a checkpoint on Ctrl-C, SIGTERM or SIGHUP
         raise UserError(f"{task.name} seed {seed} was stopped (see {out / 'log.txt'}); run reproduce.py again to continue")
     if code != 0:
         raise UserError(f"{task.name} seed {seed} failed (exit code {code}): {last_error(out / 'log.txt')} "
@@ -362,7 +360,7 @@ def signals_as_ctrl_c():
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
-    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    previous = {s: signal.getsignal(s) for s in LIKE_CTRL_C}
     for s, handler in previous.items():
         if handler == signal.SIG_DFL:
             signal.signal(s, as_ctrl_c)

@@ -1,6 +1,7 @@
 """Command-line plumbing shared by every script: process set-up, and one clear line on bad input."""
 import ctypes
 import ctypes.util
+import importlib
 import sys
 
 import torch
@@ -11,6 +12,18 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mallo
 class UserError(Exception):
     """A problem with the user's input or environment, reported as one line and exit code 2."""
     exit_code = 2
+
+
+def import_compile_stack():
+    """Import torch._dynamo (torchvision imports it too) before anything else, where its one failure
+    of the environment can be said in one line: on import it creates torch's compile cache folder
+    ($TORCHINDUCTOR_CACHE_DIR), and a file in that place raised FileExistsError deep in torchvision."""
+    try:
+        importlib.import_module("torch._dynamo")
+    except OSError as e:
+        print(f"error: torch cannot use {e.filename or '?'} as its compile cache folder ({e.strerror or e}): "
+              "point TORCHINDUCTOR_CACHE_DIR at a writable folder, or unset it", file=sys.stderr)
+        sys.exit(2)
 
 
 def keep_freed_memory():
@@ -61,7 +74,7 @@ def run_main(main):
     except RuntimeError as e:
         if not lost_peer(e):
             raise
-        print("error: another process of this torchrun job stopped (its error is above)", file=sys.stderr)
+        print("error: another process of this torchrun job stopped; its error, if any, is above", file=sys.stderr)
         sys.exit(2)
 
 

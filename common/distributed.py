@@ -103,6 +103,15 @@ def gather_rows(rows, indices, n):
     return whole
 
 
+def from_every_rank(value):
+    """Every rank's value (any picklable object), in rank order, on every rank; [value] in one process."""
+    if world() == 1:
+        return [value]
+    values = [None] * world()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def broadcast(value):
     """Rank 0's value (any picklable object, e.g. a checkpoint it loaded) on every rank."""
     if world() == 1:

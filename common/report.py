@@ -42,10 +42,13 @@ def run_history(run, epochs):
 
 
 def machine(summaries):
-    """Where the runs trained: device and precision from a run's config, and the CPU count."""
-    config = next(iter(summaries.values()))["config"] if summaries else {}
+    """Where the runs trained: device and precision from a run's config, how many processes trained
+    each run (every run's that differ), and the CPU count."""
+    configs = [s["config"] for s in summaries.values()]
+    config = configs[0] if configs else {}
+    trained_by = ", ".join(sorted({results.trained_by(c) for c in configs})) or "?"
     return (f"device {config.get('device', '?')}, precision {config.get('precision', '?')}, "
-            f"{os.cpu_count()} CPU cores ({platform.machine()})")
+            f"each run trained by {trained_by}, {os.cpu_count()} CPU cores ({platform.machine()})")
 
 
 def header_lines(args, ratios, description, seconds, sizes, summaries):

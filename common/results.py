@@ -16,6 +16,7 @@ from common.cli import UserError  # noqa: E402
 
 ROWS = (("train", "Training"), ("validation", "Validation"), ("test", "Testing"))
 COLUMNS = (("loss", "Logloss"), ("top1", "Top 1 accuracy"), ("top3", "Top 3 accuracy"))
+MAX_DRAWN_CLASSES = 30  # a confusion figure's cells stay readable up to about this many classes
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_top1", "train_top3",
                   "val_loss", "val_top1", "val_top3", "seconds")
 
@@ -107,9 +108,24 @@ def mean_std(runs):
             for split in runs[0]}
 
 
-def write_metrics(out, metrics, title):
+def trained_by(config):
+    """How many processes trained a run (torchrun's ranks draw other dropout masks than one process),
+    as a few words for headers: "1 process", "2 processes on cpu", "2 processes on cuda:0, cuda:1"."""
+    processes = config.get("processes")
+    if not isinstance(processes, int) or isinstance(processes, bool):
+        return "process count not recorded"  # a run from before config.json recorded it
+    if processes == 1:
+        return "1 process"
+    devices = config.get("rank_devices")
+    devices = sorted(set(map(str, devices))) if isinstance(devices, list) else [str(config.get("device", "?"))]
+    return f"{processes} processes on {', '.join(devices)}"
+
+
+def write_metrics(out, metrics, title, note=None):
+    """metrics.md (the table under its title and `note`, e.g. trained_by's), metrics.json, metrics.csv."""
     out = Path(out)
-    atomic_write(out / "metrics.md", f"**{title}**\n\n{format_table(metrics)}\n")
+    heading = f"**{title}**" + (f" ({note})" if note else "")
+    atomic_write(out / "metrics.md", f"{heading}\n\n{format_table(metrics)}\n")
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
@@ -190,8 +206,26 @@ def confusion_matrix(labels, predictions, num_classes):
     return counts
 
 
-def plot_confusion(path, counts, classes, title):
+def most_confused(counts, k):
+    """The indices (in class order) of the k classes with the most errors, as true or as predicted class."""
+    errors = counts.sum(dim=0) + counts.sum(dim=1) - 2 * counts.diagonal()
+    return errors.argsort(descending=True, stable=True)[:k].sort().values
+
+
+def plot_confusion(path, counts, classes, title, whole_matrix=None):
+    """The confusion matrix as a figure of MAX_DRAWN_CLASSES classes at most: above that the cells
+    could not be read, and the figure's size (and the memory to draw it) would grow with the square
+    of the class count (800 classes: killed at 24 GB). Then the most confused classes are drawn, as
+    the title and one printed line say; `whole_matrix` names where every class is (a CSV)."""
     n = len(classes)
+    if n > MAX_DRAWN_CLASSES:
+        shown = most_confused(counts, MAX_DRAWN_CLASSES)
+        counts, classes = counts[shown][:, shown], [classes[i] for i in shown]
+        note = f"the {MAX_DRAWN_CLASSES} most confused of {n} classes" + \
+            (f"; all in {Path(whole_matrix).name}" if whole_matrix else "")
+        title = f"{title}\n({note})"
+        print(f"{Path(path).name} draws {note}")
+        n = MAX_DRAWN_CLASSES
     fig, ax = plt.subplots(figsize=(1.0 + 0.7 * n, 0.8 + 0.6 * n))
     counts = counts.numpy()
     ax.imshow(counts, cmap="Blues")
@@ -204,3 +238,12 @@ def plot_confusion(path, counts, classes, title):
     ax.set_yticks(range(n), classes)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     save_figure(fig, path)
+
+
+def write_confusion_csv(path, counts, classes):
+    """The whole confusion matrix, whatever the class count: a row per true class, a column per predicted one."""
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["true \\ predicted", *classes])
+    writer.writerows([name, *row] for name, row in zip(classes, counts.tolist()))
+    atomic_write(path, rows.getvalue())

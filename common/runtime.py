@@ -2,11 +2,12 @@
 import contextlib
 import logging
 import os
-import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from torch._dynamo.exc import BackendCompilerFailed
 
 from common.cli import UserError
 
@@ -63,14 +64,30 @@ def autocast(device, precision):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def inductor_compiler():
+    """The C++ compiler torch.compile's CPU code generation runs: $CXX, else g++ (clang++ on macOS),
+    as torch._inductor.config.cpp.cxx picks it."""
+    return os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+
+
+def compiler_runs(compiler):
+    """True when `compiler --version` runs and succeeds, the test inductor itself makes."""
+    try:
+        subprocess.run([compiler, "--version"], capture_output=True, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True
+
+
 def compile_unavailable(device):
     """Why torch.compile cannot run here, or None where it can."""
     if sys.platform == "win32":
         return "torch.compile's CPU code generation is not supported on Windows"
     if device.type not in ("cpu", "cuda"):
         return f"torch.compile does not support {device.type}"
-    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
-        return "torch.compile needs a C++ compiler on the CPU (none of $CXX, g++, c++, clang++ found)"
+    if device.type == "cpu" and not compiler_runs(inductor_compiler()):
+        return (f"torch.compile needs a C++ compiler on the CPU, and {inductor_compiler()} "
+                f"({'$CXX' if os.environ.get('CXX') else 'the default'}) does not run")
     try:
         import torch._inductor  # noqa: F401  (absent or broken on some platforms and Python versions)
     except Exception as e:
@@ -91,3 +108,27 @@ def pick_compile(mode, device):
         raise UserError(f"--compile on: {reason}; use --compile off")
     print(f"warning: {reason}; training in eager mode (--compile off hides this warning)", file=sys.stderr)
     return False
+
+
+class CompiledOrEager:
+    """torch.compile(model), which compiles at its first call (and again for a new mode or shape);
+    where compiling fails all the same (a compiler that breaks on real code, a full disk, ...), the
+    model itself from then on. Under --compile auto that is one warning and `on_fallback(error)`
+    (which records it); under --compile on, one error line."""
+
+    def __init__(self, model, mode, on_fallback):
+        self.model, self.compiled, self.mode, self.on_fallback = model, torch.compile(model), mode, on_fallback
+        self.error = None
+
+    def __call__(self, *inputs):
+        if self.error is None:
+            try:
+                return self.compiled(*inputs)
+            except BackendCompilerFailed as e:  # InductorError is one
+                self.error = " ".join(str(e).split("\n")[0].split())[:300]
+                if self.mode == "on":
+                    raise UserError(f"--compile on: torch.compile failed ({self.error}); use --compile off") from None
+                print(f"warning: torch.compile failed ({self.error}); training in eager mode "
+                      "(--compile off hides this warning)", file=sys.stderr)
+                self.on_fallback(self.error)
+        return self.model(*inputs)

@@ -21,7 +21,7 @@ from common.cli import UserError
 from common.data import CROP, Split, SplitData, load_splits
 from common.run_folder import (check_args, check_out, check_resumable, check_schedule, clear_previous,
                                load_checkpoint, open_run_folder, optimizer_settings, run_key)
-from common.runtime import autocast, pick_compile, pick_device, pick_precision
+from common.runtime import CompiledOrEager, autocast, pick_compile, pick_device, pick_precision
 from common.split import DEMO_IMAGES, default_data
 
 CHECKPOINT_EVERY_S = 60
@@ -100,7 +100,13 @@ class Meter:
         return {"loss": loss / n, "top1": 100 * top1 / n, "top3": 100 * top3 / n}
 
 
-def diverged(loss_name, value, epoch):
+def diverged(loss_name, value, epoch, first_step=False):
+    """The error for a non-finite loss. Only a loss that was finite before can have been driven away
+    by the learning rate; one that is not finite at the very first step comes from the model's settings."""
+    if first_step:
+        return UserError(f"{loss_name} loss is {value} at the first step, before any update (so not because of "
+                         "--lr): the model's settings give non-finite outputs (check the task's options), "
+                         "or try --precision fp32")
     return UserError(f"{loss_name} loss became {value} in epoch {epoch}: try a lower --lr or --precision fp32")
 
 
@@ -127,7 +133,7 @@ def train_epoch(model, forward, split, optimizer, run, generator, epoch):
         loss_sum = F.nll_loss(log_probs, labels, reduction="sum") * (0 if stand_in else 1)
         loss = loss_sum / (global_size / distributed.world())  # in one process exactly F.nll_loss's mean
         if not torch.isfinite(loss):
-            raise diverged("training", loss.item(), epoch)
+            raise diverged("training", loss.item(), epoch, first_step=epoch == 1 and step == 0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -158,25 +164,43 @@ def evaluate(model, split, run, forward=None):
     return meter.result(), distributed.gather_rows(log_probs, rows, len(split))
 
 
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+STOPPED_EXIT_CODES = tuple(128 + signum for signum in STOP_SIGNALS)  # 130, 143, 129: the shell's codes
+
+
 class StopAfterEpoch:
-    """First Ctrl-C: finish the epoch, save a checkpoint, exit. Second Ctrl-C: quit at once."""
+    """First Ctrl-C, SIGTERM (Slurm's time limit, `kill`) or SIGHUP (a closed terminal): finish the
+    epoch, save a checkpoint, exit 128 + the signal's number. A second signal quits at once."""
 
     def __enter__(self):
-        self.requested = False
-        self.previous = signal.getsignal(signal.SIGINT)
+        self.signum = None
+        self.previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self.handle)
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, self.handle)
         return self
 
     def handle(self, signum, frame):
-        if self.requested:
+        if self.signum is not None:
+            self.signum = signum
             raise KeyboardInterrupt
-        self.requested = True
-        print("\nCtrl-C: stopping after this epoch to save a checkpoint (Ctrl-C again quits at once)", file=sys.stderr)
+        self.signum = signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: stopping after this epoch to save a checkpoint ({name} again quits at once)",
+              file=sys.stderr)
+
+    @property
+    def requested(self):
+        return self.signum is not None
+
+    @property
+    def exit_code(self):
+        return 128 + (self.signum or signal.SIGINT)
 
     def __exit__(self, *exc):
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self.previous)
+            for signum, handler in self.previous.items():
+                signal.signal(signum, handler)
 
 
 def fit(model, forward, run, resumed=None):
@@ -232,8 +256,9 @@ def fit(model, forward, run, resumed=None):
             "history": history, "best": best}, run.out / "last.pt")
 
     saved_at = time.perf_counter()
+    stop = StopAfterEpoch()
     try:
-        with StopAfterEpoch() as stop:
+        with stop:
             for epoch in range(start, run.args.epochs + 1):
                 began = time.perf_counter()
                 lr = optimizer.param_groups[0]["lr"]
@@ -263,13 +288,13 @@ def fit(model, forward, run, resumed=None):
                     if distributed.is_main():
                         print(f"stopped after epoch {epoch}, saved in {run.out / 'last.pt'}; continue with --resume",
                               file=sys.stderr)
-                    sys.exit(130)
+                    sys.exit(stop.exit_code)
     except KeyboardInterrupt:
         if (run.out / "last.pt").exists():
             print(f"\nquit; continue from the last checkpoint in {run.out} with --resume", file=sys.stderr)
         else:
             print(f"\nquit before the first checkpoint; start {run.out} again with --force", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(stop.exit_code)
     return history
 
 
@@ -279,11 +304,15 @@ def count_parameters(model):
 
 
 def config_of(run, model, extra):
+    """What config.json records; a collective under torchrun (every rank's device), so every rank calls it."""
     trainable, total = count_parameters(model)
+    rank_devices = distributed.from_every_rank(str(run.device))
     return {
         "task": run.task, "arguments": vars(run.args), "seed": run.args.seed,
         "device": str(run.device), "precision": run.precision, "compiled": run.compiled,
         "threads": torch.get_num_threads(),  # sums split over threads: another count changes the rounding
+        "processes": distributed.world(),  # torchrun's ranks draw other dropout masks than one process
+        **({"rank_devices": rank_devices} if len(set(rank_devices)) > 1 else {}),
         "parameters": {"trainable": trainable, "total": total},
         "classes": run.data.classes, "data": str(run.data.root),
         "split_sizes": {name: len(split) for name, split in run.data.splits().items()},
@@ -293,6 +322,14 @@ def config_of(run, model, extra):
     }
 
 
+def record_eager(run, config, error):
+    """torch.compile failed and the run went on in eager mode: config.json says so, and why."""
+    run.compiled = False
+    config.update(compiled=False, compile_error=error)
+    if distributed.is_main():
+        results.write_config(run.out, config)
+
+
 def train_and_report(model, run, title, extra_config=None):
     """Train, evaluate every split in eval mode, and write the table, plots and config."""
     config = config_of(run, model, extra_config or {})
@@ -300,7 +337,7 @@ def train_and_report(model, run, title, extra_config=None):
     main = distributed.is_main()  # under torchrun, rank 0 alone prints and writes
     if main:
         print(f"{title}: {trainable:,} trainable of {total:,} parameters; {run.device}, {run.precision}; "
-              f"{distributed.world()} process(es); "
+              f"{results.trained_by(config)}; "
               f"train/validation/test = {'/'.join(str(n) for n in config['split_sizes'].values())} images")
     with open_run_folder(run.out, run.args.resume, run.args.force) if main else contextlib.nullcontext():
         resumed = None
@@ -313,17 +350,20 @@ def train_and_report(model, run, title, extra_config=None):
         resumed = distributed.broadcast(resumed)
         model.to(run.device, memory_format=torch.channels_last)
         forward = distributed.wrap(model, run.device)
-        forward = torch.compile(forward) if run.compiled else forward  # compiles at its first call
+        if run.compiled:  # compiles at its first call
+            forward = CompiledOrEager(forward, run.args.compile, lambda error: record_eager(run, config, error))
         history = fit(model, forward, run, resumed)
         metrics, log_probs = {}, None
         for name, split in run.data.splits().items():
             metrics[name], log_probs = evaluate(model, split, run, forward)  # test comes last
         if main:
-            results.write_metrics(run.out, metrics, title)
+            results.write_metrics(run.out, metrics, title, results.trained_by(config))
             results.plot_history(run.out, [history], title)
             counts = results.confusion_matrix(run.data.test.labels, log_probs.argmax(dim=1), len(run.data.classes))
-            results.plot_confusion(run.out / "confusion.png", counts, run.data.classes, f"{title}: test confusion matrix")
+            results.write_confusion_csv(run.out / "confusion.csv", counts, run.data.classes)
+            results.plot_confusion(run.out / "confusion.png", counts, run.data.classes, f"{title}: test confusion matrix",
+                                   whole_matrix=run.out / "confusion.csv")
     if main:
-        print(f"\n{title} ({run.out})\n{results.format_table(metrics)}")
+        print(f"\n{title} ({run.out}; {results.trained_by(config)})\n{results.format_table(metrics)}")
     distributed.finish()  # under torchrun: the last collective was the test split's
     return metrics

@@ -57,3 +57,19 @@ class CreatesFile:
 
     def __reduce__(self):
         return (Path.touch, (Path(self.path),))
+
+
+def flip_byte_in_largest_tensor(checkpoint):
+    """Flip one bit in the middle of the largest tensor's bytes inside a torch.save zip archive, as a
+    failing disk or a bad copy would: the file still loads, with one weight changed."""
+    import struct
+    import zipfile
+    with zipfile.ZipFile(checkpoint) as archive:
+        member = max(archive.infolist(), key=lambda info: info.file_size)
+    with open(checkpoint, "r+b") as f:
+        f.seek(member.header_offset + 26)  # the local header's name and extra-field lengths
+        name_length, extra_length = struct.unpack("<HH", f.read(4))
+        f.seek(member.header_offset + 30 + name_length + extra_length + member.file_size // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, 1)
+        f.write(bytes([byte ^ 0x10]))

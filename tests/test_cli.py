@@ -58,3 +58,10 @@ def test_scripts_compute_denormals_as_zero_in_every_thread():
     out = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parent.parent, check=True,
                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}).stdout
     assert out.split() == ["2", "0"]
+
+
+def test_a_lost_torchrun_peer_is_one_line_that_claims_no_error_above(monkeypatch, capsys):
+    # A rank killed by SIGKILL printed nothing: the survivors must not promise its error.
+    monkeypatch.setattr("common.cli.lost_peer", lambda error: True)
+    code, err = exit_and_stderr(fail_with(RuntimeError("Connection closed by peer")), capsys)
+    assert code == 2 and err == "error: another process of this torchrun job stopped; its error, if any, is above\n"

@@ -44,8 +44,9 @@ def test_two_processes_give_the_metrics_of_one_with_the_same_global_batch(data, 
     for split in one:
         assert two[split]["top1"] == one[split]["top1"] and two[split]["top3"] == one[split]["top3"]
         assert two[split]["loss"] == pytest.approx(one[split]["loss"], rel=1e-5)
-    assert json.loads((tmp_path / "two" / "config.json").read_text())["split_sizes"] == {
-        "train": 18, "validation": 6, "test": 9}
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["split_sizes"] == {"train": 18, "validation": 6, "test": 9}
+    assert config["processes"] == 2 and "; 2 processes on cpu; " in stdout  # recorded and shown
 
 
 def test_splits_smaller_than_the_ranks_and_batches_of_one(data, tmp_path):

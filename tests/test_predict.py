@@ -15,7 +15,7 @@ import task1_efficientnet
 import task2_shallow
 import task3_netvlad
 from common.cli import UserError
-from conftest import make_image, make_split
+from conftest import flip_byte_in_largest_tensor, make_image, make_split
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -115,6 +115,14 @@ def test_a_checkpoint_of_another_model_or_with_code_is_refused(shallow_run, data
     with pytest.raises(UserError, match="corrupt or not a checkpoint"):
         predict.main([str(run), str(data / "test")])
     assert not (tmp_path / "pwned").exists()
+
+
+def test_weights_with_a_flipped_byte_are_refused(shallow_run, data, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(shallow_run, run)
+    flip_byte_in_largest_tensor(run / "best.pt")
+    with pytest.raises(UserError, match=r"best\.pt is corrupt \(.* fails its CRC-32 check\): refused"):
+        predict.main([str(run), str(data / "test")])
 
 
 @pytest.fixture(scope="module")

@@ -43,3 +43,11 @@ def test_the_summary_ranks_by_mean_test_top1_and_lists_unavailable_weights():
     assert [row.split(" | ")[0] for row in rows] == ["| high", "| low", "| missing"]
     assert "60.00 ± 3.00 %" in rows[0] and "47.62 %" in rows[0] and "1,234" in rows[0]
     assert "weights unavailable" in rows[2] and "86.90 %" in rows[2]
+
+
+def test_the_machine_line_says_how_many_processes_trained_each_run():
+    one, two = ({"config": {"device": "cpu", "precision": "fp32", **config}}
+                for config in ({"processes": 1}, {"processes": 2, "rank_devices": ["cuda:0", "cuda:1"]}))
+    assert "device cpu, precision fp32, each run trained by 1 process, " in report.machine({Task("a"): one})
+    assert "each run trained by 1 process, 2 processes on cuda:0, cuda:1, " in \
+        report.machine({Task("a"): one, Task("b"): two})

@@ -473,3 +473,21 @@ def test_a_fifo_in_place_of_a_runs_log_is_one_error(images, tmp_path, jobs):
                           env={**os.environ, "REPRO_CACHE_DIR": str(tmp_path / "cache")}, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr  # before: it waited on the FIFO forever
     assert done.stderr.splitlines()[-1] == f"error: {log} is not a regular file (a FIFO, device or folder)"
+
+
+@pytest.mark.parametrize("code", [130, 143, 129])  # Ctrl-C, SIGTERM, SIGHUP: each saved a checkpoint first
+def test_a_run_process_stopped_by_a_signal_is_reported_as_stopped_not_failed(tmp_path, monkeypatch, code):
+    import queue
+
+    class Stopped:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def wait(self):
+            return code
+    monkeypatch.setattr(reproduce.subprocess, "Popen", Stopped)
+    args = reproduce.parse_args(["--out", str(tmp_path / "r"), "--seeds", "1", "--device", "cpu"])
+    devices = queue.Queue()
+    devices.put("cpu")
+    with pytest.raises(reproduce.UserError, match="task3_netvlad seed 0 was stopped .*run reproduce.py again"):
+        reproduce.run_as_process(reproduce.TASKS[-1], tmp_path / "split", 0, args, devices, set(), {})

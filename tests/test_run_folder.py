@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from common.cli import UserError
-from common.run_folder import add_training_args, finished_metrics, is_inside, lock, read_config, run_or_reuse
+from common import distributed
+from common.run_folder import (add_training_args, check_resumable, finished_metrics, is_inside, load_checkpoint, lock,
+                               read_config, run_or_reuse)
 from common.train import EPOCH_LISTENERS, start_run
-from conftest import CreatesFile, make_split
+from conftest import CreatesFile, flip_byte_in_largest_tensor, make_split
 from test_train import run, tiny_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -342,3 +344,26 @@ def test_a_fifo_in_place_of_the_log_is_refused_before_the_run_not_waited_on(data
             print(e)
         """)], capture_output=True, text=True, timeout=60)  # before: open() waited for a reader forever
     assert done.stdout == f"{out / 'log.txt'} is not a regular file (a FIFO, device or folder)\n", done.stderr
+
+
+def test_a_checkpoint_with_a_flipped_byte_in_a_tensor_is_refused(data, tmp_path):
+    out = tmp_path / "out"
+    run(data, out, "--epochs", "1")
+    flip_byte_in_largest_tensor(out / "last.pt")
+    torch.load(out / "last.pt", weights_only=True)  # loads as if whole: only the CRC-32s tell
+    with pytest.raises(UserError, match=r"last\.pt is corrupt or unreadable \(.* fails its CRC-32 check\), refused"):
+        run(data, out, "--epochs", "2", "--resume")
+
+
+def test_a_checkpoint_of_one_process_does_not_resume_under_torchrun(data, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    run(data, out, "--epochs", "1")
+    state = load_checkpoint(out / "last.pt")
+    parser = argparse.ArgumentParser()
+    add_training_args(parser, "test", epochs=4, batch_size=5)
+    r = start_run("test", parser.parse_args(["--data", str(data), "--out", str(out), "--lr", "0.05",
+                                             "--precision", "fp32", "--resume"]))
+    check_resumable(state, r)  # the same settings in one process
+    monkeypatch.setattr(distributed, "world", lambda: 2)
+    with pytest.raises(UserError, match="torchrun processes unset in the checkpoint, 2 now"):
+        check_resumable(state, r)

@@ -2,6 +2,9 @@ import argparse
 import json
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,8 @@ from common.data import model_input
 from common.run_folder import add_compile_arg, add_training_args
 from common.train import start_run, topk_correct, train_and_report
 from conftest import make_split
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class ImagesIn(nn.Module):
@@ -64,6 +69,18 @@ def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(data, tmp_pat
     assert len(history) == 1 + 4
 
 
+def test_config_and_table_say_one_process_trained_it_and_its_key_does_not(data, tmp_path, capsys):
+    run(data, tmp_path / "out", "--epochs", "1")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["processes"] == 1 and "rank_devices" not in config  # one device: nothing to list
+    assert (tmp_path / "out" / "metrics.md").read_text().startswith("**tiny** (1 process)\n")
+    assert len((tmp_path / "out" / "confusion.csv").read_text().splitlines()) == 1 + 3  # beside confusion.png
+    out = capsys.readouterr().out
+    assert "; cpu, fp32; 1 process; " in out and f"tiny ({tmp_path / 'out'}; 1 process)" in out
+    key = torch.load(tmp_path / "out" / "last.pt", weights_only=True)["key"]
+    assert not any("process" in name for name in key)  # one-process checkpoints from before still resume
+
+
 def test_resume_refuses_other_settings_and_missing_checkpoint(data, tmp_path):
     run(data, tmp_path / "out", "--epochs", "1")
     with pytest.raises(UserError, match="other settings: --lr 0.05 in the checkpoint, 0.01 now"):
@@ -95,8 +112,18 @@ def test_nan_loss_stops_with_the_epoch_named(data, tmp_path):
         def forward(self, x):
             return torch.log_softmax(model_input(x).mean(dim=(2, 3)) * self.scale, dim=1)
 
-    with pytest.raises(UserError, match="loss became nan in epoch 1"):
+    with pytest.raises(UserError, match=r"training loss is nan at the first step, before any update \(so not because "
+                                        r"of --lr\)") as refused:
         train_and_report(Broken(), r, "broken")
+    assert "lower --lr" not in str(refused.value)
+
+
+def test_a_loss_not_finite_from_the_start_does_not_blame_the_learning_rate(data, tmp_path):
+    import task3_netvlad
+    with pytest.raises(UserError, match="at the first step, before any update") as refused:
+        task3_netvlad.main(["--data", str(data), "--out", str(tmp_path / "o"), "--alpha", "1e300", "--clusters", "2",
+                            "--epochs", "1", "--compile", "off", "--device", "cpu"])
+    assert "lower --lr" not in str(refused.value)
 
 
 def test_topk_against_hand_computed_cases():
@@ -148,6 +175,47 @@ def test_ctrl_c_finishes_the_epoch_saves_and_resumes_to_the_same_metrics(data, t
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 2
     resumed = run(data, tmp_path / "cut", "--epochs", "4", "--resume")
     assert resumed == whole
+
+
+def start_task2(data, out, *argv, env=None):
+    """task2_shallow.py in a process of its own, tiny and in eager mode unless argv says otherwise."""
+    command = [sys.executable, "-u", str(REPO / "task2_shallow.py"), "--data", str(data), "--out", str(out),
+               "--device", "cpu", "--batch-size", "6", "--compile", "off", *argv]
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "REPRO_CACHE_DIR": str(out.parent / "cache"), **(env or {})})
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_early_saves_a_checkpoint_at_the_epochs_end_and_exits_128_plus_it(data, tmp_path, signum):
+    # Slurm's time limit sends SIGTERM, a closed terminal SIGHUP: long before CHECKPOINT_EVERY_S.
+    out = tmp_path / "out"
+    child = start_task2(data, out, "--epochs", "50")
+    for line in child.stdout:
+        if line.startswith("epoch   1/50"):
+            child.send_signal(signum)
+            break
+    stdout, stderr = child.communicate(timeout=120)
+    assert child.returncode == 128 + signum, stderr
+    assert f"{signal.Signals(signum).name}: stopping after this epoch to save a checkpoint" in stderr
+    assert "Traceback" not in stderr and "continue with --resume" in stderr
+    epochs = torch.load(out / "last.pt", weights_only=True)["epoch"]
+    resumed = start_task2(data, out, "--epochs", str(epochs + 1), "--resume")
+    stdout, stderr = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0 and f"resuming {out} after epoch {epochs}" in stdout, stderr
+
+
+def test_a_compiler_that_fails_on_real_code_falls_back_to_eager_and_is_recorded(data, tmp_path):
+    # It answers --version, so compile_unavailable passes it; inductor's first C++ build then fails.
+    compiler = tmp_path / "cxx"
+    compiler.write_text('#!/bin/sh\n[ "$1" = --version ] && echo fake 1.0 && exit 0\nexit 1\n')
+    compiler.chmod(0o755)
+    child = start_task2(data, tmp_path / "out", "--epochs", "1", "--compile", "auto",
+                        env={"CXX": str(compiler), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
+    stdout, stderr = child.communicate(timeout=300)
+    assert child.returncode == 0 and "Traceback" not in stderr, stderr
+    assert stderr.count("warning: torch.compile failed (") == 1 and "training in eager mode" in stderr
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["compiled"] is False and config["compile_error"] and "\n" not in config["compile_error"]
 
 
 def tiny_main(argv):
