@@ -173,7 +173,8 @@ class Stage:
 
     def env(self, **extra):
         env = dict(os.environ, REPRO_CACHE_DIR=str(self.cache), TORCHINDUCTOR_CACHE_DIR=str(self.dir / "inductor"),
-                   OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1")
+                   OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1",
+                   PYTHONDONTWRITEBYTECODE="1")  # nothing written into the checkout attacked
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
@@ -241,7 +242,7 @@ class Shared:
     def trained(self, task):
         with self.lock:  # the first case to ask trains it; the others wait
             if task not in self.runs:
-                out = self.root / f"base-{Path(task[0]).stem}"
+                out = self.root / f"base-{len(self.runs)}-{Path(task[0]).stem}"
                 stage = Stage(self.root, self.repo, self.slow, 300, self)
                 stage.cache = self.root / "cache"
                 r = stage.task(task, self.split, out)
@@ -285,7 +286,8 @@ def wait_for(condition, seconds, what):
 
 def no_traceback(r):
     if "Traceback" in r.text:
-        raise Fail(f"traceback (exit {r.code}): {last_line(r.err)}")
+        exceptions = re.findall(r"^\w[\w.]*(?:Error|Exception|Interrupt|Exit)\b.*", r.err, re.M)
+        raise Fail(f"traceback (exit {r.code}): {exceptions[-1][:200] if exceptions else last_line(r.err)}")
 
 
 def expect_error(r, *words):
@@ -492,14 +494,14 @@ def fifo_unfinished_manifest_force(s):
     expect_clean(s.run("data_split.py", split_with_fifo(s, "split.csv.incomplete"), s.dir / "dest", "--force"))
 
 
-@case("28.8c", "reproduce.py reusing a split whose split.csv is a FIFO does not hang", timeout=30)
+@case("28.8c", "reproduce.py reusing a split whose split.csv is a FIFO does not hang", timeout=60)
 def fifo_manifest_reproduce(s):
     src, out = make_source(s.dir / "src"), s.dir / "out"
     expect_ok(s.reproduce(src, out, "--print-commands"))
     for manifest in (out / "splits").glob("*/split.csv"):
         manifest.unlink()
         os.mkfifo(manifest)
-    expect_clean(s.reproduce(src, out, "--print-commands"))
+    expect_clean(s.reproduce(src, out))
 
 
 @case("28.8d", "reproduce.py --jobs 2 with a FIFO in place of a run's log.txt does not hang", timeout=60)
@@ -918,8 +920,7 @@ def resume_case(id, description, task, *options, word=None):
         expect_error(s.task(task, s.shared.split, run, "--resume", "--epochs", "2", *options), *(word or ()))
 
 
-resume_case("9.8a", "after changing --clusters", ("task3_netvlad.py", "--compile", "off"), "--clusters", "3",
-            word=("clusters",))
+resume_case("9.8a", "after changing --clusters", TASK3, "--clusters", "3", word=("clusters",))
 resume_case("9.13a", "with another --init", TASK3, "--init", "random", word=("init",))
 resume_case("9.13b", "with another --alpha", TASK3, "--alpha", "3", word=("alpha",))
 resume_case("9.13c", "of a pretrained task 1 run with --no-pretrained", TASK1, "--no-pretrained")
