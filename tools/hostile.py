@@ -654,9 +654,17 @@ def print_commands_injection(s):
     lines = [line for line in r.out.splitlines() if line.strip()]
     if len(lines) != 1:
         raise Fail(f"{len(lines)} lines for one run")
-    argv = shlex.split(lines[0])
-    if argv[argv.index("--out") + 1] != str(out / "task3_netvlad" / "seed0"):
-        raise Fail(f"the line does not parse back to the run's --out: {lines[0][:120]}")
+    argv = bash_words(lines[0], s.dir)  # as the README's Slurm array reads it: bash, eval
+    if (s.dir / "PWNED").exists():
+        raise Fail("the path ran a command")
+    if "--out" not in argv or argv[argv.index("--out") + 1] != str(out / "task3_netvlad" / "seed0"):
+        raise Fail(f"the line does not read back as the run's --out: {lines[0][:120]}")
+
+
+def bash_words(line, cwd):
+    """The words bash makes of a command line (any quoting bash reads: '...', \\, $'...')."""
+    words = subprocess.run(["bash", "-c", "printf '%s\\0' " + line], cwd=cwd, capture_output=True, timeout=30).stdout
+    return os.fsdecode(words).split("\0")[:-1]
 
 
 @case("28.12d", "predict.py predicts a folder holding only a GIF")
