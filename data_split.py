@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 from common.cli import UserError, run_main
-from common.split import (CUB_CLASSES, CUB_SPLIT, DEFAULT_RATIOS, DEMO_IMAGES, DEMO_SPLIT, ROOT, cub_images,
-                          has_cub_classes, split_dataset)
+from common.paths import CUB_SPLIT, DEMO_IMAGES, DEMO_SPLIT, REPO
+from common.split import CUB_CLASSES, DEFAULT_RATIOS, cub_images, has_cub_classes, split_dataset
 
 
 def main(argv=None):
@@ -25,8 +25,8 @@ def main(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="*", metavar="SRC DEST",
                         help=f"folder with one sub-folder per class, and the output folder "
-                             f"(default: {DEMO_IMAGES.relative_to(ROOT)} {DEMO_SPLIT.relative_to(ROOT)}); "
-                             f"with --cub only DEST (default: {CUB_SPLIT.relative_to(ROOT)})")
+                             f"(default: {DEMO_IMAGES.relative_to(REPO)} {DEMO_SPLIT.relative_to(REPO)}); "
+                             f"with --cub only DEST (default: {CUB_SPLIT.relative_to(REPO)})")
     parser.add_argument("--ratios", nargs="+", type=float, default=DEFAULT_RATIOS, metavar="R",
                         help="train, validation and test fractions, summing to 1 (default: 0.7 0.2 0.1 as the "
                              "report's text says; 0.7 0.1 0.2 is what its code did: 291 / 42 / 84 CUB images)")

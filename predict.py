@@ -15,26 +15,26 @@ typical commands:
 import argparse
 import csv
 import io
-import math
 import os
 import reprlib
-import types
 from pathlib import Path
 
 import torch
 
+import tasks
 from common import results
-from common.backbones import BACKBONES, extract_features, load_backbone
+from common.backbones import extract_features
+from common.checkpoint import checkpoint_damage
 from common.cli import UserError, run_main
-from common.data import (CROP, IMAGE_EXTENSIONS, Split, check_cache_outside, class_folders, decode_images,
-                         decoded_cache, has_image_extension, list_images, sub_folders, warn)
-from common.models import DESCRIPTOR_DIM, ShallowConvNet, ShallowNetVLAD, descriptor_count
-from common.netvlad import check_fits
-from common.run_folder import (MAX_BATCH, SEEDS, check_folder_writable, checkpoint_damage, is_inside, make_folder,
-                               read_config)
+from common.config import MAX_BATCH, RunConfig, is_bool, is_int_in
+from common.data import (IMAGE_EXTENSIONS, Split, check_cache_outside, class_folders, decode_images, decoded_cache,
+                         has_image_extension, list_images, sub_folders, warn)
+from common.files import atomic_write
+from common.paths import is_inside
+from common.reuse import read_config
+from common.run_folder import check_folder_writable, make_folder
 from common.runtime import PRECISIONS, pick_compile, pick_device, pick_precision
-from common.train import evaluate, seed_everything
-from common.transfer import FineTuned, linear_head
+from common.train import Run, evaluate
 
 
 def parse_args(argv):
@@ -92,38 +92,23 @@ def check_new_file(path, label, force):
 MISSING = object()  # a field config.json lacks
 
 
-def is_int_in(low, high):
-    return lambda value: isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
-def is_bool(value):
-    return isinstance(value, bool)
-
-
 def is_class_list(value):
     return (isinstance(value, list) and len(value) >= 2 and all(isinstance(c, str) and c for c in value)
             and len(set(value)) == len(value))
 
 
-TASKS = ("task2_shallow", "task3_netvlad", *(f"task1_{name}" for name in BACKBONES))
-# What predicting reads from config.json -> (check, what it must be): the command line's limits
-# (--clusters as check_clusters), so that a hand-edited file is one line, not a traceback deep inside
+def known_task(name):
+    return isinstance(name, str) and name in {n for t in tasks.all_tasks() for n in (t.name, *t.former_names)}
+
+
+# What predicting reads from config.json -> (check, what it must be): the command line's limits, so that
+# a hand-edited file is one line, not a traceback deep inside. Each task adds its own (Task.saved_fields).
 CONFIG_FIELDS = {
-    "task": (lambda v: isinstance(v, str) and v in TASKS, "one of " + ", ".join(TASKS)),
+    "task": (known_task, "one of " + ", ".join(tasks.task_names())),
     "classes": (is_class_list, "a list of 2 or more distinct class names"),
     "precision": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
     "compiled": (is_bool, "true or false"),
     "arguments.batch_size": (is_int_in(1, MAX_BATCH), f"an integer from 1 to {MAX_BATCH}"),
-}
-TASK_FIELDS = {
-    "task3_netvlad": {"arguments.clusters": (is_int_in(1, math.inf), "a positive integer"),
-                      "arguments.init": (lambda v: v in ("kmeans", "random"), "kmeans or random")},
-    **{f"task1_{name}": {"backbone": (lambda v, name=name: v == name, f"{name!r}, the backbone of its task"),
-                         "pretrained": (is_bool, "true or false"), "finetuned": (is_bool, "true or false"),
-                         "weights": (lambda v: v is None or isinstance(v, str), "a file path or null"),
-                         "weights_sha1": (lambda v: isinstance(v, str), "a sha1 in hex"),
-                         "arguments.seed": (is_int_in(0, SEEDS - 1), f"an integer from 0 to {SEEDS - 1}")}
-       for name in BACKBONES},
 }
 
 
@@ -144,26 +129,29 @@ def check_fields(config, fields, file):
 
 
 def run_config(run_dir, batch_size=None):
-    """The run's config.json with every field predicting reads checked (a hand-edited or foreign
-    one is one error, not a KeyError deep inside), and a task 3 model checked to fit in memory
-    for batches of `batch_size` (default: the run's)."""
+    """(task, its RunConfig, config.json) of a run, every field predicting reads checked (a hand-edited
+    or foreign one is one error, not a KeyError deep inside), the task's options as on its command
+    line (a task 3 model must fit in memory for batches of `batch_size`, default the run's)."""
     file = run_dir / "config.json"
     try:
-        config = read_config(run_dir)
+        saved = read_config(run_dir)
     except UserError:
         raise UserError(f"{file} is unreadable or was not written by this project") from None
-    if config is None:
+    if saved is None:
         raise UserError(f"{run_dir} holds no config.json: not a run folder of this project")
-    check_fields(config, CONFIG_FIELDS, file)
-    check_fields(config, TASK_FIELDS.get(config["task"], {}), file)
-    if config["task"] == "task3_netvlad":  # a K too large would try to allocate it (2**40: 64 TB)
-        arguments = config["arguments"]
-        try:
-            check_fits(batch_size or arguments["batch_size"], arguments["clusters"], DESCRIPTOR_DIM,
-                       descriptor_count(CROP))
-        except UserError as e:
-            raise UserError(f"{file}: {e}") from None
-    return config
+    check_fields(saved, CONFIG_FIELDS, file)
+    task = tasks.load(saved["task"])
+    check_fields(saved, task.saved_fields, file)
+    try:
+        config = RunConfig.from_arguments(task.name, saved["arguments"])
+        config = config.replace(batch_size=batch_size or config.batch_size)
+        if task.check_options:
+            task.check_options(config)
+    except UserError as e:
+        raise UserError(f"{file}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:  # an option missing or of another type
+        raise UserError(f"{file} was not written by this project (or was edited): {type(e).__name__} {e}") from None
+    return task, config, saved
 
 
 def load_weights(run_dir, checkpoint):
@@ -184,42 +172,15 @@ def load_weights(run_dir, checkpoint):
     return weights
 
 
-def task1_backbone(config, weights_file):
-    """The frozen backbone the run used, checked against its recorded fingerprint."""
-    name, arguments = config["backbone"], config["arguments"]
-    if config["pretrained"]:
-        recorded, label = Path(config["weights"]) if config["weights"] else None, None
-        if weights_file is None and recorded is not None and recorded.is_file():
-            # else: the usual places (hub cache, package), checked below
-            weights_file, label = recorded, f"the weights file config.json names ({recorded})"
-        backbone = load_backbone(name, weights_file, weights_label=label)
-    else:
-        seed_everything(arguments["seed"])  # the random init the run drew, in the same order
-        backbone = load_backbone(name, pretrained=False)
-    if backbone.weights_fingerprint() != config["weights_sha1"]:
-        raise UserError(f"the backbone weights {backbone.weights_source} are not the ones the run used "
-                        f"({config['weights']}); pass that file with --weights FILE")
-    return backbone
-
-
-def build_model(config, weights_file):
-    """(backbone or None, model) for the run's task (one of TASKS: see run_config), with the run's
-    classes and options."""
-    task, classes, arguments = config["task"], config["classes"], config["arguments"]
-    if weights_file is not None and not task.startswith("task1_"):
-        warn(f"--weights {weights_file} is not used: a {task} run's checkpoint holds its whole model")
-    if task == "task2_shallow":
-        return None, ShallowConvNet(len(classes))
-    if task == "task3_netvlad":
-        model = ShallowNetVLAD(len(classes), arguments["clusters"])
-        model.netvlad.normalize_input = arguments.get("init") != "random"  # the report's init does not normalise
-        return None, model
-    head = linear_head(BACKBONES[config["backbone"]].feature_dim, len(classes))
-    if config["finetuned"]:  # its checkpoint holds the whole trained network: no weight file needed
+def build_model(task, config, saved, weights_file):
+    """(the network making the model's inputs from images or None, the model) for the run's task, with
+    the run's classes and options."""
+    model = task.build_model(config, len(saved["classes"]))
+    if task.input_network is None:
         if weights_file is not None:
-            warn(f"--weights {weights_file} is not used: the fine-tuned run's checkpoint holds its backbone")
-        return None, FineTuned(load_backbone(config["backbone"], pretrained=False), head, backbone_lr_factor=1)
-    return task1_backbone(config, weights_file), head
+            warn(f"--weights {weights_file} is not used: a {task.name} run's checkpoint holds its whole model")
+        return None, model
+    return task.input_network(saved, weights_file), model
 
 
 # --- the images -----------------------------------------------------------------------------
@@ -290,7 +251,7 @@ def write_csv(path, rows):
     writer = csv.DictWriter(text, ["path", "rank", "class", "probability"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    results.atomic_write(path, text.getvalue())
+    atomic_write(path, text.getvalue())
     print(f"wrote {path}")
 
 
@@ -340,28 +301,33 @@ def score(metrics, labels, log_probs, classes, folder, title, picture):
     print(f"wrote {picture}")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    check_cache_outside(*args.paths)
-    config = run_config(args.run_dir, args.batch_size)
-    classes, weights = config["classes"], load_weights(args.run_dir, args.checkpoint)
-    sets = gather(args.paths, classes)
-    pictures = confusion_pictures(sets, args)
-    backbone, model = build_model(config, args.weights)
+def model_for(args, task, config, saved, weights):
+    """The run's model with its checkpoint's `weights`, ready on the device, and the Run to predict with:
+    the run's batch size and precision (unless given), compiled where the run was, so its numbers repeat."""
+    backbone, model = build_model(task, config, saved, args.weights)
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
-        raise UserError(f"{args.run_dir / (args.checkpoint + '.pt')} does not fit the run's {config['task']} "
+        raise UserError(f"{args.run_dir / (args.checkpoint + '.pt')} does not fit the run's {task.name} "
                         f"model ({str(e).splitlines()[0][:160]})") from None
     device = pick_device(args.device)
-    run = types.SimpleNamespace(
-        device=device, precision=pick_precision(args.precision or config["precision"], device),
-        compiled=config["compiled"] and pick_compile("auto", device),
-        args=types.SimpleNamespace(batch_size=args.batch_size or config["arguments"]["batch_size"]))
+    run = Run(config, data=None, device=device, precision=pick_precision(args.precision or saved["precision"], device),
+              compiled=saved["compiled"] and pick_compile("auto", device))
     model.to(device, memory_format=torch.channels_last)
     forward = torch.compile(model) if run.compiled else model  # compiled kernels round as in training
+    return backbone, model, forward, run
 
-    rows, scores, title = [], {}, config["task"]
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_cache_outside(*args.paths)
+    task, config, saved = run_config(args.run_dir, args.batch_size)
+    classes, title = saved["classes"], saved.get("title", task.name)
+    weights = load_weights(args.run_dir, args.checkpoint)
+    sets = gather(args.paths, classes)
+    pictures = confusion_pictures(sets, args)  # every check before any image is predicted
+    backbone, model, forward, run = model_for(args, task, config, saved, weights)
+    rows, scores = [], {}
     for folder, items in sets:
         images, kept, _ = decode_images([f for f, _ in items], decoded_cache())
         if not kept:

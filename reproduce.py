@@ -13,9 +13,8 @@ Slurm job array, say) to run; reproduce.py then reuses them and writes the repor
 """
 import argparse
 import contextlib
-import dataclasses
+import functools
 import hashlib
-import importlib
 import os
 import queue
 import re
@@ -26,26 +25,28 @@ import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+import tasks
 from common import results
 from common.backbones import WeightsUnavailable
 from common.cli import UserError, run_main
 from common.data import MANIFEST, SPLITS, UNFINISHED_MANIFEST, check_cache_outside
-from common.report import REPORT_TITLE, summarise, write_report
-from common.run_folder import (check_folder_writable, is_inside, lock, make_folder, planned_argv, read_json,
-                               run_or_reuse)
+from common.files import open_regular, read_json
+from common.options import parse_run_config, run_task
+from common.paths import DEMO_IMAGES, REPO, RESULTS, is_inside
+from common.report import REPORT_TITLE, Reproduction, TaskResult, summarise, write_report
+from common.reuse import planned_argv, run_logged
+from common.run_folder import check_folder_writable, lock, make_folder
 from common.runtime import COMPILE_MODES, pick_device
-from common.train import EPOCH_LISTENERS, STOPPED_EXIT_CODES
-from common.split import (CUB_CLASSES, DEMO_IMAGES, check_ratios, cub_images, find_classes, manifest_rows,
-                          source_listing, split_dataset)
+from common.split import CUB_CLASSES, check_ratios, cub_images, find_classes, manifest_rows, source_listing, split_dataset
+from common.train import STOPPED_EXIT_CODES
 
-REPO = Path(__file__).resolve().parent
 MAX_SEEDS = 1000
 MAX_JOBS = 1000  # runs at a time; more would only share the same cores
 DEFAULT_SEEDS = 3  # mean ± std by default: 8.0 minutes measured for the demo data on 2 CPU cores (README)
@@ -53,34 +54,7 @@ PROGRESS_EVERY_S = 2  # how often the bar shows the epochs of runs under way in 
 LIKE_CTRL_C = (signal.SIGTERM, signal.SIGHUP)  # a scheduler's kill, a closed terminal: both stop like Ctrl-C
 
 
-@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, to key dicts
-class Task:
-    name: str          # script module and run folder
-    title: str
-    epochs: int        # the report's
-    argv: tuple = ()
-    compiles: bool = False  # takes --compile (tasks 2 and 3: long enough to repay compilation)
-    report: dict = None  # the 2020 report's table: split -> (logloss, top-1, top-3)
-
-
-def report_table(train, validation, test):
-    return {split: dict(zip(("loss", "top1", "top3"), values))
-            for split, values in zip(("train", "validation", "test"), (train, validation, test))}
-
-
-TASKS = (
-    Task("task1_googlenet", "GoogLeNet, frozen, linear head", 20, report=report_table(
-        (0.2897, 93.47, 100.00), (0.4072, 88.09, 97.62), (0.4880, 86.90, 96.43))),
-    Task("task1_vgg", "VGG16, frozen, linear head", 20, report=report_table(
-        (0.0005, 100.00, 100.00), (1.0316, 80.95, 97.62), (0.9658, 77.38, 95.24))),
-    Task("task1_resnet", "ResNet50, frozen, linear head", 20, report=report_table(
-        (0.1447, 98.97, 100.00), (0.2758, 95.24, 100.00), (0.3347, 94.05, 97.62))),
-    Task("task1_efficientnet", "EfficientNet-Lite0, frozen, linear head", 20),
-    Task("task2_shallow", "Shallow ConvNet", 100, compiles=True, report=report_table(
-        (0.7122, 84.19, 97.25), (1.4634, 40.48, 73.81), (1.3038, 47.62, 79.76))),
-    Task("task3_netvlad", "Shallow ConvNet + NetVLAD (K=16, k-means init)", 100, ("--clusters", "16"), True, report=report_table(
-        (1.9054, 26.00, 62.31), (1.9287, 30.95, 40.48), (1.9338, 29.24, 40.48))),
-)
+TASKS = tasks.all_tasks()
 
 
 def atomic_files(*names):
@@ -106,7 +80,7 @@ def parse_args(argv):
     source.add_argument("--data", type=Path, help="folder with one sub-folder per class (default: the demo set)")
     source.add_argument("--cub", type=Path, metavar="PATH",
                         help="the report's own 7 CUB-200-2011 classes, from the CUB_200_2011 folder or .tgz archive")
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "reproduce",
+    parser.add_argument("--out", type=Path, default=RESULTS / "reproduce",
                         help="results folder: a new one, or one reproduce.py made before, whose finished runs it "
                              "reuses (default: results/reproduce)")
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
@@ -182,7 +156,7 @@ def check_out(args):
     if not args.force:  # --force replaces the runs' files without reading them
         for task in (t for t in TASKS if t.name in args.tasks):
             for seed in range(args.seeds):
-                check_run_files(run_folder(task, seed, args))
+                check_run_files(run_dir(task, seed, args))
 
 
 def foreign_entry(out):
@@ -252,20 +226,55 @@ def split_sizes(folder):
     return Counter(row["split"] for row in rows)
 
 
-def task_argv(task, data, seed, args, device=None):
-    return ["--data", str(data), "--seed", str(seed), "--device", device or args.device, "--precision", args.precision,
-            *task.argv, *(("--compile", args.compile) if task.compiles else ()), *(("--augment",) if args.augment else ())]
+@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, to key dicts
+class PlannedRun:
+    """One task with one seed, planned once: its folder and the task script's command line (argv),
+    or argv None where the run finished there is reused. In this process or in a process of its
+    own, it is the same run; each way adds the device it runs on."""
+    task: object  # common.task.Task
+    seed: int
+    out: Path
+    epochs: int
+    argv: list = None
+
+    @property
+    def label(self):
+        return f"{self.task.name} seed {self.seed}"
+
+    def command(self, device):
+        return [*self.argv, "--device", device]
 
 
-def run_folder(task, seed, args):
+def task_argv(task, data, seed, args):
+    return ["--data", str(data), "--seed", str(seed), "--precision", args.precision, *task.reproduce_argv,
+            *(("--compile", args.compile) if task.compiles else ()), *(("--augment",) if args.augment else ())]
+
+
+def run_dir(task, seed, args):
     return args.out / task.name / f"seed{seed}"
 
 
+def plan_runs(chosen, splits, args):
+    """Every task over every seed, in order: what is finished, what continues, what starts."""
+    plans = []
+    for task in chosen:
+        for seed, data in enumerate(splits):
+            out, epochs = run_dir(task, seed, args), args.epochs or task.epochs
+            plans.append(PlannedRun(task, seed, out, epochs,
+                                    planned_argv(task_argv(task, data, seed, args), out, epochs, args.force)))
+    return plans
+
+
+def title_of(task, split, args):
+    """The title the task's runs carry, with the options reproduce.py gives it."""
+    return task.title_for(parse_run_config(task, task_argv(task, split, 0, args)))
+
+
 def runs_under_way(running):
-    """The progress of the runs training in processes of their own, briefly, as several share the
-    line: `running` maps a run folder to (name, epochs); its last history.csv row says how far it is."""
+    """The progress of the runs under way, briefly, as several share the line: `running` maps a run
+    folder to (label, epochs); its last history.csv row says how far it is."""
     shown = []
-    for out, (name, epochs) in sorted(list(running.items()), key=lambda item: item[1][0]):
+    for out, (name, epochs) in sorted(running.items(), key=lambda item: item[1][0]):
         try:
             row = results.read_history(out)[-1]
             shown.append(f"{name}: epoch {int(row['epoch'])}/{epochs}, val top-1 {float(row['val_top1']):.1f} %")
@@ -274,49 +283,84 @@ def runs_under_way(running):
     return "; ".join(shown)
 
 
-def run_once(task, data, seed, args):
-    """Train one task with one seed into OUT/<task>/seed<N>/, or reuse the run finished there."""
-    return run_or_reuse(importlib.import_module(task.name).main, task_argv(task, data, seed, args),
-                        run_folder(task, seed, args), args.epochs or task.epochs, args.force)
+class Running:
+    """The runs under way, wherever they train, shown on the progress bar: every PROGRESS_EVERY_S
+    seconds a thread reads how far each is from its history.csv."""
+
+    def __init__(self, bar):
+        self.bar, self.runs, self.lock = bar, {}, threading.Lock()
+
+    @contextlib.contextmanager
+    def track(self, plan):
+        with self.lock:
+            self.runs[plan.out] = (plan.label, plan.epochs)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.runs.pop(plan.out)
+
+    def show(self):
+        with self.lock:
+            running = dict(self.runs)
+        self.bar.set_postfix_str(runs_under_way(running))
+
+    @contextlib.contextmanager
+    def shown(self):
+        done = threading.Event()
+
+        def refresh():
+            while not done.wait(PROGRESS_EVERY_S):
+                self.show()
+        thread = threading.Thread(target=refresh, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            done.set()
+            thread.join()
 
 
-def run_as_process(task, data, seed, args, devices, children, running):
-    """run_once as a process of its own, on a device taken from the queue `devices` while it trains.
-    The process is in `children` while it runs: in a session of its own, so that a Ctrl-C reaches it
-    once, forwarded by run_concurrently, and it saves a checkpoint before it stops. Its run folder is
-    in `running` meanwhile, for the progress bar."""
-    out, epochs = run_folder(task, seed, args), args.epochs or task.epochs
-    device = devices.get()
+def run_here(plan, args, running):
+    """A planned run in this process, its printed output in its log.txt; returns its metrics."""
+    if plan.argv is not None:
+        with running.track(plan):
+            run_logged(functools.partial(run_task, plan.task), plan.command(args.device), plan.out)
+    return read_json(plan.out / "metrics.json")
+
+
+def run_as_process(plan, args, devices, children, running):
+    """A planned run as a process of its own, on a device taken from the queue `devices` while it
+    trains; returns its metrics. The process is in `children` while it runs: in a session of its
+    own, so that a Ctrl-C reaches it once, forwarded by run_concurrently, and it saves a checkpoint
+    before it stops."""
+    if plan.argv is None:
+        return read_json(plan.out / "metrics.json")
+    device, log = devices.get(), plan.out / "log.txt"
     try:
-        argv = planned_argv(task_argv(task, data, seed, args, device), out, epochs, args.force)
-        if argv is None:
-            return read_json(out / "metrics.json")
-        make_folder(out, "run folder")
+        make_folder(plan.out, "run folder")
         env = dict(os.environ)
         if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))  # the jobs share the cores
-        with results.open_regular(out / "log.txt", "a") as log:
-            child = subprocess.Popen([sys.executable, str(REPO / f"{task.name}.py"), *argv], stdout=log,
-                                     stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+        with open_regular(log, "a") as f, running.track(plan):
+            child = subprocess.Popen([sys.executable, str(REPO / f"{plan.task.name}.py"), *plan.command(device)],
+                                     stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
             children.add(child)
-            running[out] = (f"{task.name} seed {seed}", epochs)
             code = child.wait()
             children.discard(child)
-            running.pop(out)
     finally:
         devices.put(device)
     if code == WeightsUnavailable.exit_code:
-        raise WeightsUnavailable(last_error(out / "log.txt"))
+        raise WeightsUnavailable(last_error(log))
     if code in STOPPED_EXIT_CODES:  # it saved a checkpoint on Ctrl-C, SIGTERM or SIGHUP
-        raise UserError(f"{task.name} seed {seed} was stopped (see {out / 'log.txt'}); run reproduce.py again to continue")
+        raise UserError(f"{plan.label} was stopped (see {log}); run reproduce.py again to continue")
     if code != 0:
-        raise UserError(f"{task.name} seed {seed} failed (exit code {code}): {last_error(out / 'log.txt')} "
-                        f"(see {out / 'log.txt'})")
-    return read_json(out / "metrics.json")
+        raise UserError(f"{plan.label} failed (exit code {code}): {last_error(log)} (see {log})")
+    return read_json(plan.out / "metrics.json")
 
 
 def last_error(log):
-    with results.open_regular(log, errors="replace") as f:
+    with open_regular(log, errors="replace") as f:
         lines = [line for line in f.read().splitlines() if line.startswith("error: ")]
     return lines[-1][len("error: "):] if lines else "no error message"
 
@@ -335,15 +379,13 @@ def shell_word(word):
     return "$'" + "".join(escaped) + "'"
 
 
-def print_commands(tasks, splits, args):
+def print_commands(plans, args):
     """Every unfinished run's command line, exactly one line each, every word quoted (eval runs none
     of what a path holds), runnable in any order or all at once."""
-    for task in tasks:
-        for seed, data in enumerate(splits):
-            argv = planned_argv(task_argv(task, data, seed, args), run_folder(task, seed, args),
-                                args.epochs or task.epochs, args.force)
-            if argv is not None:
-                print(" ".join(map(shell_word, [sys.executable, str(REPO / f"{task.name}.py"), *argv])))
+    for plan in plans:
+        if plan.argv is not None:
+            print(" ".join(map(shell_word, [sys.executable, str(REPO / f"{plan.task.name}.py"),
+                                            *plan.command(args.device)])))
 
 
 @contextlib.contextmanager
@@ -383,85 +425,77 @@ def main(argv=None):
 def run_all(args):
     began = time.perf_counter()
     splits, ratios, description = make_splits(args)
-    tasks = [dataclasses.replace(t, title=t.title + ", augmented" if args.augment else t.title)
-             for t in TASKS if t.name in args.tasks]
+    chosen = [t for t in TASKS if t.name in args.tasks]
+    plans = plan_runs(chosen, splits, args)
     if args.print_commands:
-        return print_commands(tasks, splits, args)
-    with tqdm(total=len(tasks) * args.seeds, desc="reproduce", unit="run", dynamic_ncols=True) as progress:
-        runs, missing = run_tasks(tasks, splits, args, progress)  # the bar ends its line, whatever happens
-    summaries = {task: summarise(task, task_runs, args.out, args.epochs or task.epochs)
-                 for task, task_runs in runs.items() if task not in missing}
-    write_report(args, tasks, summaries, missing, ratios, description, time.perf_counter() - began, split_sizes(splits[0]))
+        return print_commands(plans, args)
+    with tqdm(total=len(plans), desc="reproduce", unit="run", dynamic_ncols=True) as progress:
+        metrics, missing = run_tasks(plans, args, progress)  # the bar ends its line, whatever happens
+    task_results = []
+    for task in chosen:
+        title = title_of(task, splits[0], args)
+        if task in missing:
+            task_results.append(TaskResult(task.name, title, task.course_report, missing=missing[task]))
+        else:
+            runs = [metrics[plan] for plan in plans if plan.task is task]
+            task_results.append(summarise(task.name, title, runs, args.out, args.epochs or task.epochs,
+                                          task.course_report))
+    how = Reproduction(args.command, description, ratios, split_sizes(splits[0]), args.seeds, args.resplit,
+                       args.epochs, args.augment, bool(args.cub), (time.perf_counter() - began) / 60)
+    write_report(args.out, how, task_results, {t.name: t.epochs for t in chosen})
     print(f"wrote {args.out / 'REPORT.md'}")
 
 
-def show_result(task, seed, metrics):
-    """One line above the bar for a finished run: its test top-1 and logloss."""
-    test = metrics["test"]
-    tqdm.write(f"{task.name} seed {seed}: test top-1 {test['top1']:.2f} %, logloss {test['loss']:.4f}")
-
-
-def run_tasks(tasks, splits, args, progress):
-    """Every task over every seed; returns the runs' metrics and the tasks whose weights are missing."""
-    if args.jobs > 1:
-        return run_concurrently(tasks, splits, args, progress)
-    runs, missing = {}, {}
-    for task in tasks:
-        for seed, data in enumerate(splits):
-            def show_epoch(row, epochs, name=f"{task.name} seed {seed}"):
-                progress.set_postfix_str(f"{name}: epoch {row['epoch']}/{epochs}, train loss {row['train_loss']:.3f}, "
-                                         f"val top-1 {row['val_top1']:.1f} %")
-            progress.set_postfix_str(f"{task.name} seed {seed}")
-            EPOCH_LISTENERS.append(show_epoch)
-            try:
-                runs.setdefault(task, []).append(run_once(task, data, seed, args))
-            except WeightsUnavailable as e:
-                missing[task] = str(e)
-                progress.update(args.seeds - seed)
-                tqdm.write(f"{task.name}: weights unavailable, skipped ({e})")
-                break
-            except SystemExit:  # Ctrl-C inside the run: it said so in its log.txt; say it here too
-                tqdm.write(f"{task.name} seed {seed}: stopped (see {args.out / task.name / f'seed{seed}' / 'log.txt'}); "
-                           "run reproduce.py again to continue")
-                raise
-            finally:
-                EPOCH_LISTENERS.remove(show_epoch)
-            progress.update()
-            show_result(task, seed, runs[task][-1])
-    return runs, missing
-
-
-
-def collect(future, task, seed, metrics, missing):
-    """A finished run's metrics into `metrics`, or its task into `missing` if its weights are unavailable."""
+def collect(plan, result, metrics, missing):
+    """A finished run's metrics (`result()` gives them) into `metrics`, or its task into `missing`
+    where its weights are unavailable. A run that finished shows its test top-1 and logloss."""
     try:
-        metrics[task, seed] = future.result()
-        show_result(task, seed, metrics[task, seed])
+        metrics[plan] = result()
     except WeightsUnavailable as e:
-        if task not in missing:
-            tqdm.write(f"{task.name}: weights unavailable, skipped ({e})")
-        missing[task] = str(e)
+        if plan.task not in missing:
+            tqdm.write(f"{plan.task.name}: weights unavailable, skipped ({e})")
+        missing[plan.task] = str(e)
+        return
+    test = metrics[plan]["test"]
+    tqdm.write(f"{plan.label}: test top-1 {test['top1']:.2f} %, logloss {test['loss']:.4f}")
 
 
-def run_concurrently(tasks, splits, args, progress):
-    """run_tasks with --jobs N: N runs at a time, each a process on a device of its own. Ctrl-C (or
-    SIGTERM or SIGHUP, see signals_as_ctrl_c) stops them all as Ctrl-C stops one run: each saves a
-    checkpoint and stops after its epoch."""
-    devices, children, running = queue.Queue(), set(), {}
+def run_tasks(plans, args, progress):
+    """Every planned run, one at a time in this process, or with --jobs N, N at a time in processes of
+    their own; returns their metrics (plan -> metrics) and the tasks whose weights are missing."""
+    metrics, missing = {}, {}
+    with Running(progress).shown() as running:
+        if args.jobs > 1:
+            run_concurrently(plans, args, progress, running, metrics, missing)
+        else:
+            for plan in plans:
+                if plan.task not in missing:  # its weights: the same for every seed
+                    run_here_or_say_stopped(plan, args, running, metrics, missing)
+                progress.update()
+    return metrics, missing
+
+
+def run_here_or_say_stopped(plan, args, running, metrics, missing):
+    try:
+        collect(plan, functools.partial(run_here, plan, args, running), metrics, missing)
+    except SystemExit:  # Ctrl-C inside the run: it said so in its log.txt; say it here too
+        tqdm.write(f"{plan.label}: stopped (see {plan.out / 'log.txt'}); run reproduce.py again to continue")
+        raise
+
+
+def run_concurrently(plans, args, progress, running, metrics, missing):
+    """--jobs N: N runs at a time, each a process on a device of its own. Ctrl-C (or SIGTERM or SIGHUP,
+    see signals_as_ctrl_c) stops them all as Ctrl-C stops one run: each saves a checkpoint and stops
+    after its epoch."""
+    devices, children = queue.Queue(), set()
     for device in args.devices:
         devices.put(device)
-    metrics, missing = {}, {}
     pool = ThreadPoolExecutor(args.jobs)
     try:
-        futures = {pool.submit(run_as_process, task, data, seed, args, devices, children, running): (task, seed)
-                   for task in tasks for seed, data in enumerate(splits)}
-        pending = set(futures)
-        while pending:  # wakes every PROGRESS_EVERY_S to show how far the runs under way are
-            finished, pending = wait(pending, timeout=PROGRESS_EVERY_S, return_when=FIRST_COMPLETED)
-            progress.set_postfix_str(runs_under_way(running))
-            for future in finished:
-                collect(future, *futures[future], metrics, missing)
-                progress.update()
+        futures = {pool.submit(run_as_process, plan, args, devices, children, running): plan for plan in plans}
+        for future in as_completed(futures):
+            collect(futures[future], future.result, metrics, missing)
+            progress.update()
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)  # runs not started yet never start
         for child in list(children):
@@ -469,8 +503,6 @@ def run_concurrently(tasks, splits, args, progress):
         raise
     finally:
         pool.shutdown(wait=True)  # the runs under way end first
-    runs = {task: [metrics[task, seed] for seed in range(len(splits))] for task in tasks if task not in missing}
-    return runs, missing
 
 
 if __name__ == "__main__":

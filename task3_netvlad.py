@@ -5,63 +5,84 @@ the freshly initialised convolutions compute from the training images, and alpha
 descriptor's largest assignment weight is about 100x its second. --init random starts it as the
 2020 report did (random centres, alpha 0.5, no input normalisation).
 """
-import argparse
 import math
 
 import torch
 
 from common.cli import UserError, run_main
+from common.config import is_int_in, is_one_of
 from common.data import CROP
 from common.distributed import is_main
 from common.models import DESCRIPTOR_DIM, ShallowNetVLAD, descriptor_count, set_alpha
 from common.netvlad import check_clusters, check_fits, init_like_report
-from common.run_folder import add_compile_arg, add_training_args
-from common.train import start_run, train_and_report
+from common.options import run_task
+from common.task import Prepared, Task, report_table
 
-TASK = "task3_netvlad"
 INIT_NAMES = {"kmeans": "k-means init", "random": "the report's random init"}
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_training_args(parser, TASK, epochs=100, batch_size=50)
-    add_compile_arg(parser)
+def add_options(parser):
     parser.add_argument("--clusters", type=int, default=16, metavar="K",
                         help="NetVLAD clusters K; the classifier sees K*16 values (default: 16; the report used 4)")
-    parser.add_argument("--init", choices=("kmeans", "random"), default="kmeans",
+    parser.add_argument("--init", choices=tuple(INIT_NAMES), default="kmeans",
                         help="kmeans = the NetVLAD paper's initialisation; random = the report's (default: kmeans)")
     parser.add_argument("--alpha", type=float, default=None,
                         help="initial NetVLAD assignment sharpness (default: chosen from the descriptors "
                              "for kmeans, the report's 0.5 for random)")
-    args = parser.parse_args(argv)
-    check_clusters(args.clusters)
-    if args.alpha is not None and not (math.isfinite(args.alpha) and args.alpha > 0):
-        raise UserError(f"--alpha must be a positive number, got {args.alpha}")
-    check_fits(args.batch_size, args.clusters, DESCRIPTOR_DIM, descriptor_count(CROP))
-    return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    # Measured (bench/bench_speed.py): on AMX CPUs bf16 autocast makes this model slower, not faster,
-    # because its NetVLAD layer runs in fp32 anyway and the casts around it cost more than the convolutions gain.
-    run = start_run(TASK, args, cpu_bf16=False)
-    model = ShallowNetVLAD(len(run.data.classes), args.clusters).to(run.device)
-    init = {"init": args.init, "clusters": args.clusters}
-    if args.init == "kmeans":
-        generator = torch.Generator().manual_seed(args.seed)
+def check_options(config):
+    clusters, alpha = config.options["clusters"], config.options["alpha"]
+    check_clusters(clusters)
+    if alpha is not None and not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        raise UserError(f"--alpha must be a positive number, got {alpha}")
+    check_fits(config.batch_size, clusters, DESCRIPTOR_DIM, descriptor_count(CROP))
+
+
+def build_model(config, num_classes):
+    model = ShallowNetVLAD(num_classes, config.options["clusters"])
+    model.netvlad.normalize_input = config.options["init"] != "random"  # the report's init does not normalise
+    return model
+
+
+def prepare(run):
+    """The NetVLAD layer's start: k-means on training descriptors, or the report's random centres."""
+    options = run.config.options
+    model = build_model(run.config, len(run.data.classes)).to(run.device)
+    init = {"init": options["init"], "clusters": options["clusters"]}
+    generator = torch.Generator().manual_seed(run.config.seed)
+    if options["init"] == "kmeans":
         alpha, error = model.init_kmeans(run.data.train.inputs, generator)
         init.update(chosen_alpha=alpha, kmeans_error=error)
         if is_main():  # under torchrun every rank computes the same k-means; one says so
-            print(f"k-means on training descriptors: K={args.clusters}, quantisation error {error:.4f}, "
+            print(f"k-means on training descriptors: K={options['clusters']}, quantisation error {error:.4f}, "
                   f"chosen alpha {alpha:.2f}")
     else:
-        init_like_report(model.netvlad, torch.Generator().manual_seed(args.seed))
-    if args.alpha is not None:
-        set_alpha(model.netvlad, args.alpha)
+        init_like_report(model.netvlad, generator)
+    if options["alpha"] is not None:
+        set_alpha(model.netvlad, options["alpha"])
     init["alpha"] = model.netvlad.alpha
-    title = f"Shallow ConvNet + NetVLAD (K={args.clusters}, {INIT_NAMES[args.init]})"
-    train_and_report(model, run, title, extra_config={"netvlad": init})
+    return Prepared(model, run, {"netvlad": init})
+
+
+TASK = Task(
+    name="task3_netvlad", title="Shallow ConvNet + NetVLAD", epochs=100, batch_size=50, description=__doc__,
+    build_model=build_model, add_options=add_options, check_options=check_options, prepare=prepare,
+    describe=lambda config: f"Shallow ConvNet + NetVLAD (K={config.options['clusters']}, "
+                            f"{INIT_NAMES[config.options['init']]})",
+    saved_fields={"arguments.clusters": (is_int_in(1, math.inf), "a positive integer"),
+                  "arguments.init": (is_one_of(*INIT_NAMES), "kmeans or random")},
+    compiles=True,
+    # Measured (bench/bench_speed.py): on AMX CPUs bf16 autocast makes this model slower, not faster,
+    # because its NetVLAD layer runs in fp32 anyway and the casts around it cost more than the convolutions gain.
+    cpu_bf16=False,
+    reproduce_argv=("--clusters", "16"),
+    course_report=report_table((1.9054, 26.00, 62.31), (1.9287, 30.95, 40.48), (1.9338, 29.24, 40.48)),
+)
+
+
+def main(argv=None):
+    return run_task(TASK, argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from common import distributed
 from common.augment import augment_batch, train_augmentation
-from common.cli import UserError
+from common.errors import UserError
 from common.data import CROP, IMAGENET_MEAN, IMAGENET_STD, ArrayCache, MappedArray, model_input, warn
 from common.runtime import autocast, pick_device, pick_precision
 

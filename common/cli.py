@@ -1,56 +1,10 @@
-"""Command-line plumbing shared by every script: process set-up, and one clear line on bad input."""
-import ctypes
-import ctypes.util
-import importlib
+"""Every script's entry point: process set-up, and one clear line on bad input."""
 import sys
 
 import torch
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-
-
-class UserError(Exception):
-    """A problem with the user's input or environment, reported as one line and exit code 2."""
-    exit_code = 2
-
-
-def import_compile_stack():
-    """Import torch._dynamo (torchvision imports it too) before anything else, where its one failure
-    of the environment can be said in one line: on import it creates torch's compile cache folder
-    ($TORCHINDUCTOR_CACHE_DIR), and a file in that place raised FileExistsError deep in torchvision."""
-    try:
-        importlib.import_module("torch._dynamo")
-    except OSError as e:
-        print(f"error: torch cannot use {e.filename or '?'} as its compile cache folder ({e.strerror or e}): "
-              "point TORCHINDUCTOR_CACHE_DIR at a writable folder, or unset it", file=sys.stderr)
-        sys.exit(2)
-
-
-def keep_freed_memory():
-    """Let glibc keep large freed buffers for reuse instead of unmapping them (True where it did).
-
-    By default every activation and gradient buffer above 32 MiB is mmap'ed and munmap'ed each
-    step, so the kernel zeroes fresh pages every time: a third of a run was system time. Elsewhere
-    (macOS, musl) there is no mallopt and nothing changes.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30) and mallopt(M_TRIM_THRESHOLD, 2 << 30))
-
-
-def flush_denormals():
-    """Compute with floats below 2**-126 as zero (FTZ/DAZ), in this thread and the threads it starts
-    later (threads already running keep their mode, so call it before torch's first parallel op).
-
-    Late in a run, as the fit tightens, Adam's moment estimates and the far tails of softmax decay
-    into that range, where x86 CPUs take a slow microcode path for every operation on them: without
-    this, task 2's last 20 epochs took 1.3x (fp32) to 1.5x (bf16) as long as its early ones
-    (bench/bench_speed.py). Values that small change no printed digit. True where the CPU supports it.
-    """
-    return torch.set_flush_denormal(True)
+from common.errors import UserError
+from common.runtime import flush_denormals, keep_freed_memory
 
 
 def run_main(main):

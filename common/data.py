@@ -16,8 +16,8 @@ import torchvision.transforms as T
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from common.cli import UserError
-from common.run_folder import is_inside
+from common.errors import UserError
+from common.paths import REPO, is_inside
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,7 +72,7 @@ SPLITS = ("train", "validation", "test")
 MANIFEST = "split.csv"  # written by data_split.py once a split is complete
 UNFINISHED_MANIFEST = "split.csv.incomplete"  # what an interrupted data_split.py may have left behind
 RESIZE, CROP = 256, 224
-CACHE_DIR = Path(os.environ.get("REPRO_CACHE_DIR") or Path(__file__).resolve().parent.parent / ".cache")  # unset or empty
+CACHE_DIR = Path(os.environ.get("REPRO_CACHE_DIR") or REPO / ".cache")  # unset or empty: the default
 
 
 MAX_ASPECT = 10  # longer side / shorter side beyond which the long side is cut before resizing

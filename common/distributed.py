@@ -15,7 +15,7 @@ import warnings
 import torch
 import torch.distributed as dist
 
-from common.cli import UserError
+from common.errors import UserError
 
 
 def launched():

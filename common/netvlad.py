@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import UserError
+from common.errors import UserError
 
 REPORT_ALPHA = 0.5  # the 2020 report's fixed alpha
 

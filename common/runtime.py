@@ -1,5 +1,8 @@
-"""Device and numeric precision: picked once per run and recorded."""
+"""The process and where it computes: memory and denormal settings, device, numeric precision and
+compilation, picked once per run and recorded."""
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import subprocess
@@ -9,10 +12,38 @@ from pathlib import Path
 import torch
 from torch._dynamo.exc import BackendCompilerFailed
 
-from common.cli import UserError
+from common.errors import UserError
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("auto", "on", "off")
+
+
+def keep_freed_memory():
+    """Let glibc keep large freed buffers for reuse instead of unmapping them (True where it did).
+
+    By default every activation and gradient buffer above 32 MiB is mmap'ed and munmap'ed each
+    step, so the kernel zeroes fresh pages every time: a third of a run was system time. Elsewhere
+    (macOS, musl) there is no mallopt and nothing changes.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30) and mallopt(M_TRIM_THRESHOLD, 2 << 30))
+
+
+def flush_denormals():
+    """Compute with floats below 2**-126 as zero (FTZ/DAZ), in this thread and the threads it starts
+    later (threads already running keep their mode, so call it before torch's first parallel op).
+
+    Late in a run, as the fit tightens, Adam's moment estimates and the far tails of softmax decay
+    into that range, where x86 CPUs take a slow microcode path for every operation on them: without
+    this, task 2's last 20 epochs took 1.3x (fp32) to 1.5x (bf16) as long as its early ones
+    (bench/bench_speed.py). Values that small change no printed digit. True where the CPU supports it.
+    """
+    return torch.set_flush_denormal(True)
 
 
 def cpu_has_amx():

@@ -19,16 +19,13 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from common.cli import UserError
+from common.errors import UserError
 from common.data import (MANIFEST, SPLITS, UNFINISHED_MANIFEST, class_folders, has_image_extension, is_image_file,
                          open_rgb, walk_files, warn)
-from common.results import NotRegularFile, atomic_write, open_regular
-from common.run_folder import check_folder_writable, is_inside, lock, make_folder
+from common.files import NotRegularFile, atomic_write, open_regular
+from common.paths import DEMO_IMAGES, DEMO_SPLIT, is_inside
+from common.run_folder import check_folder_writable, lock, make_folder
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO_IMAGES = ROOT / "demo_data" / "images"
-DEMO_SPLIT = ROOT / "data" / "demo_split"
-CUB_SPLIT = ROOT / "data" / "cub_split"
 CUB_CLASSES = ("015.Lazuli_Bunting", "038.Great_Crested_Flycatcher", "041.Scissor_tailed_Flycatcher",
                "050.Eared_Grebe", "078.Gray_Kingbird", "099.Ovenbird", "114.Black_throated_Sparrow")
 DEFAULT_RATIOS = (0.7, 0.2, 0.1)  # the report's text; its code split 0.7 0.1 0.2

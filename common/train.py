@@ -1,7 +1,6 @@
-"""One training loop for every task: Adam + StepLR on logloss, top-1/top-3, checkpoints, results."""
-import contextlib
+"""One training loop for every task: Adam + StepLR on logloss, top-1/top-3, stopping cleanly on a
+signal. It reads no command line and writes no files: common.run saves what it hands over."""
 import math
-import platform
 import random
 import signal
 import sys
@@ -12,26 +11,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from tqdm import tqdm
 
-from common import distributed, results
+from common import distributed
 from common.augment import augment_batch, train_augmentation
-from common.cli import UserError
-from common.data import CROP, Split, SplitData, load_splits
-from common.run_folder import (check_args, check_out, check_resumable, check_schedule, clear_previous,
-                               load_checkpoint, open_run_folder, optimizer_settings, run_key)
-from common.runtime import CompiledOrEager, autocast, pick_compile, pick_device, pick_precision
-from common.split import DEMO_IMAGES, default_data
+from common.errors import UserError
+from common.config import RunConfig, is_number
+from common.data import CROP, Split, SplitData
+from common.runtime import autocast
 
 CHECKPOINT_EVERY_S = 60
-EPOCH_LISTENERS = []  # f(history_row, epochs) after every epoch: reproduce.py shows progress inside a run
 
 
 @dataclass
 class Run:
-    task: str
-    args: object
+    """What a run trains on, and where and how it computes."""
+    config: RunConfig
     data: SplitData
     device: torch.device
     precision: str
@@ -41,7 +36,7 @@ class Run:
 
     @property
     def out(self):
-        return self.args.out
+        return self.config.out
 
     @property
     def train_split(self):
@@ -53,25 +48,6 @@ def seed_everything(seed):
     np.random.seed(seed)
     torch.manual_seed(seed)  # and every GPU's
     torch.backends.cudnn.deterministic = True  # else cuDNN may pick convolution algorithms that add in any order
-
-
-def start_run(task, args, cpu_bf16=True):
-    """Everything before the model: checks, seeds, device, precision, data. --out is created only
-    when training starts (train_and_report), so a refused run leaves nothing behind.
-    cpu_bf16=False: --precision auto stays fp32 on CPUs (see pick_precision)."""
-    check_args(args)
-    device = distributed.setup(pick_device(args.device))
-    precision = pick_precision(args.precision, device, cpu_bf16)
-    compiled = pick_compile(getattr(args, "compile", "off"), device)  # only tasks 2 and 3 offer --compile
-    if args.data is not None and not args.data.is_dir():
-        raise UserError(f"--data {args.data}: no such folder")
-    with distributed.main_first():  # under torchrun, rank 0 makes the demo split and decodes; the others read
-        root = args.data if args.data is not None else default_data()
-        if distributed.is_main():  # the others would find rank 0's run folder, made meanwhile
-            check_out(args, root, *([] if args.data is not None else [DEMO_IMAGES]))
-        data = load_splits(root)
-    seed_everything(args.seed)
-    return Run(task, args, data, device, precision, compiled)
 
 
 def topk_correct(log_probs, labels, ks):
@@ -115,9 +91,9 @@ def train_epoch(model, forward, split, optimizer, run, generator, epoch):
     image batches (not task 1's cached features, augmented when computed) are cropped and flipped."""
     model.train()
     meter = Meter()
-    batch_size = run.args.batch_size
+    batch_size = run.config.batch_size
     batches = split.batches(batch_size, generator, distributed.train_shard)
-    augmentation = train_augmentation(CROP) if run.args.augment else None
+    augmentation = train_augmentation(CROP) if run.config.augment else None
     bar = tqdm(batches, total=math.ceil(len(split) / batch_size), desc=f"epoch {epoch}",
                leave=False, disable=not sys.stderr.isatty() or not distributed.is_main())
     for step, (inputs, labels) in enumerate(bar):
@@ -151,7 +127,7 @@ def evaluate(model, split, run, forward=None):
     model.eval()
     forward = model if forward is None else forward
     meter, outputs = Meter(), []
-    for inputs, labels in split.batches(run.args.batch_size, shard=distributed.shard):
+    for inputs, labels in split.batches(run.config.batch_size, shard=distributed.shard):
         if not len(labels):
             continue  # a last batch smaller than the number of ranks
         labels = labels.to(run.device)
@@ -159,7 +135,7 @@ def evaluate(model, split, run, forward=None):
             log_probs = forward(inputs.to(run.device, non_blocking=True)).float()
         meter.add(log_probs, labels, F.nll_loss(log_probs, labels, reduction="sum"))
         outputs.append(log_probs.cpu())
-    rows = torch.cat([distributed.shard(batch) for batch in torch.arange(len(split)).split(run.args.batch_size)])
+    rows = torch.cat([distributed.shard(batch) for batch in torch.arange(len(split)).split(run.config.batch_size)])
     log_probs = torch.cat(outputs) if outputs else torch.empty(0)  # a rank with no rows at all
     return meter.result(), distributed.gather_rows(log_probs, rows, len(split))
 
@@ -203,167 +179,150 @@ class StopAfterEpoch:
                 signal.signal(signum, handler)
 
 
-def fit(model, forward, run, resumed=None):
-    """Train for --epochs, continuing from the checkpoint `resumed` if given; returns the per-epoch history.
+def optimizer_settings(optimizer):
+    """Each parameter group's settings but its parameters and learning rate (betas, eps, ...)."""
+    return [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")} for g in optimizer.param_groups]
 
-    `forward` is the model, or its torch.compile form (which shares its parameters).
 
-    last.pt (everything --resume needs) and best.pt (lowest validation loss) are written at
-    most every CHECKPOINT_EVERY_S seconds, at the end and on Ctrl-C: writing Figure 8's
-    280 MB of weights and Adam state every 2-second epoch would cost a third of the run.
-    """
-    # A model may give its own parameter groups (a fine-tuned backbone learns at a lower rate than its head).
-    groups = model.param_groups(run.args.lr) if hasattr(model, "param_groups") else \
-        [{"params": [p for p in model.parameters() if p.requires_grad], "lr": run.args.lr}]
+def check_schedule(optimizer, scheduler, epochs_done, initial_lrs, settings, config, path):
+    """After loading: each parameter group's learning rate and the schedule must be what --lr (and
+    a fine-tuned backbone's factor, in initial_lrs) and --gamma give after that many epochs, and its
+    other settings those the optimizer was built with (`settings`, taken before loading), so a
+    doctored optimizer or scheduler state is refused, not trained on."""
+    groups = optimizer.param_groups
+    fits = (scheduler.last_epoch == epochs_done and scheduler.gamma == config.gamma and scheduler.step_size == 1
+            and len(groups) == len(initial_lrs)
+            and all(is_number(g.get("lr")) and math.isclose(g["lr"], lr * config.gamma ** epochs_done, rel_tol=1e-6)
+                    for g, lr in zip(groups, initial_lrs))
+            # repr: a doctored value may be a tensor or a tuple of anything, which == would not settle
+            and all(repr(g.get(k, v)) == repr(v) for g, group in zip(groups, settings) for k, v in group.items()))
+    if not fits:
+        raise UserError(f"--resume: the optimizer or schedule in {path} does not match --lr {config.lr} and --gamma "
+                        f"{config.gamma} after {epochs_done} epochs; start over with --force")
+
+
+def make_optimizer(model, config, device):
+    """Adam over the trainable parameters, StepLR after every epoch. A model may give its own parameter
+    groups (a fine-tuned backbone learns at a lower rate than its head)."""
+    groups = model.param_groups(config.lr) if hasattr(model, "param_groups") else \
+        [{"params": [p for p in model.parameters() if p.requires_grad], "lr": config.lr}]
     # The fused kernel updates Figure 8's 23M weights in one pass instead of several.
-    optimizer = torch.optim.Adam(groups, lr=run.args.lr, fused=run.device.type in ("cpu", "cuda"))
+    optimizer = torch.optim.Adam(groups, lr=config.lr, fused=device.type in ("cpu", "cuda"))
+    return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.gamma)
+
+
+@dataclass
+class Training:
+    """What training carries from epoch to epoch: what last.pt saves, but for the run's key."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    generator: torch.Generator  # batch order, apart from dropout's RNG
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"loss": math.inf})
+
+    def state(self, device):
+        return {"epoch": len(self.history), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": torch.get_rng_state(), "shuffle_rng": self.generator.get_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+                "history": self.history, "best": self.best}
+
+
+def restore(training, resumed, run):
+    """Continue from the checkpoint `resumed` (its key already matched): every state loaded and checked."""
+    optimizer, scheduler = training.optimizer, training.scheduler
     initial_lrs, settings = [g["lr"] for g in optimizer.param_groups], optimizer_settings(optimizer)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=run.args.gamma)
-    generator = torch.Generator().manual_seed(run.args.seed)  # batch order, apart from dropout's RNG
-    history, best, start = [], {"loss": math.inf}, 1
+    try:  # the key matched, yet a checkpoint from elsewhere may still not fit
+        training.model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        torch.set_rng_state(resumed["rng"])
+        if "cuda_rng" in resumed and run.device.type == "cuda":  # dropout on a GPU draws from the GPU's RNG
+            torch.cuda.set_rng_state(resumed["cuda_rng"], run.device)
+        training.generator.set_state(resumed["shuffle_rng"])
+        best_weights = resumed["best"].get("model", {})
+        shapes = {k: v.shape for k, v in training.model.state_dict().items()}
+        if best_weights and {k: getattr(v, "shape", None) for k, v in best_weights.items()} != shapes:
+            raise ValueError("its best weights have other tensors than the model")
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"--resume: {run.out / 'last.pt'} does not fit this model "
+                        f"({str(e).splitlines()[0][:200]}); start over with --force") from None
+    check_schedule(optimizer, scheduler, resumed["epoch"], initial_lrs, settings, run.config, run.out / "last.pt")
+    training.history, training.best = resumed["history"], resumed["best"]
+    if distributed.is_main():
+        print(f"resuming {run.out} after epoch {resumed['epoch']}")
+
+
+def train_and_validate(training, forward, run, epoch):
+    """One epoch: train, validate, step the schedule; its row is added to the history."""
+    began = time.perf_counter()
+    lr = training.optimizer.param_groups[0]["lr"]
+    train = train_epoch(training.model, forward, run.train_split, training.optimizer, run, training.generator, epoch)
+    val, _ = evaluate(training.model, run.data.validation, run, forward)
+    if not math.isfinite(val["loss"]):  # the epoch's last step may have made the weights NaN
+        raise diverged("validation", val["loss"], epoch)
+    training.scheduler.step()
+    training.history.append({"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train.items()},
+                             **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - began})
+    if val["loss"] < training.best["loss"]:
+        training.best = {"loss": val["loss"], "epoch": epoch,
+                         "model": {k: v.detach().clone() for k, v in training.model.state_dict().items()}}
+
+
+def print_epoch(row, epochs):
+    tqdm.write(f"epoch {row['epoch']:3d}/{epochs}  lr {row['lr']:.2e}  "
+               f"train loss {row['train_loss']:.4f} top1 {row['train_top1']:5.1f}%  "
+               f"val loss {row['val_loss']:.4f} top1 {row['val_top1']:5.1f}% top3 {row['val_top3']:5.1f}%  "
+               f"({row['seconds']:.1f}s)")
+
+
+def fit(model, forward, run, save, epoch_done, resumed=None):
+    """Train for the run's epochs, continuing from the checkpoint `resumed` if given; returns the history.
+
+    `forward` is the model, or its torch.compile form (which shares its parameters). Every rank calls
+    `save(state, best)` with last.pt's and best.pt's contents at most every CHECKPOINT_EVERY_S seconds,
+    at the end and on a stop signal (writing Figure 8's 280 MB of weights and Adam state every 2-second
+    epoch would cost a third of the run), and `epoch_done(history)` after every epoch.
+    """
+    training = Training(model, *make_optimizer(model, run.config, run.device),
+                        torch.Generator().manual_seed(run.config.seed))
     if resumed is not None:
-        try:  # the key matched, yet a checkpoint from elsewhere may still not fit
-            model.load_state_dict(resumed["model"])
-            optimizer.load_state_dict(resumed["optimizer"])
-            scheduler.load_state_dict(resumed["scheduler"])
-            torch.set_rng_state(resumed["rng"])
-            if "cuda_rng" in resumed and run.device.type == "cuda":  # dropout on a GPU draws from the GPU's RNG
-                torch.cuda.set_rng_state(resumed["cuda_rng"], run.device)
-            generator.set_state(resumed["shuffle_rng"])
-            best_weights = resumed["best"].get("model", {})
-            shapes = {k: v.shape for k, v in model.state_dict().items()}
-            if best_weights and {k: getattr(v, "shape", None) for k, v in best_weights.items()} != shapes:
-                raise ValueError("its best weights have other tensors than the model")
-        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise UserError(f"--resume: {run.out / 'last.pt'} does not fit this model "
-                            f"({str(e).splitlines()[0][:200]}); start over with --force") from None
-        check_schedule(optimizer, scheduler, resumed["epoch"], initial_lrs, settings, run.args,
-                       run.out / "last.pt")
-        history, best, start = resumed["history"], resumed["best"], resumed["epoch"] + 1
-        if distributed.is_main():
-            print(f"resuming {run.out} after epoch {resumed['epoch']}")
-    key = run_key(run)
-
-    def save_checkpoint(epoch):
-        if not distributed.is_main():
-            return
-        results.atomic_torch_save(best, run.out / "best.pt")
-        results.atomic_torch_save({
-            "epoch": epoch, "key": key, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": torch.get_rng_state(), "shuffle_rng": generator.get_state(),
-            **({"cuda_rng": torch.cuda.get_rng_state(run.device)} if run.device.type == "cuda" else {}),
-            "history": history, "best": best}, run.out / "last.pt")
-
-    saved_at = time.perf_counter()
+        restore(training, resumed, run)
     stop = StopAfterEpoch()
     try:
         with stop:
-            for epoch in range(start, run.args.epochs + 1):
-                began = time.perf_counter()
-                lr = optimizer.param_groups[0]["lr"]
-                train = train_epoch(model, forward, run.train_split, optimizer, run, generator, epoch)
-                val, _ = evaluate(model, run.data.validation, run, forward)
-                if not math.isfinite(val["loss"]):  # the epoch's last step may have made the weights NaN
-                    raise diverged("validation", val["loss"], epoch)
-                scheduler.step()
-                history.append({"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train.items()},
-                                **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - began})
-                if val["loss"] < best["loss"]:
-                    best = {"loss": val["loss"], "epoch": epoch,
-                            "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-                stopping = not distributed.all_ranks(not stop.requested)  # every rank stops after the same epoch
-                if stopping or epoch == run.args.epochs or time.perf_counter() - saved_at > CHECKPOINT_EVERY_S:
-                    save_checkpoint(epoch)
-                    saved_at = time.perf_counter()
-                if distributed.is_main():
-                    results.write_history(run.out, history)
-                    for listener in EPOCH_LISTENERS:
-                        listener(history[-1], run.args.epochs)
-                    tqdm.write(f"epoch {epoch:3d}/{run.args.epochs}  lr {lr:.2e}  "
-                               f"train loss {train['loss']:.4f} top1 {train['top1']:5.1f}%  "
-                               f"val loss {val['loss']:.4f} top1 {val['top1']:5.1f}% top3 {val['top3']:5.1f}%  "
-                               f"({history[-1]['seconds']:.1f}s)")
-                if stopping:
-                    if distributed.is_main():
-                        print(f"stopped after epoch {epoch}, saved in {run.out / 'last.pt'}; continue with --resume",
-                              file=sys.stderr)
-                    sys.exit(stop.exit_code)
+            train_epochs(training, forward, run, stop, save, epoch_done)
     except KeyboardInterrupt:
-        if (run.out / "last.pt").exists():
-            print(f"\nquit; continue from the last checkpoint in {run.out} with --resume", file=sys.stderr)
-        else:
-            print(f"\nquit before the first checkpoint; start {run.out} again with --force", file=sys.stderr)
-        sys.exit(stop.exit_code)
-    return history
+        quit_now(run.out, stop.exit_code)
+    return training.history
 
 
-def count_parameters(model):
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+def train_epochs(training, forward, run, stop, save, epoch_done):
+    saved_at = time.perf_counter()
+    for epoch in range(len(training.history) + 1, run.config.epochs + 1):
+        train_and_validate(training, forward, run, epoch)
+        stopping = not distributed.all_ranks(not stop.requested)  # every rank stops after the same epoch
+        if stopping or epoch == run.config.epochs or time.perf_counter() - saved_at > CHECKPOINT_EVERY_S:
+            save(training.state(run.device), training.best)
+            saved_at = time.perf_counter()
+        epoch_done(training.history)
+        if distributed.is_main():
+            print_epoch(training.history[-1], run.config.epochs)
+        if stopping:
+            stopped(run.out, epoch, stop.exit_code)
 
 
-def config_of(run, model, extra):
-    """What config.json records; a collective under torchrun (every rank's device), so every rank calls it."""
-    trainable, total = count_parameters(model)
-    rank_devices = distributed.from_every_rank(str(run.device))
-    return {
-        "task": run.task, "arguments": vars(run.args), "seed": run.args.seed,
-        "device": str(run.device), "precision": run.precision, "compiled": run.compiled,
-        "threads": torch.get_num_threads(),  # sums split over threads: another count changes the rounding
-        "processes": distributed.world(),  # torchrun's ranks draw other dropout masks than one process
-        **({"rank_devices": rank_devices} if len(set(rank_devices)) > 1 else {}),
-        "parameters": {"trainable": trainable, "total": total},
-        "classes": run.data.classes, "data": str(run.data.root),
-        "split_sizes": {name: len(split) for name, split in run.data.splits().items()},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "torchvision": torchvision.__version__, "numpy": np.__version__},
-        **extra,
-    }
-
-
-def record_eager(run, config, error):
-    """torch.compile failed and the run went on in eager mode: config.json says so, and why."""
-    run.compiled = False
-    config.update(compiled=False, compile_error=error)
+def stopped(out, epoch, exit_code):
     if distributed.is_main():
-        results.write_config(run.out, config)
+        print(f"stopped after epoch {epoch}, saved in {out / 'last.pt'}; continue with --resume", file=sys.stderr)
+    sys.exit(exit_code)
 
 
-def train_and_report(model, run, title, extra_config=None):
-    """Train, evaluate every split in eval mode, and write the table, plots and config."""
-    config = config_of(run, model, extra_config or {})
-    trainable, total = config["parameters"].values()
-    main = distributed.is_main()  # under torchrun, rank 0 alone prints and writes
-    if main:
-        print(f"{title}: {trainable:,} trainable of {total:,} parameters; {run.device}, {run.precision}; "
-              f"{results.trained_by(config)}; "
-              f"train/validation/test = {'/'.join(str(n) for n in config['split_sizes'].values())} images")
-    with open_run_folder(run.out, run.args.resume, run.args.force) if main else contextlib.nullcontext():
-        resumed = None
-        if run.args.resume and main:  # checked before config.json is rewritten with this run's settings
-            resumed = load_checkpoint(run.out / "last.pt")
-            check_resumable(resumed, run)
-        if main:
-            clear_previous(run.out, run.args.force)
-            results.write_config(run.out, config)
-        resumed = distributed.broadcast(resumed)
-        model.to(run.device, memory_format=torch.channels_last)
-        forward = distributed.wrap(model, run.device)
-        if run.compiled:  # compiles at its first call
-            forward = CompiledOrEager(forward, run.args.compile, lambda error: record_eager(run, config, error))
-        history = fit(model, forward, run, resumed)
-        metrics, log_probs = {}, None
-        for name, split in run.data.splits().items():
-            metrics[name], log_probs = evaluate(model, split, run, forward)  # test comes last
-        if main:
-            results.write_metrics(run.out, metrics, title, results.trained_by(config))
-            results.plot_history(run.out, [history], title)
-            counts = results.confusion_matrix(run.data.test.labels, log_probs.argmax(dim=1), len(run.data.classes))
-            results.write_confusion_csv(run.out / "confusion.csv", counts, run.data.classes)
-            results.plot_confusion(run.out / "confusion.png", counts, run.data.classes, f"{title}: test confusion matrix",
-                                   whole_matrix=run.out / "confusion.csv")
-    if main:
-        print(f"\n{title} ({run.out}; {results.trained_by(config)})\n{results.format_table(metrics)}")
-    distributed.finish()  # under torchrun: the last collective was the test split's
-    return metrics
+def quit_now(out, exit_code):
+    """A second signal: no checkpoint now; the last one, if any, is where --resume starts."""
+    if (out / "last.pt").exists():
+        print(f"\nquit; continue from the last checkpoint in {out} with --resume", file=sys.stderr)
+    else:
+        print(f"\nquit before the first checkpoint; start {out} again with --force", file=sys.stderr)
+    sys.exit(exit_code)

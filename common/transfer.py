@@ -1,6 +1,7 @@
-"""Task 1: an ImageNet backbone with a new linear head: frozen (features computed once) or fine-tuned."""
-import argparse
+"""Task 1, shared by its scripts (one per backbone): an ImageNet backbone with a new linear head,
+frozen (features computed once) or fine-tuned."""
 import dataclasses
+import functools
 from pathlib import Path
 
 import torch.nn as nn
@@ -8,9 +9,12 @@ import torch.nn as nn
 import common.data
 from common.augment import VIEWS
 from common.backbones import BACKBONES, extract_features, load_backbone
-from common.cli import UserError
-from common.run_folder import add_training_args
-from common.train import count_parameters, start_run, train_and_report
+from common.errors import UserError
+from common.config import SEEDS, is_bool, is_int_in
+from common.data import warn
+from common.run import count_parameters
+from common.task import Prepared, Task
+from common.train import seed_everything
 
 
 def linear_head(feature_dim, num_classes):
@@ -52,15 +56,12 @@ def augmented_features(backbone, split, run):
     (cached by content); training draws one view per image and epoch. View v of seed s is the
     augmentation drawn with seed s * VIEWS + v."""
     views = [extract_features(backbone, split.inputs, precision=run.precision, device=run.device,
-                              cache_dir=common.data.CACHE_DIR / "features", augment_seed=run.args.seed * VIEWS + v)
+                              cache_dir=common.data.CACHE_DIR / "features", augment_seed=run.config.seed * VIEWS + v)
              for v in range(VIEWS)]
     return dataclasses.replace(split, inputs=views, views=True)
 
 
-def parse_args(name, description, argv=None):
-    weight_file = BACKBONES[name].weight_file
-    parser = argparse.ArgumentParser(description=description)
-    add_training_args(parser, f"task1_{name}", epochs=20, batch_size=100)
+def add_options(parser, weight_file):
     parser.add_argument("--weights", type=Path, default=None,
                         help=f"local ImageNet state dict for the backbone (default: {weight_file} from the torch hub "
                              "cache $TORCH_HOME/hub/checkpoints/, downloaded there when missing and online)")
@@ -71,51 +72,100 @@ def parse_args(name, description, argv=None):
                              "from ImageNet (default: frozen backbone, features computed once)")
     parser.add_argument("--backbone-lr-factor", type=float, default=0.1,
                         help="with --finetune: the backbone's learning rate as a fraction of the head's (default: 0.1)")
-    args = parser.parse_args(argv)
-    if args.no_pretrained and args.weights is not None:
+
+
+def check_options(config):
+    options = config.options
+    if options["no_pretrained"] and options["weights"] is not None:
         raise UserError("--weights and --no-pretrained contradict each other: pick one")
-    if args.finetune and args.no_pretrained:
+    if options["finetune"] and options["no_pretrained"]:
         raise UserError("--finetune needs pretrained weights: a random-init backbone trained here is training "
                         "from scratch, not fine-tuning (drop --no-pretrained, or --finetune)")
-    if not args.finetune and args.backbone_lr_factor != 0.1:
+    if not options["finetune"] and options["backbone_lr_factor"] != 0.1:
         raise UserError("--backbone-lr-factor applies only with --finetune")
-    if not 0 < args.backbone_lr_factor <= 1:
-        raise UserError(f"--backbone-lr-factor must be in (0, 1], got {args.backbone_lr_factor}")
-    return args
+    if not 0 < options["backbone_lr_factor"] <= 1:
+        raise UserError(f"--backbone-lr-factor must be in (0, 1], got {options['backbone_lr_factor']}")
 
 
-def describe(title, args):
-    """The title every output carries: how the backbone was trained, and on what."""
-    title += ", fine-tuned" if args.finetune else ", frozen"
+def describe(title, config):
+    """The title every output carries: how the backbone was trained."""
+    title += ", fine-tuned" if config.options["finetune"] else ", frozen"
     title += ", linear head"
-    if args.augment:
-        title += ", augmented"
-    if args.no_pretrained:
+    if config.options["no_pretrained"]:
         title += " (random-init backbone, not pretrained)"
     return title
 
 
-def run_transfer(name, title, description, argv=None):
-    """Parse arguments; frozen: extract features once and train the linear head on them;
-    --finetune: train backbone and head on the images. Writes the results."""
-    args = parse_args(name, description, argv)
-    run = start_run(f"task1_{name}", args)
-    backbone = load_backbone(name, args.weights, pretrained=not args.no_pretrained)
-    title = describe(title, args)
-    # --resume and predict.py must use the same backbone, wherever its weight file lies now
+def build_model(name, config, num_classes):
+    """What a task 1 checkpoint holds: the head alone (frozen), or backbone and head (fine-tuned)."""
+    head = linear_head(BACKBONES[name].feature_dim, num_classes)
+    if not config.options["finetune"]:
+        return head
+    return FineTuned(load_backbone(name, pretrained=False), head, config.options["backbone_lr_factor"])
+
+
+def prepare(name, run):
+    """The backbone (its weights fingerprinted: --resume and predict.py must use the same, wherever its
+    file lies now) and a new head; frozen: the head trains on features computed once."""
+    options = run.config.options
+    backbone = load_backbone(name, options["weights"], pretrained=not options["no_pretrained"])
     run.identity["backbone weights (sha1)"] = backbone.weights_fingerprint()
-    head = linear_head(BACKBONES[name].feature_dim, len(run.data.classes))
+    head = linear_head(BACKBONES[name].feature_dim, len(run.data.classes))  # after the backbone: its RNG draws
     _, backbone_parameters = count_parameters(backbone)
-    config = {"backbone": name, "pretrained": not args.no_pretrained, "weights": backbone.weights_source,
+    config = {"backbone": name, "pretrained": not options["no_pretrained"], "weights": backbone.weights_source,
               "weights_sha1": backbone.weights_fingerprint(), "backbone_parameters": backbone_parameters,
-              "finetuned": args.finetune}
-    if args.finetune:
+              "finetuned": options["finetune"]}
+    if options["finetune"]:
         config["features"] = "computed in every step (fine-tuned backbone)"
-        return train_and_report(FineTuned(backbone, head, args.backbone_lr_factor), run, title, config)
+        return Prepared(FineTuned(backbone, head, options["backbone_lr_factor"]), run, config)
     features_run = dataclasses.replace(run, data=feature_splits(backbone, run.data, run))
-    if args.augment:
+    if run.config.augment:
         features_run.train_source = augmented_features(backbone, run.data.train, run)
         config["features"] = f"computed once; training: {VIEWS} augmented views per image, cached"
     else:
         config["features"] = "computed once, cached"
-    return train_and_report(head, features_run, title, config)
+    return Prepared(head, features_run, config)
+
+
+def frozen_backbone(name, saved, weights_file):
+    """predict.py: the frozen backbone a run used, checked against its recorded fingerprint; None for a
+    fine-tuned run, whose checkpoint holds its backbone."""
+    if saved["finetuned"]:
+        if weights_file is not None:
+            warn(f"--weights {weights_file} is not used: the fine-tuned run's checkpoint holds its backbone")
+        return None
+    if saved["pretrained"]:
+        recorded, label = Path(saved["weights"]) if saved["weights"] else None, None
+        if weights_file is None and recorded is not None and recorded.is_file():
+            # else: the usual places (hub cache, package), checked below
+            weights_file, label = recorded, f"the weights file config.json names ({recorded})"
+        backbone = load_backbone(name, weights_file, weights_label=label)
+    else:
+        seed_everything(saved["arguments"]["seed"])  # the random init the run drew, in the same order
+        backbone = load_backbone(name, pretrained=False)
+    if backbone.weights_fingerprint() != saved["weights_sha1"]:
+        raise UserError(f"the backbone weights {backbone.weights_source} are not the ones the run used "
+                        f"({saved['weights']}); pass that file with --weights FILE")
+    return backbone
+
+
+def saved_fields(name):
+    """What predict.py reads of a task 1 run's config.json, and what each must be."""
+    return {"backbone": (lambda v: v == name, f"{name!r}, the backbone of its task"),
+            "pretrained": (is_bool, "true or false"), "finetuned": (is_bool, "true or false"),
+            "weights": (lambda v: v is None or isinstance(v, str), "a file path or null"),
+            "weights_sha1": (lambda v: isinstance(v, str), "a sha1 in hex"),
+            "arguments.seed": (is_int_in(0, SEEDS - 1), f"an integer from 0 to {SEEDS - 1}")}
+
+
+def transfer_task(name, backbone, title, description, course_report=None):
+    """Task 1 on one backbone: frozen (features computed once) or fine-tuned, a new linear head, 20 epochs, batch 100."""
+    return Task(
+        name=name, title=title, epochs=20, batch_size=100, description=description,
+        build_model=functools.partial(build_model, backbone),
+        add_options=functools.partial(add_options, weight_file=BACKBONES[backbone].weight_file),
+        check_options=check_options, prepare=functools.partial(prepare, backbone),
+        input_network=functools.partial(frozen_backbone, backbone),
+        describe=functools.partial(describe, title), saved_fields=saved_fields(backbone),
+        course_report=course_report,
+        former_names=(f"task1_{backbone}",))  # config.json's "task" was the backbone's name before the script's

@@ -1,0 +1,16 @@
+"""Where things are: the repository, its demo images, the default splits and results; and whether
+one path lies inside another."""
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_IMAGES = REPO / "demo_data" / "images"
+DEMO_SPLIT = REPO / "data" / "demo_split"
+CUB_SPLIT = REPO / "data" / "cub_split"
+RESULTS = REPO / "results"
+
+
+def is_inside(path, folder):
+    """True if `path` is `folder` or below it, links followed (realpath: a symlink loop is no error)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
