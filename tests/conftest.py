@@ -10,6 +10,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import common.data  # noqa: E402
+from common.options import parse_run_config  # noqa: E402
+from common.run import start_run  # noqa: E402
+from common.task import Task  # noqa: E402
 
 COLORS = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
 
@@ -73,3 +76,8 @@ def flip_byte_in_largest_tensor(checkpoint):
         byte = f.read(1)[0]
         f.seek(-1, 1)
         f.write(bytes([byte ^ 0x10]))
+
+
+def start_test_run(argv, epochs=4, batch_size=5, compiles=False):
+    """start_run for a task named "test" with these defaults, from its command line (the model is the caller's)."""
+    return start_run(parse_run_config(Task("test", "test", epochs, batch_size, build_model=None, compiles=compiles), argv))

@@ -1,4 +1,3 @@
-import argparse
 
 import pytest
 import torch
@@ -8,9 +7,9 @@ from common.augment import VIEWS, augment_batch, train_augmentation
 from common.backbones import run_backbone
 from common.cli import UserError
 from common.data import CROP, Split, model_input, normalize
-from common.run_folder import add_compile_arg, add_training_args, run_or_reuse
-from common.train import start_run, train_and_report
-from conftest import make_split
+from common.reuse import run_or_reuse
+from common.run import train_and_report
+from conftest import make_split, start_test_run
 from test_run_folder import ctrl_c_at_epoch
 from test_train import run, tiny_main, tiny_model
 
@@ -77,11 +76,8 @@ class Recorder(nn.Module):
 
 
 def recorded_run(data, out, *argv):
-    parser = argparse.ArgumentParser()
-    add_training_args(parser, "test", epochs=2, batch_size=5)
-    add_compile_arg(parser)
-    r = start_run("test", parser.parse_args(["--data", str(data), "--out", str(out), "--precision", "fp32",
-                                             "--compile", "off", *argv]))
+    r = start_test_run(["--data", str(data), "--out", str(out), "--precision", "fp32", "--compile", "off", *argv],
+                       epochs=2, compiles=True)
     model = Recorder(tiny_model(len(r.data.classes)))
     train_and_report(model, r, "tiny")
     return model.seen, r.data

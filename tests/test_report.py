@@ -1,6 +1,4 @@
 """common/report.py: a reused run's history is checked, and the summary ranks the tasks by test top-1."""
-from dataclasses import dataclass
-
 import pytest
 
 from common import report, results
@@ -23,22 +21,15 @@ def test_a_history_of_other_length_or_with_text_is_one_error(tmp_path):
         report.run_history(tmp_path, 1)
 
 
-@dataclass(frozen=True, eq=False)  # as reproduce.Task: hashed by identity
-class Task:
-    title: str
-    report: dict = None
+def trained(title, top1, course_top1=None):
+    return report.TaskResult(title, title, {"test": {"top1": course_top1}} if course_top1 else None,
+                             stats={"test": {"top1": top1, "top3": (90.0, 1.0), "loss": (0.5, 0.1)}},
+                             config={"parameters": {"trainable": 1234}})
 
 
 def test_the_summary_ranks_by_mean_test_top1_and_lists_unavailable_weights():
-    def task(title, top1=None):
-        return Task(title, {"test": {"top1": top1}} if top1 else None)
-
-    def summary(top1):
-        return {"stats": {"test": {"top1": top1, "top3": (90.0, 1.0), "loss": (0.5, 0.1)}},
-                "config": {"parameters": {"trainable": 1234}}}
-
-    low, high, missing = task("low"), task("high", 47.62), task("missing", 86.9)
-    lines = report.summary_lines({low: summary((30.0, 2.0)), high: summary((60.0, 3.0))}, {missing: "offline"})
+    missing = report.TaskResult("missing", "missing", {"test": {"top1": 86.9}}, missing="offline")
+    lines = report.summary_lines([trained("low", (30.0, 2.0)), missing, trained("high", (60.0, 3.0), 47.62)])
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| model")]
     assert [row.split(" | ")[0] for row in rows] == ["| high", "| low", "| missing"]
     assert "60.00 ± 3.00 %" in rows[0] and "47.62 %" in rows[0] and "1,234" in rows[0]
@@ -46,8 +37,15 @@ def test_the_summary_ranks_by_mean_test_top1_and_lists_unavailable_weights():
 
 
 def test_the_machine_line_says_how_many_processes_trained_each_run():
-    one, two = ({"config": {"device": "cpu", "precision": "fp32", **config}}
+    one, two = (report.TaskResult("a", "a", config={"device": "cpu", "precision": "fp32", **config})
                 for config in ({"processes": 1}, {"processes": 2, "rank_devices": ["cuda:0", "cuda:1"]}))
-    assert "device cpu, precision fp32, each run trained by 1 process, " in report.machine({Task("a"): one})
-    assert "each run trained by 1 process, 2 processes on cuda:0, cuda:1, " in \
-        report.machine({Task("a"): one, Task("b"): two})
+    assert "device cpu, precision fp32, each run trained by 1 process, " in report.machine([one])
+    assert "each run trained by 1 process, 2 processes on cuda:0, cuda:1, " in report.machine([one, two])
+
+
+def test_the_epochs_line_names_each_tasks_own_epochs_or_the_quick_look():
+    how = report.Reproduction(["--seeds", "1"], "demo", (0.7, 0.2, 0.1), {}, seeds=1, resplit=False)
+    assert report.epochs_line(how, {"task1_a": 20, "task2_b": 100, "task1_c": 20}) == \
+        "the 2020 report’s (20 for task1_a, task1_c; 100 for task2_b)"
+    assert report.epochs_line(report.Reproduction([], "demo", (), {}, 1, False, epochs=2), {"task1_a": 20}) == \
+        "all tasks 2 (overridden for a quick look)"

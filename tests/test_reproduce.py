@@ -489,5 +489,6 @@ def test_a_run_process_stopped_by_a_signal_is_reported_as_stopped_not_failed(tmp
     args = reproduce.parse_args(["--out", str(tmp_path / "r"), "--seeds", "1", "--device", "cpu"])
     devices = queue.Queue()
     devices.put("cpu")
+    plan = reproduce.PlannedRun(reproduce.TASKS[-1], 0, tmp_path / "r" / "run", 100, ["--epochs", "100"])
     with pytest.raises(reproduce.UserError, match="task3_netvlad seed 0 was stopped .*run reproduce.py again"):
-        reproduce.run_as_process(reproduce.TASKS[-1], tmp_path / "split", 0, args, devices, set(), {})
+        reproduce.run_as_process(plan, args, devices, set(), reproduce.Running(None))

@@ -1,18 +1,13 @@
 import csv
-import errno
-import io
 import json
 import os
-import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
 from common import results
-from common.cli import UserError
 
 RUNS = [{"train": {"loss": 1.0, "top1": 50.0, "top3": 80.0}, "test": {"loss": 2.0, "top1": 40.0, "top3": 90.0}},
         {"train": {"loss": 3.0, "top1": 70.0, "top3": 80.0}, "test": {"loss": 2.0, "top1": 60.0, "top3": 90.0}},
@@ -86,70 +81,10 @@ def test_curves_of_histories_read_back_from_csv_have_numeric_epochs(tmp_path):
     plt.close(fig)
 
 
-def test_a_full_disk_is_one_error_and_leaves_no_temporary_file(tmp_path, monkeypatch):
-    def fill_disk(obj, f):
-        Path(f).write_bytes(b"x" * 1000)  # part of the file got written, then the disk was full
-        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
-
-    (tmp_path / "best.pt").write_bytes(b"earlier")
-    monkeypatch.setattr(torch, "save", fill_disk)
-    with pytest.raises(UserError, match=r"cannot write .*best\.pt: is the disk full\? \(PytorchStreamWriter failed"):
-        results.atomic_torch_save({"w": torch.zeros(3)}, tmp_path / "best.pt")
-    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
-    assert (tmp_path / "best.pt").read_bytes() == b"earlier"  # the old file is intact
-
-
-def test_a_failed_text_write_is_one_error_and_leaves_no_temporary_file(tmp_path, monkeypatch):
-    class FullDisk(io.FileIO):
-        def write(self, data):
-            super().write(data[:10])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(results, "open", lambda path, mode: FullDisk(path, mode), raising=False)
-    with pytest.raises(UserError, match=r"cannot write .*metrics\.md: No space left on device"):
-        results.atomic_write(tmp_path / "metrics.md", "table")
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_a_fifo_in_place_of_the_history_is_an_os_error_not_a_wait(tmp_path):
     os.mkfifo(tmp_path / "history.csv")
     with pytest.raises(OSError, match="history.csv is not a regular file"):
         results.read_history(tmp_path)  # before the check, open() waited for a writer forever
-
-
-def finishes_within(seconds, call):
-    """call()'s exception, or None; fails the test where call() is still waiting after `seconds` (a
-    thread: an open() that waits on a FIFO cannot be interrupted, and the test must not hang)."""
-    caught = []
-
-    def target():
-        try:
-            call()
-        except BaseException as e:
-            caught.append(e)
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), "still waiting"
-    return caught[0] if caught else None
-
-
-@pytest.mark.parametrize("mode", ["r", "a", "w", "rb"])
-@pytest.mark.parametrize("make", [os.mkfifo, os.mkdir])
-def test_open_regular_refuses_a_fifo_or_folder_at_once(tmp_path, mode, make):
-    make(tmp_path / "log.txt")
-    error = finishes_within(10, lambda: results.open_regular(tmp_path / "log.txt", mode))
-    assert isinstance(error, results.NotRegularFile) and isinstance(error, UserError) and isinstance(error, OSError)
-    assert str(error) == f"{tmp_path / 'log.txt'} is not a regular file (a FIFO, device or folder)"
-
-
-def test_open_regular_opens_and_creates_regular_files(tmp_path):
-    with results.open_regular(tmp_path / "log.txt", "a") as f:
-        f.write("one\n")
-    with results.open_regular(tmp_path / "log.txt", "a") as f:
-        f.write("two\n")
-    with results.open_regular(tmp_path / "log.txt") as f:
-        assert f.read() == "one\ntwo\n"
 
 
 def test_a_history_field_over_the_csv_limit_is_a_damaged_file(tmp_path):

@@ -1,4 +1,3 @@
-import argparse
 import contextlib
 import json
 import os
@@ -13,10 +12,12 @@ import torch
 
 from common.cli import UserError
 from common import distributed
-from common.run_folder import (add_training_args, check_resumable, finished_metrics, is_inside, load_checkpoint, lock,
-                               read_config, run_or_reuse)
-from common.train import EPOCH_LISTENERS, start_run
-from conftest import CreatesFile, flip_byte_in_largest_tensor, make_split
+import common.train
+from common.checkpoint import check_resumable, load_checkpoint
+from common.paths import is_inside
+from common.reuse import finished_metrics, read_config, run_or_reuse
+from common.run_folder import lock
+from conftest import CreatesFile, flip_byte_in_largest_tensor, make_split, start_test_run
 from test_train import run, tiny_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -195,15 +196,18 @@ def test_out_holding_other_files_is_refused_unless_forced(data, tmp_path):
 @contextlib.contextmanager
 def ctrl_c_at_epoch(n):
     """Inside: training stops at the end of epoch n as Ctrl-C pressed twice does (SystemExit 130)."""
-    def listener(row, epochs):
+    print_epoch = common.train.print_epoch
+
+    def interrupted_after(row, epochs):
+        print_epoch(row, epochs)
         if row["epoch"] == n:
             raise KeyboardInterrupt
-    EPOCH_LISTENERS.append(listener)
+    common.train.print_epoch = interrupted_after
     try:
         with pytest.raises(SystemExit):
             yield
     finally:
-        EPOCH_LISTENERS.remove(listener)
+        common.train.print_epoch = print_epoch
 
 
 def test_an_interrupted_longer_run_is_not_reported_with_the_shorter_runs_metrics(data, tmp_path):
@@ -295,15 +299,13 @@ def test_paths_through_a_symlink_loop_are_compared_without_error(tmp_path):
 
 
 def test_out_inside_the_demo_images_is_refused_when_data_is_the_demo_split(data, tmp_path, monkeypatch):
-    import common.train
+    import common.run
     demo_images = tmp_path / "demo_images"
     demo_images.mkdir()
-    monkeypatch.setattr(common.train, "default_data", lambda: data)
-    monkeypatch.setattr(common.train, "DEMO_IMAGES", demo_images)
-    parser = argparse.ArgumentParser()
-    add_training_args(parser, "test", epochs=1, batch_size=5)
+    monkeypatch.setattr(common.run, "default_data", lambda: data)
+    monkeypatch.setattr(common.run, "DEMO_IMAGES", demo_images)
     with pytest.raises(UserError, match="is inside .*demo_images"):
-        start_run("test", parser.parse_args(["--out", str(demo_images / "zz")]))
+        start_test_run(["--out", str(demo_images / "zz")], epochs=1)
     assert list(demo_images.iterdir()) == []
 
 
@@ -337,7 +339,7 @@ def test_a_fifo_in_place_of_the_log_is_refused_before_the_run_not_waited_on(data
         import sys
         from pathlib import Path
         sys.path.insert(0, {str(REPO)!r})
-        from common.run_folder import run_or_reuse
+        from common.reuse import run_or_reuse
         try:
             run_or_reuse(lambda argv: print("trained"), [], Path({str(out)!r}), epochs=1)
         except OSError as e:
@@ -359,10 +361,7 @@ def test_a_checkpoint_of_one_process_does_not_resume_under_torchrun(data, tmp_pa
     out = tmp_path / "out"
     run(data, out, "--epochs", "1")
     state = load_checkpoint(out / "last.pt")
-    parser = argparse.ArgumentParser()
-    add_training_args(parser, "test", epochs=4, batch_size=5)
-    r = start_run("test", parser.parse_args(["--data", str(data), "--out", str(out), "--lr", "0.05",
-                                             "--precision", "fp32", "--resume"]))
+    r = start_test_run(["--data", str(data), "--out", str(out), "--lr", "0.05", "--precision", "fp32", "--resume"])
     check_resumable(state, r)  # the same settings in one process
     monkeypatch.setattr(distributed, "world", lambda: 2)
     with pytest.raises(UserError, match="torchrun processes unset in the checkpoint, 2 now"):

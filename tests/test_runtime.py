@@ -8,7 +8,8 @@ import torch
 from torch._inductor.exc import InductorError
 
 from common import runtime
-from common.cli import UserError, keep_freed_memory
+from common.cli import UserError
+from common.runtime import keep_freed_memory
 
 REPO = Path(__file__).resolve().parent.parent
 

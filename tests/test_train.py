@@ -1,4 +1,3 @@
-import argparse
 import json
 import os
 import signal
@@ -12,9 +11,9 @@ import torch.nn as nn
 
 from common.cli import UserError
 from common.data import model_input
-from common.run_folder import add_compile_arg, add_training_args
-from common.train import start_run, topk_correct, train_and_report
-from conftest import make_split
+from common.run import train_and_report
+from common.train import topk_correct
+from conftest import make_split, start_test_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,12 +32,8 @@ def tiny_model(num_classes=3):
 
 
 def run(data, out, *argv):
-    parser = argparse.ArgumentParser()
-    add_training_args(parser, "test", epochs=4, batch_size=5)
-    add_compile_arg(parser)
-    args = parser.parse_args(["--data", str(data), "--out", str(out), "--lr", "0.05", "--precision", "fp32",
-                              "--compile", "off", *argv])  # a later --compile wins
-    r = start_run("test", args)
+    r = start_test_run(["--data", str(data), "--out", str(out), "--lr", "0.05", "--precision", "fp32",
+                        "--compile", "off", *argv], compiles=True)  # a later --compile wins
     return train_and_report(tiny_model(len(r.data.classes)), r, "tiny")
 
 
@@ -100,9 +95,7 @@ def test_earlier_run_is_kept_unless_forced(data, tmp_path):
 
 
 def test_nan_loss_stops_with_the_epoch_named(data, tmp_path):
-    parser = argparse.ArgumentParser()
-    add_training_args(parser, "test", epochs=3, batch_size=5)
-    r = start_run("test", parser.parse_args(["--data", str(data), "--out", str(tmp_path / "o")]))
+    r = start_test_run(["--data", str(data), "--out", str(tmp_path / "o")], epochs=3)
 
     class Broken(nn.Module):
         def __init__(self):
@@ -163,10 +156,7 @@ def test_ctrl_c_finishes_the_epoch_saves_and_resumes_to_the_same_metrics(data, t
         if sum(calls) == 5:  # the 5th training batch: 4 batches of 5 make one epoch of 18 images
             os.kill(os.getpid(), signal.SIGINT)
 
-    parser = argparse.ArgumentParser()
-    add_training_args(parser, "test", epochs=4, batch_size=5)
-    r = start_run("test", parser.parse_args(["--data", str(data), "--out", str(tmp_path / "cut"), "--lr", "0.05",
-                                             "--precision", "fp32"]))
+    r = start_test_run(["--data", str(data), "--out", str(tmp_path / "cut"), "--lr", "0.05", "--precision", "fp32"])
     model = tiny_model()
     model.register_forward_pre_hook(press_ctrl_c_in_epoch_2)
     with pytest.raises(SystemExit) as stopped:
@@ -220,9 +210,7 @@ def test_a_compiler_that_fails_on_real_code_falls_back_to_eager_and_is_recorded(
 
 def tiny_main(argv):
     """A task script's main() around the tiny model, for run_or_reuse."""
-    parser = argparse.ArgumentParser()
-    add_training_args(parser, "test", epochs=4, batch_size=5)
-    r = start_run("test", parser.parse_args([*argv, "--lr", "0.05", "--precision", "fp32"]))
+    r = start_test_run([*argv, "--lr", "0.05", "--precision", "fp32"])
     train_and_report(tiny_model(len(r.data.classes)), r, "tiny")
 
 

@@ -1,4 +1,3 @@
-import argparse
 import json
 import os
 import shutil
@@ -16,10 +15,9 @@ import task1_googlenet
 import task1_resnet
 from common.backbones import BACKBONES, WeightsUnavailable, load_backbone
 from common.cli import UserError
-from common.run_folder import add_training_args
-from common.train import count_parameters, start_run, train_and_report
+from common.run import count_parameters, train_and_report
 from common.transfer import linear_head
-from conftest import make_split
+from conftest import make_split, start_test_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,11 +44,9 @@ def run_cached(data, out, *argv):
 
 def run_uncached(data, out):
     """The tutorial way: the whole backbone + head forward on every image in every epoch."""
-    parser = argparse.ArgumentParser()
-    add_training_args(parser, "uncached", epochs=6, batch_size=4)
-    run = start_run("uncached", parser.parse_args(["--data", str(data), "--out", str(out), "--lr", "0.01",
-                                                   "--precision", "fp32"]))
-    backbone = load_backbone("efficientnet_lite0")  # same RNG use as run_transfer, so the same head init
+    run = start_test_run(["--data", str(data), "--out", str(out), "--lr", "0.01", "--precision", "fp32"],
+                         epochs=6, batch_size=4)
+    backbone = load_backbone("efficientnet_lite0")  # same RNG use as task 1's, so the same head init
     model = nn.Sequential(backbone, linear_head(BACKBONES["efficientnet_lite0"].feature_dim, len(run.data.classes)))
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     metrics = train_and_report(model, run, "uncached")
