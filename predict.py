@@ -154,7 +154,7 @@ def run_config(run_dir, batch_size=None):
     return task, config, saved
 
 
-def load_weights(run_dir, checkpoint):
+def checkpoint_weights(run_dir, checkpoint):
     path = run_dir / f"{checkpoint}.pt"
     if not path.is_file():
         raise UserError(f"{run_dir} holds no {path.name}: not a finished run (or pick --checkpoint "
@@ -323,7 +323,7 @@ def main(argv=None):
     check_cache_outside(*args.paths)
     task, config, saved = run_config(args.run_dir, args.batch_size)
     classes, title = saved["classes"], saved.get("title", task.name)
-    weights = load_weights(args.run_dir, args.checkpoint)
+    weights = checkpoint_weights(args.run_dir, args.checkpoint)
     sets = gather(args.paths, classes)
     pictures = confusion_pictures(sets, args)  # every check before any image is predicted
     backbone, model, forward, run = model_for(args, task, config, saved, weights)

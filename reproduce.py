@@ -124,7 +124,7 @@ def parse_args(argv):
         raise UserError(f"--jobs {args.jobs}: give 1 to {MAX_JOBS}")
     args.devices = [f"cuda:{i % gpus}" for i in range(args.jobs)] if gpus > 1 else [args.device] * args.jobs
     check_source(args)
-    check_out(args)
+    check_results_folder(args)
     return args
 
 
@@ -142,7 +142,7 @@ def check_source(args):
                         "a folder of class folders and splits it itself; the task scripts take a split folder")
 
 
-def check_out(args):
+def check_results_folder(args):
     """--out is new, or a folder of reproduce.py's whose runs can be read; creates nothing."""
     source = args.data or (args.cub if args.cub and args.cub.is_dir() else None) or DEMO_IMAGES
     if is_inside(args.out, source):

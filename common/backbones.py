@@ -190,7 +190,7 @@ def rename_by_position(expected, state_dict, fail):
     return dict(zip(expected.keys(), state_dict.values()))
 
 
-def load_weights(model, name, spec, state_dict, label):
+def load_imagenet_weights(model, name, spec, state_dict, label):
     """Strict load with a one-line UserError naming what does not fit."""
     def fail(reason):
         raise UserError(f"{label} does not fit {name}: {reason}")
@@ -230,7 +230,7 @@ def load_backbone(name, weights_file=None, pretrained=True, keep_classifier=Fals
     state_dict, source = resolve_weights(name, spec, weights_file, label) if pretrained else (None, "random init")
     model = spec.build()
     if state_dict is not None:
-        load_weights(model, name, spec, state_dict, label if weights_file is not None else source)
+        load_imagenet_weights(model, name, spec, state_dict, label if weights_file is not None else source)
     if not keep_classifier:
         model = spec.drop_head(model)
     return FrozenBackbone(name, model, source, spec.input_mean, spec.input_std)

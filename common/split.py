@@ -181,7 +181,7 @@ def assign_splits(images, ratios, seed):
     return rows, counts
 
 
-def format_table(counts):
+def format_counts(counts):
     width = max(len("class"), len("total"), *(len(name) for name in counts))
     totals = {s: sum(c[s] for c in counts.values()) for s in SPLITS}
     lines = [f"{'class':<{width}}  {'train':>6}  {'validation':>10}  {'test':>6}  {'total':>6}"]
@@ -318,7 +318,7 @@ def split_dataset(src, dest, ratios=DEFAULT_RATIOS, seed=0, link=False, force=Fa
     old_paths = check_dest(src, dest, force)  # fails before every image is read
     rows, counts = assign_splits(read_images(src, folders), ratios, seed)
     check_clashes(dest, rows, old_paths)
-    print(format_table(counts))
+    print(format_counts(counts))
     if dry_run:
         print("dry run: nothing written")
         return counts
