@@ -25,10 +25,12 @@ import tasks
 from common import results
 from common.backbones import extract_features
 from common.checkpoint import checkpoint_damage
-from common.cli import UserError, run_main
+from common.cli import run_main
+from common.errors import UserError, warn
 from common.config import MAX_BATCH, RunConfig, is_bool, is_int_in
-from common.data import (IMAGE_EXTENSIONS, Split, check_cache_outside, class_folders, decode_images, decoded_cache,
-                         has_image_extension, list_images, sub_folders, warn)
+from common.cache import check_cache_outside
+from common.data import (IMAGE_EXTENSIONS, Split, class_folders, decode_images, decoded_cache, has_image_extension,
+                         list_images, sub_folders)
 from common.files import atomic_write
 from common.paths import is_inside
 from common.reuse import read_config

@@ -36,7 +36,8 @@ import tasks
 from common import results
 from common.backbones import WeightsUnavailable
 from common.cli import UserError, run_main
-from common.data import MANIFEST, SPLITS, UNFINISHED_MANIFEST, check_cache_outside
+from common.cache import check_cache_outside
+from common.data import MANIFEST, SPLITS, UNFINISHED_MANIFEST
 from common.files import open_regular, read_json
 from common.options import parse_run_config, run_task
 from common.paths import DEMO_IMAGES, REPO, RESULTS, is_inside

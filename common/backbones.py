@@ -16,8 +16,9 @@ from tqdm import tqdm
 
 from common import distributed
 from common.augment import augment_batch, train_augmentation
-from common.errors import UserError
-from common.data import CROP, IMAGENET_MEAN, IMAGENET_STD, ArrayCache, MappedArray, model_input, warn
+from common.errors import UserError, warn
+from common.cache import ArrayCache, MappedArray
+from common.data import CROP, IMAGENET_MEAN, IMAGENET_STD, model_input
 from common.runtime import autocast, pick_device, pick_precision
 
 DOWNLOAD_TIMEOUT_S = 30  # per socket operation; without it a firewall that drops packets hangs for minutes

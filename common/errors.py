@@ -1,6 +1,13 @@
-"""UserError: a problem with the user's input or environment, said in one line."""
+"""Bad input said in one line: UserError stops the script (exit 2), warn goes on without the file or setting."""
+import sys
+
+from tqdm import tqdm
 
 
 class UserError(Exception):
     """A problem with the user's input or environment, reported as one line and exit code 2."""
     exit_code = 2
+
+
+def warn(message):
+    tqdm.write(f"warning: {message}", file=sys.stderr)  # tqdm.write keeps a running bar intact

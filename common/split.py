@@ -19,9 +19,9 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from common.errors import UserError
+from common.errors import UserError, warn
 from common.data import (MANIFEST, SPLITS, UNFINISHED_MANIFEST, class_folders, has_image_extension, is_image_file,
-                         open_rgb, walk_files, warn)
+                         open_rgb, walk_files)
 from common.files import NotRegularFile, atomic_write, open_regular
 from common.paths import DEMO_IMAGES, DEMO_SPLIT, is_inside
 from common.run_folder import check_folder_writable, lock, make_folder
@@ -359,6 +359,18 @@ def has_cub_classes(folder):
     return all((folder / name).is_dir() for name in CUB_CLASSES)
 
 
+def extract_classes(archive, target):
+    """The 7 classes' members of the archive into target/<class>/, in one pass over its 1.1 GB."""
+    with tarfile.open(archive, "r|*") as tar:  # a stream
+        for member in tqdm(tar, desc="reading archive", unit=" members", disable=None):
+            rel = cub_member_path(member)
+            if rel is None:
+                continue
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(member) as f, open(target / rel, "wb") as out:
+                shutil.copyfileobj(f, out)
+
+
 def extract_cub(archive, work):
     """Extract the report's 7 classes from a CUB_200_2011 tar archive into WORK/<class>/, kept as a cache."""
     if has_cub_classes(work):
@@ -370,13 +382,7 @@ def extract_cub(archive, work):
     # a fresh folder of our own, renamed to WORK only once complete: nothing of the user's is touched
     partial = Path(tempfile.mkdtemp(prefix=f".{work.name}.partial-", dir=work.parent))
     try:
-        with tarfile.open(archive, "r|*") as tar:  # a stream: one pass over the 1.1 GB archive
-            for member in tqdm(tar, desc="reading archive", unit=" members", disable=None):
-                rel = cub_member_path(member)
-                if rel is not None:
-                    (partial / rel).parent.mkdir(parents=True, exist_ok=True)
-                    with tar.extractfile(member) as f, open(partial / rel, "wb") as out:
-                        shutil.copyfileobj(f, out)
+        extract_classes(archive, partial)
         missing = [name for name in CUB_CLASSES if not (partial / name).is_dir()]
         if missing:
             raise UserError(f"{archive} lacks the classes {' '.join(missing)}")

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import torch.nn as nn
 
-import common.data
+import common.cache
 from common.augment import VIEWS
 from common.backbones import BACKBONES, extract_features, load_backbone
-from common.errors import UserError
+from common.errors import UserError, warn
 from common.config import SEEDS, is_bool, is_int_in
-from common.data import warn
 from common.run import count_parameters
 from common.task import Prepared, Task
 from common.train import seed_everything
@@ -44,7 +43,7 @@ class FineTuned(nn.Module):
 
 def feature_splits(backbone, data, run):
     """The same splits with each image replaced by its backbone features (cached by content)."""
-    cache = common.data.CACHE_DIR / "features"
+    cache = common.cache.CACHE_DIR / "features"
     splits = {name: dataclasses.replace(split, inputs=extract_features(
                   backbone, split.inputs, precision=run.precision, device=run.device, cache_dir=cache))
               for name, split in data.splits().items()}
@@ -56,7 +55,7 @@ def augmented_features(backbone, split, run):
     (cached by content); training draws one view per image and epoch. View v of seed s is the
     augmentation drawn with seed s * VIEWS + v."""
     views = [extract_features(backbone, split.inputs, precision=run.precision, device=run.device,
-                              cache_dir=common.data.CACHE_DIR / "features", augment_seed=run.config.seed * VIEWS + v)
+                              cache_dir=common.cache.CACHE_DIR / "features", augment_seed=run.config.seed * VIEWS + v)
              for v in range(VIEWS)]
     return dataclasses.replace(split, inputs=views, views=True)
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import common.data  # noqa: E402
+import common.cache  # noqa: E402
 from common.options import parse_run_config  # noqa: E402
 from common.run import start_run  # noqa: E402
 from common.task import Task  # noqa: E402
@@ -19,7 +19,7 @@ COLORS = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(common.data, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(common.cache, "CACHE_DIR", tmp_path / "cache")
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from torchvision import transforms
 from common import backbones
 from common.backbones import BACKBONES, WeightsUnavailable, extract_features, feature_cache_key, load_backbone
 from common.cli import UserError
-from common.data import ArrayCache, MappedArray, normalize, open_rgb
+from common.cache import ArrayCache, MappedArray
+from common.data import normalize, open_rgb
 from conftest import CreatesFile
 
 DEMO_IMAGES = Path(__file__).resolve().parent.parent / "demo_data" / "images"

@@ -14,7 +14,8 @@ from torchvision.datasets import ImageFolder
 
 from common.cli import UserError
 import common.data
-from common.data import ArrayCache, digest_matches, limit_aspect, load_splits, normalize, open_rgb, report_transform
+from common.cache import ArrayCache, digest_matches
+from common.data import limit_aspect, load_splits, normalize, open_rgb, report_transform
 from conftest import CreatesFile, make_image, make_split
 
 

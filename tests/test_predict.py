@@ -380,7 +380,7 @@ def test_a_cache_inside_a_folder_being_predicted_is_refused(shallow_run, data, t
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "photos"
     shutil.copytree(data / "test" / "red", folder)
-    monkeypatch.setattr("common.data.CACHE_DIR", folder / "cache")
+    monkeypatch.setattr("common.cache.CACHE_DIR", folder / "cache")
     with pytest.raises(UserError, match=f"the cache folder {folder / 'cache'} is inside {folder}"):
         predict.main([str(shallow_run), str(folder)])
     assert not (folder / "cache").exists()

@@ -394,7 +394,7 @@ def test_signals_as_ctrl_c_leaves_an_ignored_signal_ignored_and_restores_the_res
 
 
 def test_a_cache_inside_the_source_is_refused_before_anything_is_written(images, tmp_path, refused, monkeypatch):
-    monkeypatch.setattr("common.data.CACHE_DIR", images / "cache")  # its folders would become classes
+    monkeypatch.setattr("common.cache.CACHE_DIR", images / "cache")  # its folders would become classes
     code, err = refused("--data", images, "--out", tmp_path / "new", *QUICK)
     assert code == 2 and err == [f"error: the cache folder {images / 'cache'} is inside {images}, which this run "
                                  "reads: set REPRO_CACHE_DIR to a folder outside the data"]
