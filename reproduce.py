@@ -13,45 +13,36 @@ Slurm job array, say) to run; reproduce.py then reuses them and writes the repor
 """
 import argparse
 import contextlib
-import functools
 import hashlib
 import os
-import queue
 import re
 import shlex
 import signal
-import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 import tasks
-from common import results
-from common.backbones import WeightsUnavailable
 from common.cli import UserError, run_main
 from common.cache import check_cache_outside
 from common.data import MANIFEST, SPLITS, UNFINISHED_MANIFEST
-from common.files import open_regular, read_json
-from common.options import parse_run_config, run_task
+from common.options import parse_run_config
 from common.paths import DEMO_IMAGES, REPO, RESULTS, is_inside
 from common.report import REPORT_TITLE, Reproduction, TaskResult, summarise, write_report
-from common.reuse import planned_argv, run_logged
+from common.reuse import planned_argv
+from common.runs import PlannedRun, run_plans
 from common.run_folder import check_folder_writable, lock, make_folder
 from common.runtime import COMPILE_MODES, pick_device
 from common.split import CUB_CLASSES, check_ratios, cub_images, find_classes, manifest_rows, source_listing, split_dataset
-from common.train import STOPPED_EXIT_CODES
 
 MAX_SEEDS = 1000
 MAX_JOBS = 1000  # runs at a time; more would only share the same cores
 DEFAULT_SEEDS = 3  # mean ± std by default: 8.0 minutes measured for the demo data on 2 CPU cores (README)
-PROGRESS_EVERY_S = 2  # how often the bar shows the epochs of runs under way in processes of their own
 LIKE_CTRL_C = (signal.SIGTERM, signal.SIGHUP)  # a scheduler's kill, a closed terminal: both stop like Ctrl-C
 
 
@@ -227,25 +218,6 @@ def split_sizes(folder):
     return Counter(row["split"] for row in rows)
 
 
-@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, to key dicts
-class PlannedRun:
-    """One task with one seed, planned once: its folder and the task script's command line (argv),
-    or argv None where the run finished there is reused. In this process or in a process of its
-    own, it is the same run; each way adds the device it runs on."""
-    task: object  # common.task.Task
-    seed: int
-    out: Path
-    epochs: int
-    argv: list = None
-
-    @property
-    def label(self):
-        return f"{self.task.name} seed {self.seed}"
-
-    def command(self, device):
-        return [*self.argv, "--device", device]
-
-
 def task_argv(task, data, seed, args):
     return ["--data", str(data), "--seed", str(seed), "--precision", args.precision, *task.reproduce_argv,
             *(("--compile", args.compile) if task.compiles else ()), *(("--augment",) if args.augment else ())]
@@ -269,101 +241,6 @@ def plan_runs(chosen, splits, args):
 def title_of(task, split, args):
     """The title the task's runs carry, with the options reproduce.py gives it."""
     return task.title_for(parse_run_config(task, task_argv(task, split, 0, args)))
-
-
-def runs_under_way(running):
-    """The progress of the runs under way, briefly, as several share the line: `running` maps a run
-    folder to (label, epochs); its last history.csv row says how far it is."""
-    shown = []
-    for out, (name, epochs) in sorted(running.items(), key=lambda item: item[1][0]):
-        try:
-            row = results.read_history(out)[-1]
-            shown.append(f"{name}: epoch {int(row['epoch'])}/{epochs}, val top-1 {float(row['val_top1']):.1f} %")
-        except (OSError, ValueError, KeyError, IndexError, TypeError):  # not written yet (or not by us)
-            shown.append(f"{name}: starting")
-    return "; ".join(shown)
-
-
-class Running:
-    """The runs under way, wherever they train, shown on the progress bar: every PROGRESS_EVERY_S
-    seconds a thread reads how far each is from its history.csv."""
-
-    def __init__(self, bar):
-        self.bar, self.runs, self.lock = bar, {}, threading.Lock()
-
-    @contextlib.contextmanager
-    def track(self, plan):
-        with self.lock:
-            self.runs[plan.out] = (plan.label, plan.epochs)
-        try:
-            yield
-        finally:
-            with self.lock:
-                self.runs.pop(plan.out)
-
-    def show(self):
-        with self.lock:
-            running = dict(self.runs)
-        self.bar.set_postfix_str(runs_under_way(running))
-
-    @contextlib.contextmanager
-    def shown(self):
-        done = threading.Event()
-
-        def refresh():
-            while not done.wait(PROGRESS_EVERY_S):
-                self.show()
-        thread = threading.Thread(target=refresh, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            done.set()
-            thread.join()
-
-
-def run_here(plan, args, running):
-    """A planned run in this process, its printed output in its log.txt; returns its metrics."""
-    if plan.argv is not None:
-        with running.track(plan):
-            run_logged(functools.partial(run_task, plan.task), plan.command(args.device), plan.out)
-    return read_json(plan.out / "metrics.json")
-
-
-def run_as_process(plan, args, devices, children, running):
-    """A planned run as a process of its own, on a device taken from the queue `devices` while it
-    trains; returns its metrics. The process is in `children` while it runs: in a session of its
-    own, so that a Ctrl-C reaches it once, forwarded by run_concurrently, and it saves a checkpoint
-    before it stops."""
-    if plan.argv is None:
-        return read_json(plan.out / "metrics.json")
-    device, log = devices.get(), plan.out / "log.txt"
-    try:
-        make_folder(plan.out, "run folder")
-        env = dict(os.environ)
-        if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))  # the jobs share the cores
-        with open_regular(log, "a") as f, running.track(plan):
-            child = subprocess.Popen([sys.executable, str(REPO / f"{plan.task.name}.py"), *plan.command(device)],
-                                     stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
-            children.add(child)
-            code = child.wait()
-            children.discard(child)
-    finally:
-        devices.put(device)
-    if code == WeightsUnavailable.exit_code:
-        raise WeightsUnavailable(last_error(log))
-    if code in STOPPED_EXIT_CODES:  # it saved a checkpoint on Ctrl-C, SIGTERM or SIGHUP
-        raise UserError(f"{plan.label} was stopped (see {log}); run reproduce.py again to continue")
-    if code != 0:
-        raise UserError(f"{plan.label} failed (exit code {code}): {last_error(log)} (see {log})")
-    return read_json(plan.out / "metrics.json")
-
-
-def last_error(log):
-    with open_regular(log, errors="replace") as f:
-        lines = [line for line in f.read().splitlines() if line.startswith("error: ")]
-    return lines[-1][len("error: "):] if lines else "no error message"
 
 
 def unprintable(c):
@@ -431,7 +308,7 @@ def run_all(args):
     if args.print_commands:
         return print_commands(plans, args)
     with tqdm(total=len(plans), desc="reproduce", unit="run", dynamic_ncols=True) as progress:
-        metrics, missing = run_tasks(plans, args, progress)  # the bar ends its line, whatever happens
+        metrics, missing = run_plans(plans, args.devices, progress)  # the bar ends its line, whatever happens
     task_results = []
     for task in chosen:
         title = title_of(task, splits[0], args)
@@ -445,65 +322,6 @@ def run_all(args):
                        args.epochs, args.augment, bool(args.cub), (time.perf_counter() - began) / 60)
     write_report(args.out, how, task_results, {t.name: t.epochs for t in chosen})
     print(f"wrote {args.out / 'REPORT.md'}")
-
-
-def collect(plan, result, metrics, missing):
-    """A finished run's metrics (`result()` gives them) into `metrics`, or its task into `missing`
-    where its weights are unavailable. A run that finished shows its test top-1 and logloss."""
-    try:
-        metrics[plan] = result()
-    except WeightsUnavailable as e:
-        if plan.task not in missing:
-            tqdm.write(f"{plan.task.name}: weights unavailable, skipped ({e})")
-        missing[plan.task] = str(e)
-        return
-    test = metrics[plan]["test"]
-    tqdm.write(f"{plan.label}: test top-1 {test['top1']:.2f} %, logloss {test['loss']:.4f}")
-
-
-def run_tasks(plans, args, progress):
-    """Every planned run, one at a time in this process, or with --jobs N, N at a time in processes of
-    their own; returns their metrics (plan -> metrics) and the tasks whose weights are missing."""
-    metrics, missing = {}, {}
-    with Running(progress).shown() as running:
-        if args.jobs > 1:
-            run_concurrently(plans, args, progress, running, metrics, missing)
-        else:
-            for plan in plans:
-                if plan.task not in missing:  # its weights: the same for every seed
-                    run_here_or_say_stopped(plan, args, running, metrics, missing)
-                progress.update()
-    return metrics, missing
-
-
-def run_here_or_say_stopped(plan, args, running, metrics, missing):
-    try:
-        collect(plan, functools.partial(run_here, plan, args, running), metrics, missing)
-    except SystemExit:  # Ctrl-C inside the run: it said so in its log.txt; say it here too
-        tqdm.write(f"{plan.label}: stopped (see {plan.out / 'log.txt'}); run reproduce.py again to continue")
-        raise
-
-
-def run_concurrently(plans, args, progress, running, metrics, missing):
-    """--jobs N: N runs at a time, each a process on a device of its own. Ctrl-C (or SIGTERM or SIGHUP,
-    see signals_as_ctrl_c) stops them all as Ctrl-C stops one run: each saves a checkpoint and stops
-    after its epoch."""
-    devices, children = queue.Queue(), set()
-    for device in args.devices:
-        devices.put(device)
-    pool = ThreadPoolExecutor(args.jobs)
-    try:
-        futures = {pool.submit(run_as_process, plan, args, devices, children, running): plan for plan in plans}
-        for future in as_completed(futures):
-            collect(futures[future], future.result, metrics, missing)
-            progress.update()
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)  # runs not started yet never start
-        for child in list(children):
-            child.send_signal(signal.SIGINT)  # checkpoint, then stop
-        raise
-    finally:
-        pool.shutdown(wait=True)  # the runs under way end first
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import pytest
 import common.cli
 import common.split
 import reproduce
-from common import report, results
+from common import report, results, runs
 from common.cli import run_main
 from common.run_folder import lock
 from conftest import COLORS, make_image, make_split
@@ -331,7 +331,7 @@ def test_the_bar_shows_how_far_each_concurrent_run_is(tmp_path):
     (tmp_path / "c" / "history.csv").write_text("not,a\nhistory")  # damaged: shown as not yet started
     running = {tmp_path / "b": ("task3_netvlad seed 0", 100), tmp_path / "a": ("task2_shallow seed 1", 100),
                tmp_path / "c": ("task3_netvlad seed 1", 100)}
-    assert reproduce.runs_under_way(running) == ("task2_shallow seed 1: epoch 2/100, val top-1 42.5 %; "
+    assert runs.runs_under_way(running) == ("task2_shallow seed 1: epoch 2/100, val top-1 42.5 %; "
                                                  "task3_netvlad seed 0: starting; task3_netvlad seed 1: starting")
 
 
@@ -485,10 +485,9 @@ def test_a_run_process_stopped_by_a_signal_is_reported_as_stopped_not_failed(tmp
 
         def wait(self):
             return code
-    monkeypatch.setattr(reproduce.subprocess, "Popen", Stopped)
-    args = reproduce.parse_args(["--out", str(tmp_path / "r"), "--seeds", "1", "--device", "cpu"])
+    monkeypatch.setattr(runs.subprocess, "Popen", Stopped)
     devices = queue.Queue()
     devices.put("cpu")
-    plan = reproduce.PlannedRun(reproduce.TASKS[-1], 0, tmp_path / "r" / "run", 100, ["--epochs", "100"])
+    plan = runs.PlannedRun(reproduce.TASKS[-1], 0, tmp_path / "r" / "run", 100, ["--epochs", "100"])
     with pytest.raises(reproduce.UserError, match="task3_netvlad seed 0 was stopped .*run reproduce.py again"):
-        reproduce.run_as_process(plan, args, devices, set(), reproduce.Running(None))
+        runs.run_as_process(plan, devices, 1, set(), runs.Running(None))
