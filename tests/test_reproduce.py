@@ -342,7 +342,7 @@ def test_a_failed_run_process_is_one_error_naming_its_log(images, tmp_path, monk
     reproduce.main([*argv, "--epochs", "1"])
     (tmp_path / "r" / "task3_netvlad" / "seed0" / "last.pt").write_bytes(b"garbage")
     with pytest.raises(reproduce.UserError, match=r"task3_netvlad seed 0 failed \(exit code 2\): --resume: .*last.pt "
-                                                  r".*not a checkpoint of this project.*\(see .*log.txt\)"):
+                                                  r"is corrupt or unreadable .*\(see .*log.txt\)"):
         reproduce.main([*argv, "--epochs", "2"])  # resumes the 1-epoch run, in a process of its own
 
 
