@@ -14,7 +14,7 @@ TASK_ARGV = {"task2_shallow": [], "task3_netvlad": ["--clusters", "16"]}
 
 def checkout(repo, commit, folder):
     """The files of `commit` of the repository `repo` in `folder`, without touching its work tree."""
-    folder.mkdir()
+    folder.mkdir(parents=True)
     archive = subprocess.run(["git", "-C", str(repo), "archive", commit], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder
