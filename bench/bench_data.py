@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
+from bench.tutorial import tutorial_dataset  # noqa: E402
 from common.cli import run_main  # noqa: E402
 from common.data import load_splits, normalize  # noqa: E402
 from common.split import default_data  # noqa: E402
-from tutorial import tutorial_dataset  # noqa: E402
 
 
 def plain_epoch(root, batch_size, workers):

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python bench/bench_features.py`
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
 from common.backbones import BACKBONES, load_backbone, run_backbone  # noqa: E402
 from common.runtime import cpu_has_amx  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from bench.bench_speed import checkout, cpu_flags, timed  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
+from bench.timing import checkout, cpu_flags, timed  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
 
 CLASSES = 7
@@ -79,7 +79,7 @@ def main():
     args.work.mkdir(parents=True, exist_ok=True)
     old = args.work / "in_memory_code"
     shutil.rmtree(old, ignore_errors=True)
-    checkout(args.baseline, old)
+    checkout(REPO, args.baseline, old)
     print(f"{os.cpu_count()} CPUs, flags: {cpu_flags()}; task 2, {args.epochs} epoch(s), default options; "
           f"peak RSS of each whole process (wall time)\n")
     small = make_folder(args.work / f"images_{args.small}", args.small)

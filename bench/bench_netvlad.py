@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
 from common.cli import UserError, run_main  # noqa: E402
 from common.netvlad import NetVLAD, estimate_forward_bytes, init_from_descriptors  # noqa: E402
 

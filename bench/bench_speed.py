@@ -17,48 +17,19 @@ as every later seed and run does: both per-seed figures are printed.
     python bench/bench_speed.py --tasks task2_shallow --precisions fp32 --epochs 10
 """
 import argparse
-import csv
 import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
+from bench.timing import TASK_ARGV, checkout, cpu_flags, epoch_seconds, timed  # noqa: E402
 from common.data import load_splits  # noqa: E402
 from common.split import default_data  # noqa: E402
-
-TASK_ARGV = {"task2_shallow": [], "task3_netvlad": ["--clusters", "16"]}
-
-
-def checkout(commit, folder):
-    """The files of `commit` in `folder`, without touching this repository's work tree."""
-    folder.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-    return folder
-
-
-def timed(command, cwd, env):
-    """Wall seconds and peak RSS (MiB) of one whole process."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {' '.join(command)}\n{process.stderr.read()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
-
-
-def epoch_seconds(out):
-    """The seconds of every epoch of the run in `out`, from its history.csv."""
-    with open(out / "history.csv", newline="") as f:
-        return [float(row["seconds"]) for row in csv.DictReader(f)]
 
 
 def late_slowdown(seconds):
@@ -85,14 +56,6 @@ def run(version, code, task, precision, args, scratch, env):
             "config": json.loads((out / "config.json").read_text())}
 
 
-def cpu_flags():
-    try:
-        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
-    except (OSError, StopIteration):
-        return "unknown"
-    return ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags) or "none of avx512/amx"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", choices=list(TASK_ARGV), default=list(TASK_ARGV))
@@ -111,7 +74,7 @@ def main():
         scratch = Path(tmp)
         env = {**os.environ, "REPRO_CACHE_DIR": str(scratch / "cache")}
         load_splits(args.data, scratch / "cache")  # decode once, for both versions
-        old_code = checkout(args.baseline, scratch / "baseline")
+        old_code = checkout(REPO, args.baseline, scratch / "baseline")
         print(f"{'task':<15}{'precision':<20}{'version':<11}{'seconds':>8}{'speed-up':>9}{'compile s':>10}"
               f"{'peak MiB':>9}{'late/early':>11}   test top-1 / logloss", flush=True)
         versions = [("old", old_code)] + ([("new cold", REPO), ("new warm", REPO)] if args.cold else [("new", REPO)])

@@ -13,7 +13,6 @@ Fewer epochs than the task's 100 keep the run short; the time per epoch is what 
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,13 +23,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from bench.profile_step import with_plain_layers  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
+from bench.timing import in_fresh_process  # noqa: E402
+from bench.tutorial import tutorial_dataset, tutorial_evaluate, with_plain_layers  # noqa: E402
 from common.models import ShallowConvNet  # noqa: E402
 from common.split import default_data  # noqa: E402
 from common.train import seed_everything  # noqa: E402
-from tutorial import tutorial_dataset, tutorial_evaluate  # noqa: E402
 
 BATCH = 50
 
@@ -94,12 +93,9 @@ def main():
         return measure(args.variant, root, args.epochs, args.seed)
 
     variants = ("plain", "project-fp32", "project-auto")
-    found = {}
-    for variant in variants:
-        child = subprocess.run([sys.executable, __file__, "--variant", variant, "--data", str(root),
-                                "--epochs", str(args.epochs), "--seed", str(args.seed)],
-                               capture_output=True, text=True, check=True)
-        found[variant] = json.loads(child.stdout.strip().splitlines()[-1])
+    found = {variant: in_fresh_process(__file__, ["--variant", variant, "--data", str(root), "--epochs",
+                                                  str(args.epochs), "--seed", str(args.seed)])
+             for variant in variants}
 
     plain = found["plain"]["seconds"]
     print(f"task 2, {args.epochs} epochs on {root} (seed {args.seed}), each variant in a fresh process")

@@ -5,7 +5,7 @@ Side by side, same data, seed and epochs (20, batch 100, the report's task 1):
             epoch, fp32 (the backbone correctly in eval mode)
   project   decoded-image cache, the backbone run once per image under inference_mode,
             channels-last, bf16 on AMX CPUs (--precision auto), then 20 epochs of the head alone
-Both project runs compute their features once (the in-memory feature cache is cleared before each),
+Both project runs compute their features once (each in a fresh process with an empty cache folder),
 so "caching" (tutorial fp32 -> project fp32) and "bf16" (project fp32 -> project auto) are printed
 as separate ratios. The tutorial loop does identical work every epoch, so with --tutorial-epochs below 20 its
 20-epoch time is its measured time per epoch x 20 (printed as such). ResNet50 is random-init
@@ -15,6 +15,7 @@ as separate ratios. The tutorial loop does identical work every epoch, so with -
 """
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -26,15 +27,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import common.backbones  # noqa: E402
-import common.data  # noqa: E402
-from bench.bench_speed import cpu_flags  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
+from bench.timing import cpu_flags, in_fresh_process  # noqa: E402
+from bench.tutorial import tutorial_dataset, tutorial_evaluate  # noqa: E402
 from common.backbones import BACKBONES, load_backbone  # noqa: E402
+from common.data import load_splits  # noqa: E402
 from common.split import default_data  # noqa: E402
 from common.train import seed_everything  # noqa: E402
 from common.transfer import linear_head, run_transfer  # noqa: E402
-from tutorial import tutorial_dataset, tutorial_evaluate  # noqa: E402
 
 EPOCHS, BATCH = 20, 100
 
@@ -68,27 +69,27 @@ def tutorial(name, root, epochs, seed):
 
 
 def project(name, root, seed, precision):
-    """Seconds for the whole cached run, feature extraction included, and its test metrics.
+    """Seconds for the whole cached run, feature extraction included, and its test metrics, measured in
+    a fresh process with an empty cache folder (its REPRO_CACHE_DIR), so that no features are reused."""
+    with tempfile.TemporaryDirectory() as cache:
+        found = in_fresh_process(__file__, ["--project", precision, "--backbones", name, "--data", str(root),
+                                            "--seed", str(seed)], {**os.environ, "REPRO_CACHE_DIR": cache})
+    return found["seconds"], found["test"]
 
-    The feature cache starts empty; the decoded-image cache is filled beforehand, since all tasks
-    share it and bench/bench_data.py times it.
-    """
-    common.backbones._feature_cache.clear()  # else a second call reuses the first's features (same key where auto = fp32)
-    with tempfile.TemporaryDirectory() as tmp:
-        common.data.CACHE_DIR = Path(tmp) / "cache"
-        common.data.load_splits(root)  # the decoded-image cache, shared by both paths' data
-        argv = ["--data", str(root), "--out", f"{tmp}/out", "--seed", str(seed), "--precision", precision]
+
+def measure_project(name, root, seed, precision):
+    """Run one project run here and print its seconds and test metrics as JSON (in the child process).
+    The decoded-image cache is filled first, untimed: all tasks share it, and bench/bench_data.py times it."""
+    load_splits(root)
+    with tempfile.TemporaryDirectory() as out:
+        argv = ["--data", str(root), "--out", out, "--seed", str(seed), "--precision", precision]
         if name == "resnet50":
             argv.append("--no-pretrained")
         start = time.perf_counter()
-        with open(f"{tmp}/log.txt", "w") as log:
-            stdout, sys.stdout = sys.stdout, log
-            try:
-                run_transfer(name, name, "", argv)
-            finally:
-                sys.stdout = stdout
+        run_transfer(name, name, "", argv)
         seconds = time.perf_counter() - start
-        return seconds, json.loads(Path(f"{tmp}/out/metrics.json").read_text())["test"]
+        test = json.loads((Path(out) / "metrics.json").read_text())["test"]
+    print(json.dumps({"seconds": seconds, "test": test}))
 
 
 def main():
@@ -99,8 +100,11 @@ def main():
     parser.add_argument("--backbones", nargs="+", default=["resnet50", "efficientnet_lite0"], choices=list(BACKBONES))
     parser.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
     parser.add_argument("--data", type=Path, default=None, help="split folder (default: the demo split)")
+    parser.add_argument("--project", help=argparse.SUPPRESS)  # internal: one project run at this precision, here
     args = parser.parse_args()
     root = args.data or default_data()
+    if args.project:
+        return measure_project(args.backbones[0], root, args.seed, args.project)
     print(f"task 1, {EPOCHS} epochs, batch {BATCH}, on {root}; {torch.get_num_threads()} threads, "
           f"CPU flags: {cpu_flags()}")
     print(f"{'backbone':<20}{'path':<30}{'seconds':>9}{'speed-up':>10}   test logloss / top-1 / top-3")

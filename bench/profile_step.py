@@ -18,15 +18,16 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.bench_speed import cpu_flags  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
+from bench.timing import cpu_flags  # noqa: E402
+from bench.tutorial import with_plain_layers  # noqa: E402
 from common.cli import flush_denormals, keep_freed_memory  # noqa: E402
-from common.data import load_splits, model_input  # noqa: E402
-from common.models import ShallowConvNet, ShallowConvolutions, ShallowNetVLAD  # noqa: E402
+from common.data import load_splits  # noqa: E402
+from common.models import ShallowConvNet, ShallowNetVLAD  # noqa: E402
 from common.runtime import autocast  # noqa: E402
 from common.split import default_data  # noqa: E402
 
@@ -40,21 +41,6 @@ def build(task, train):
         return ShallowConvNet(7)
     model = ShallowNetVLAD(7, 16)
     model.init_kmeans(train.inputs, torch.Generator().manual_seed(0))
-    return model
-
-
-class PlainConvolutions(ShallowConvolutions):
-    """The five layers one after another, as before conv_relu_pool."""
-
-    def forward(self, images):
-        return nn.Sequential.forward(self, model_input(images))
-
-
-def with_plain_layers(model):
-    """`model` with its convolutions run as the plain layers, the usual way (same parameters)."""
-    for module in model.modules():
-        if isinstance(module, ShallowConvolutions):
-            module.__class__ = PlainConvolutions
     return model
 
 

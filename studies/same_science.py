@@ -7,8 +7,8 @@ whose metrics.json exists is reused, so the two sides can be run at different ti
 Printed: each seed's test top-1 / top-3 / logloss, old and new and their difference, then
 mean ± sample std per side and whether the means agree within one standard deviation.
 
-    python bench/same_science.py --work /tmp/science                 # 5 seeds, both sides
-    python bench/same_science.py --work /tmp/science --versions old  # one side now, the other later
+    python studies/same_science.py --work /tmp/science                 # 5 seeds, both sides
+    python studies/same_science.py --work /tmp/science --versions old  # one side now, the other later
 """
 import argparse
 import json
@@ -18,9 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from bench.bench_speed import TASK_ARGV, checkout, cpu_flags  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
+from bench.timing import TASK_ARGV, checkout, cpu_flags  # noqa: E402
 from common.split import default_data  # noqa: E402
 
 METRICS = (("top1", "test top-1 %", 2), ("top3", "test top-3 %", 2), ("loss", "test logloss", 4))
@@ -74,7 +74,7 @@ def main():
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; {args.epochs} epochs, --precision {args.precision}")
     old_code = args.work / "baseline"
     if "old" in args.versions and not old_code.exists():
-        checkout(args.baseline, old_code)
+        checkout(REPO, args.baseline, old_code)
     codes = {"old": old_code, "new": REPO}
     metrics = {}
     for task in args.tasks:

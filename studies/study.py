@@ -12,9 +12,9 @@ is reused, an interrupted or shorter one resumed, so a study can be stopped, res
 The tables cover every config with finished runs in OUT, so a slow config can run with fewer seeds
 by a second command (--configs netvlad_k64 --seeds 3) and still appear.
 
-    python bench/study.py netvlad                        # seeds 0-4, the report's schedule
-    python bench/study.py netvlad --gamma 1 --configs shallow netvlad_k16   # constant learning rate
-    python bench/study.py augment                        # also writes OUT/augment.png
+    python studies/study.py netvlad                        # seeds 0-4, the report's schedule
+    python studies/study.py netvlad --gamma 1 --configs shallow netvlad_k16   # constant learning rate
+    python studies/study.py augment                        # also writes OUT/augment.png
 """
 import argparse
 import statistics
@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
 import task1_efficientnet  # noqa: E402
 import task2_shallow  # noqa: E402
 import task3_netvlad  # noqa: E402
