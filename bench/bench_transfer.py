@@ -35,7 +35,8 @@ from common.backbones import BACKBONES, load_backbone  # noqa: E402
 from common.data import load_splits  # noqa: E402
 from common.split import default_data  # noqa: E402
 from common.train import seed_everything  # noqa: E402
-from common.transfer import linear_head, run_transfer  # noqa: E402
+from common.options import run_task  # noqa: E402
+from common.transfer import linear_head, transfer_task  # noqa: E402
 
 EPOCHS, BATCH = 20, 100
 
@@ -86,7 +87,7 @@ def measure_project(name, root, seed, precision):
         if name == "resnet50":
             argv.append("--no-pretrained")
         start = time.perf_counter()
-        run_transfer(name, name, "", argv)
+        run_task(transfer_task(f"task1_{name}", name, name, ""), argv)
         seconds = time.perf_counter() - start
         test = json.loads((Path(out) / "metrics.json").read_text())["test"]
     print(json.dumps({"seconds": seconds, "test": test}))

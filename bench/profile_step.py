@@ -23,25 +23,27 @@ from torch.profiler import ProfilerActivity, profile
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
+import tasks  # noqa: E402
 from bench.timing import cpu_flags  # noqa: E402
 from bench.tutorial import with_plain_layers  # noqa: E402
-from common.cli import flush_denormals, keep_freed_memory  # noqa: E402
 from common.data import load_splits  # noqa: E402
-from common.models import ShallowConvNet, ShallowNetVLAD  # noqa: E402
-from common.runtime import autocast  # noqa: E402
+from common.options import parse_run_config  # noqa: E402
+from common.runtime import autocast, flush_denormals, keep_freed_memory  # noqa: E402
+from common.task import Prepared  # noqa: E402
+from common.train import Run  # noqa: E402
 from common.split import default_data  # noqa: E402
 
 TASKS = ("task2_shallow", "task3_netvlad")
 
 
-def build(task, train):
-    """The task's model as its script builds it (seed 0, K = 16 with k-means init for task 3)."""
+def build(name, data):
+    """The task's model as its script builds it with reproduce.py's options, seed 0 (task 3: K = 16,
+    k-means init on the training images)."""
+    task = tasks.load(name)
+    config = parse_run_config(task, list(task.reproduce_argv))
     torch.manual_seed(0)
-    if task == "task2_shallow":
-        return ShallowConvNet(7)
-    model = ShallowNetVLAD(7, 16)
-    model.init_kmeans(train.inputs, torch.Generator().manual_seed(0))
-    return model
+    run = Run(config, data, torch.device("cpu"), "fp32")
+    return (task.prepare(run) if task.prepare else Prepared(task.build_model(config, len(data.classes)), run)).model
 
 
 def stepper(model, args, batches):
@@ -128,11 +130,12 @@ def main():
     if args.gemm:
         print(f"matrix products, {args.precision}, {machine(args.device)}")
         return gemm_rates(args)
-    train = load_splits(default_data()).train
+    data = load_splits(default_data())
+    train = data.train
     batches = itertools.cycle([batch for batch in train.batches(50) if len(batch[1]) == 50])  # uint8, as in training
-    variants = {"space-to-depth": build(args.task, train)}
+    variants = {"space-to-depth": build(args.task, data)}
     if args.against_plain:
-        variants["plain layers"] = with_plain_layers(build(args.task, train))  # the same weights
+        variants["plain layers"] = with_plain_layers(build(args.task, data))  # the same weights
     steps = {name: stepper(model.to(args.device, memory_format=torch.channels_last), args, batches)
              for name, model in variants.items()}
     times = {name: [] for name in steps}

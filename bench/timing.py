@@ -8,8 +8,10 @@ import subprocess
 import sys
 import time
 
-# the options each task trains with in the comparisons against an earlier commit
-TASK_ARGV = {"task2_shallow": [], "task3_netvlad": ["--clusters", "16"]}
+import tasks
+
+# the tasks the comparisons against an earlier commit train, with the options reproduce.py gives them
+TASK_ARGV = {name: list(tasks.load(name).reproduce_argv) for name in ("task2_shallow", "task3_netvlad")}
 
 
 def checkout(repo, commit, folder):

@@ -6,7 +6,8 @@
             Task 2 and task 3 (K = 16) without and with --augment; EfficientNet-Lite0 frozen, frozen
             with --augment, and fine-tuned (--finetune).
 
-Every run keeps its task's epochs (20 for task 1, 100 for tasks 2 and 3) unless --epochs is given,
+Every run keeps its task's epochs (the 2020 report's: 20 for task 1, 100 for tasks 2 and 3) unless
+--epochs is given,
 and goes to OUT/<config>/seed<N> with its console output in log.txt; a finished run (metrics.json)
 is reused, an interrupted or shorter one resumed, so a study can be stopped, restarted and extended.
 The tables cover every config with finished runs in OUT, so a slow config can run with fewer seeds
@@ -17,6 +18,7 @@ by a second command (--configs netvlad_k64 --seeds 3) and still appear.
     python studies/study.py augment                        # also writes OUT/augment.png
 """
 import argparse
+import functools
 import statistics
 import sys
 from pathlib import Path
@@ -26,31 +28,31 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
-import task1_efficientnet  # noqa: E402
-import task2_shallow  # noqa: E402
-import task3_netvlad  # noqa: E402
-from common import results  # noqa: E402
+import tasks  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
-from common.run_folder import finished_metrics, read_config, run_or_reuse  # noqa: E402
+from common.files import atomic_write  # noqa: E402
+from common.options import run_task  # noqa: E402
+from common import results  # noqa: E402
+from common.reuse import finished_metrics, read_config, run_or_reuse  # noqa: E402
 
-# config -> (task main, its options, its epochs)
+# config -> (task, its options); each trains for its task's epochs
 STUDIES = {
     "netvlad": {
-        "shallow": (task2_shallow.main, [], 100),
-        "shallow_fp32": (task2_shallow.main, ["--precision", "fp32"], 100),
-        "netvlad_k4": (task3_netvlad.main, ["--clusters", "4"], 100),
-        "netvlad_k16": (task3_netvlad.main, ["--clusters", "16"], 100),
-        "netvlad_k64": (task3_netvlad.main, ["--clusters", "64"], 100),
-        "netvlad_k4_report_init": (task3_netvlad.main, ["--clusters", "4", "--init", "random"], 100),
+        "shallow": ("task2_shallow", []),
+        "shallow_fp32": ("task2_shallow", ["--precision", "fp32"]),
+        "netvlad_k4": ("task3_netvlad", ["--clusters", "4"]),
+        "netvlad_k16": ("task3_netvlad", ["--clusters", "16"]),
+        "netvlad_k64": ("task3_netvlad", ["--clusters", "64"]),
+        "netvlad_k4_report_init": ("task3_netvlad", ["--clusters", "4", "--init", "random"]),
     },
     "augment": {
-        "shallow": (task2_shallow.main, [], 100),
-        "shallow_augment": (task2_shallow.main, ["--augment"], 100),
-        "netvlad_k16": (task3_netvlad.main, ["--clusters", "16"], 100),
-        "netvlad_k16_augment": (task3_netvlad.main, ["--clusters", "16", "--augment"], 100),
-        "lite0_frozen": (task1_efficientnet.main, [], 20),
-        "lite0_frozen_augment": (task1_efficientnet.main, ["--augment"], 20),
-        "lite0_finetuned": (task1_efficientnet.main, ["--finetune"], 20),
+        "shallow": ("task2_shallow", []),
+        "shallow_augment": ("task2_shallow", ["--augment"]),
+        "netvlad_k16": ("task3_netvlad", ["--clusters", "16"]),
+        "netvlad_k16_augment": ("task3_netvlad", ["--clusters", "16", "--augment"]),
+        "lite0_frozen": ("task1_efficientnet", []),
+        "lite0_frozen_augment": ("task1_efficientnet", ["--augment"]),
+        "lite0_finetuned": ("task1_efficientnet", ["--finetune"]),
     },
 }
 FIGURE_PAIRS = (("shallow", "shallow_augment"), ("netvlad_k16", "netvlad_k16_augment"))  # augment.png
@@ -130,12 +132,14 @@ def main():
     shared = [*(["--data", str(args.data)] if args.data else []), "--gamma", str(args.gamma)]
     jobs = [(seed, name) for seed in range(args.seeds) for name in args.configs or configs]  # a whole seed first
     for seed, name in tqdm(jobs, desc="runs", unit="run"):
-        main_fn, argv, epochs = configs[name]
-        run_or_reuse(main_fn, [*argv, *shared, "--seed", str(seed)], out / name / f"seed{seed}", args.epochs or epochs)
-    folders = {name: finished_runs(out / name, args.epochs or epochs) for name, (_, _, epochs) in configs.items()}
+        task, argv = tasks.load(configs[name][0]), configs[name][1]
+        run_or_reuse(functools.partial(run_task, task), [*argv, *shared, "--seed", str(seed)], out / name / f"seed{seed}",
+                     args.epochs or task.epochs)
+    folders = {name: finished_runs(out / name, args.epochs or tasks.load(task).epochs)
+               for name, (task, _) in configs.items()}
     report = tables({name: [finished_metrics(f) for f in runs] for name, runs in folders.items() if runs})
     epochs = f"{args.epochs} epochs" if args.epochs else "each task's epochs"
-    results.atomic_write(out / "study.md", f"{args.study}: {epochs}, --gamma {args.gamma:g}\n\n{report}\n")
+    atomic_write(out / "study.md", f"{args.study}: {epochs}, --gamma {args.gamma:g}\n\n{report}\n")
     print(report)
     if args.study == "augment":
         plot_augmentation(out / "augment.png", folders)
