@@ -13,6 +13,7 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from common.cli import UserError
+import common.cache
 import common.data
 from common.cache import ArrayCache, digest_matches
 from common.data import limit_aspect, load_splits, normalize, open_rgb, report_transform
@@ -240,7 +241,7 @@ def test_a_digest_is_checked_once_per_process_and_batches_read_each_image_in_one
     load_splits(root, cache_dir)
     a_new_process(monkeypatch)
     checked = []
-    monkeypatch.setattr(common.data, "digest_matches", lambda file: checked.append(file) or digest_matches(file))
+    monkeypatch.setattr(common.cache, "digest_matches", lambda file: checked.append(file) or digest_matches(file))
     for _ in range(2):
         data = load_splits(root, cache_dir)
     monkeypatch.setattr(common.data, "read_mapped", lambda *args: pytest.fail("read_image fell back to np.load"))
