@@ -10,14 +10,11 @@ from common.cli import UserError
 from common.data import CROP, Split, model_input, normalize
 from common.run_folder import add_compile_arg, add_training_args, run_or_reuse
 from common.train import start_run, train_and_report
-from conftest import make_split
 from test_run_folder import ctrl_c_at_epoch
 from test_train import run, tiny_main, tiny_model
 
 
-@pytest.fixture
-def data(tmp_path):
-    return make_split(tmp_path / "data", counts=(4, 2, 2))
+SPLIT_COUNTS = (4, 2, 2)  # images per class in the data fixture's train, validation and test
 
 
 def images(n=6, seed=0):

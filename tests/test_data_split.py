@@ -6,16 +6,14 @@ import os
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # so plain `pytest` finds the script too, not only `python -m pytest`
-import common.split as splitting  # noqa: E402
-import data_split as ds  # noqa: E402
-from common.cli import UserError, run_main  # noqa: E402
+import common.split as splitting
+import data_split as ds
+from common.cli import UserError
+from conftest import REPO, exit_code_and_output
 
 
 def make_image(path, index=0, mode="RGB"):
@@ -274,10 +272,7 @@ def test_unusual_image_modes_are_accepted(tmp_path):
 # bad input: one `error:` line, exit code 2
 
 def cli_error(argv, capsys):
-    with pytest.raises(SystemExit) as exit:
-        run_main(lambda: ds.main([str(a) for a in argv]))
-    out, err = capsys.readouterr()
-    return exit.value.code, out, err
+    return exit_code_and_output(lambda: ds.main([str(a) for a in argv]), capsys)
 
 
 BAD_INPUTS = {

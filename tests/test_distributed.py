@@ -6,21 +6,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import common.distributed as distributed
 import task1_efficientnet
-from conftest import make_split
+from conftest import REPO
 from test_train import run
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def data(tmp_path):
-    return make_split(tmp_path / "data", counts=(6, 2, 3))  # 18 / 6 / 9 images
+SPLIT_COUNTS = (6, 2, 3)  # the data fixture's split: 18 / 6 / 9 images
 
 
 def torchrun(script, *argv, cache):

@@ -1,9 +1,10 @@
 """tools/hostile.py itself: it lists its cases and judges one fast case."""
 import subprocess
 import sys
-from pathlib import Path
 
-HOSTILE = Path(__file__).resolve().parent.parent / "tools" / "hostile.py"
+from conftest import REPO
+
+HOSTILE = REPO / "tools" / "hostile.py"
 
 
 def hostile(*args):

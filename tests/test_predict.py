@@ -15,9 +15,7 @@ import task1_efficientnet
 import task2_shallow
 import task3_netvlad
 from common.cli import UserError
-from conftest import flip_byte_in_largest_tensor, make_image, make_split
-
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO, flip_byte_in_largest_tensor, make_image, make_split
 
 
 @pytest.fixture(scope="module")

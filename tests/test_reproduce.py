@@ -17,9 +17,8 @@ import common.cli
 import common.split
 import reproduce
 from common import report, results
-from common.cli import run_main
 from common.run_folder import lock
-from conftest import COLORS, make_image, make_split
+from conftest import COLORS, exit_code_and_output, make_image, make_split
 from test_data_split import interrupt_after, make_cub, make_tgz
 
 
@@ -166,9 +165,8 @@ def refused(monkeypatch, capsys):
         monkeypatch.setattr(common.cli, setting, lambda: None)
 
     def run(*argv):
-        with pytest.raises(SystemExit) as exit:
-            run_main(lambda: reproduce.main([str(a) for a in argv]))
-        return exit.value.code, capsys.readouterr().err.splitlines()
+        code, _, err = exit_code_and_output(lambda: reproduce.main([str(a) for a in argv]), capsys)
+        return code, err.splitlines()
     return run
 
 

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,15 +15,8 @@ from common import distributed
 from common.run_folder import (add_training_args, check_resumable, finished_metrics, is_inside, load_checkpoint, lock,
                                read_config, run_or_reuse)
 from common.train import EPOCH_LISTENERS, start_run
-from conftest import CreatesFile, flip_byte_in_largest_tensor, make_split
+from conftest import REPO, CreatesFile, flip_byte_in_largest_tensor
 from test_train import run, tiny_main
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def data(tmp_path):
-    return make_split(tmp_path / "data")
 
 
 def test_resume_refuses_a_checkpoint_that_would_run_code(data, tmp_path):

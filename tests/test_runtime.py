@@ -1,7 +1,6 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +8,7 @@ from torch._inductor.exc import InductorError
 
 from common import runtime
 from common.cli import UserError, keep_freed_memory
-
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
 
 
 def test_compile_off_never_compiles():

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +13,7 @@ from common.cli import UserError
 from common.data import model_input
 from common.run_folder import add_compile_arg, add_training_args
 from common.train import start_run, topk_correct, train_and_report
-from conftest import make_split
-
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
 
 
 class ImagesIn(nn.Module):
@@ -40,11 +37,6 @@ def run(data, out, *argv):
                               "--compile", "off", *argv])  # a later --compile wins
     r = start_run("test", args)
     return train_and_report(tiny_model(len(r.data.classes)), r, "tiny")
-
-
-@pytest.fixture
-def data(tmp_path):
-    return make_split(tmp_path / "data")
 
 
 def test_loop_learns_separable_data_to_100_percent(data, tmp_path):

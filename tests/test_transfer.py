@@ -4,7 +4,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,14 +18,9 @@ from common.cli import UserError
 from common.run_folder import add_training_args
 from common.train import count_parameters, start_run, train_and_report
 from common.transfer import linear_head
-from conftest import make_split
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def data(tmp_path):
-    return make_split(tmp_path / "data", counts=(5, 2, 3))
+SPLIT_COUNTS = (5, 2, 3)  # images per class in the data fixture's train, validation and test
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
