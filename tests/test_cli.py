@@ -43,6 +43,7 @@ def test_unavailable_weights_exit_3_so_reproduce_can_tell_them_from_errors(capsy
     assert (code, err) == (3, "error: vgg16-397923af.pth is not in ~/.cache\n")
 
 
+@pytest.mark.slow
 def test_scripts_compute_denormals_as_zero_in_every_thread():
     # a subprocess: in this one torch's thread pool is already running, and its threads keep their mode
     script = ("import torch\nfrom common.cli import run_main\n"

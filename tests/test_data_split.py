@@ -300,6 +300,7 @@ def test_bad_input_is_one_error_line(case, src, tmp_path, capsys):
     assert all(path in snapshot(tmp_path) for path in before)  # nothing removed
 
 
+@pytest.mark.slow
 def test_script_in_fresh_processes(src, tmp_path):
     """Bad input gives one line and exit code 2; another PYTHONHASHSEED splits the same way.
 
@@ -382,6 +383,7 @@ def test_a_gif_is_split_like_any_image(src, tmp_path):
     assert "a/palette.gif" in {row["source"] for row in read_manifest(tmp_path / "dest")}
 
 
+@pytest.mark.slow
 def test_a_fifo_named_like_an_image_is_skipped_not_read(src, tmp_path):
     os.mkfifo(src / "a" / "pipe.png")
     done = subprocess.run([sys.executable, str(REPO / "data_split.py"), str(src), str(tmp_path / "dest")],
@@ -556,6 +558,7 @@ def test_force_refuses_a_folder_that_is_not_a_split(src, tmp_path, capsys):
     assert snapshot(photos) == before  # before: 37 images and a manifest added to the user's folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("manifest", ["split.csv", "split.csv.incomplete"])
 def test_a_fifo_manifest_is_one_error_not_a_wait(src, tmp_path, manifest):
     dest = tmp_path / "dest"

@@ -2,8 +2,11 @@
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # every test runs tools/hostile.py in a process of its own
 HOSTILE = REPO / "tools" / "hostile.py"
 
 

@@ -119,6 +119,7 @@ def test_a_run_folder_in_use_is_refused(data, tmp_path):
     assert (out / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_a_second_process_is_refused_while_a_run_holds_the_folder(data, tmp_path):
     """Two real processes: the lock is the kernel's, not a flag in this one."""
     out = tmp_path / "out"
@@ -321,6 +322,7 @@ def test_json_nested_too_deeply_is_one_error_or_missing(data, tmp_path):
         run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=1)
 
 
+@pytest.mark.slow
 def test_a_fifo_in_place_of_the_log_is_refused_before_the_run_not_waited_on(data, tmp_path):
     out = tmp_path / "run"
     out.mkdir()

@@ -49,6 +49,7 @@ def test_a_compilation_that_fails_at_the_first_call_falls_back_to_eager_or_refus
         runtime.CompiledOrEager(model, "on", errors.append)(x)
 
 
+@pytest.mark.slow
 def test_a_compile_cache_folder_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "file").write_text("")
     done = subprocess.run([sys.executable, "-c", "import common.train"], cwd=REPO, capture_output=True, text=True,

@@ -76,6 +76,7 @@ def make_test(tmp_path, stub):
     return done.stdout.splitlines()
 
 
+@pytest.mark.slow
 @needs_make
 def test_make_stops_a_too_old_python_with_one_line(tmp_path):
     old = "import sys\nsys.version_info = (3, 9, 18, 'final', 0)\n"
@@ -84,6 +85,7 @@ def test_make_stops_a_too_old_python_with_one_line(tmp_path):
         "(install python3.12, then: make test PYTHON=python3.12)"]
 
 
+@pytest.mark.slow
 @needs_make
 def test_make_stops_a_python_without_venv_with_one_line(tmp_path):
     hidden = "raise ImportError('hidden by the test, as on Debian without python3.X-venv')\n"
@@ -91,6 +93,7 @@ def test_make_stops_a_python_without_venv_with_one_line(tmp_path):
     assert len(lines) == 1 and " has no venv module: install it (Debian/Ubuntu: sudo apt install python3." in lines[0]
 
 
+@pytest.mark.slow
 @needs_make
 @pytest.mark.parametrize("made_with, rebuilds", [("same", False), ("2.7", True)])
 def test_make_rebuilds_a_venv_made_by_another_python(tmp_path, made_with, rebuilds):
