@@ -1,4 +1,5 @@
-"""Shared test helpers: tiny image folders made on the fly, and a private cache per test."""
+"""Shared test helpers: the repository root, tiny image folders made on the fly, a private cache per
+test, and a script's exit code and output."""
 import socket
 import sys
 from pathlib import Path
@@ -7,14 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 import common.cache  # noqa: E402
+from common.cli import run_main  # noqa: E402
 from common.options import parse_run_config  # noqa: E402
 from common.run import start_run  # noqa: E402
 from common.task import Task  # noqa: E402
 
 COLORS = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
+SPLIT_COUNTS = (6, 2, 2)  # images per class in train, validation and test
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +45,7 @@ def make_image(path, color, seed, size=24):
     Image.fromarray(pixels).save(path)
 
 
-def make_split(root, counts=(6, 2, 2), colors=COLORS):
+def make_split(root, counts=SPLIT_COUNTS, colors=COLORS):
     """root/{train,validation,test}/<colour>/*.png with the given number of images per class."""
     seed = 0
     for split, n in zip(("train", "validation", "test"), counts):
@@ -50,6 +54,20 @@ def make_split(root, counts=(6, 2, 2), colors=COLORS):
                 seed += 1
                 make_image(root / split / name / f"{i}.png", color, seed)
     return root
+
+
+@pytest.fixture
+def data(tmp_path, request):
+    """A split in tmp_path/data, with the test module's SPLIT_COUNTS where it sets its own."""
+    return make_split(tmp_path / "data", counts=getattr(request.module, "SPLIT_COUNTS", SPLIT_COUNTS))
+
+
+def exit_code_and_output(main, capsys):
+    """Runs main as a script does (run_main), where it must exit: its exit code, stdout and stderr."""
+    with pytest.raises(SystemExit) as exit:
+        run_main(main)
+    out, err = capsys.readouterr()
+    return exit.value.code, out, err
 
 
 class CreatesFile:

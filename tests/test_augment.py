@@ -9,14 +9,12 @@ from common.cli import UserError
 from common.data import CROP, Split, model_input, normalize
 from common.reuse import run_or_reuse
 from common.run import train_and_report
-from conftest import make_split, start_test_run
+from conftest import start_test_run
 from test_run_folder import ctrl_c_at_epoch
 from test_train import run, tiny_main, tiny_model
 
 
-@pytest.fixture
-def data(tmp_path):
-    return make_split(tmp_path / "data", counts=(4, 2, 2))
+SPLIT_COUNTS = (4, 2, 2)  # images per class in the data fixture's train, validation and test
 
 
 def images(n=6, seed=0):

@@ -2,7 +2,6 @@
 import os
 import re
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +15,9 @@ from common.backbones import BACKBONES, WeightsUnavailable, extract_features, fe
 from common.cli import UserError
 from common.cache import ArrayCache, MappedArray
 from common.data import normalize, open_rgb
-from conftest import CreatesFile
+from conftest import REPO, CreatesFile
 
-DEMO_IMAGES = Path(__file__).resolve().parent.parent / "demo_data" / "images"
+DEMO_IMAGES = REPO / "demo_data" / "images"
 
 
 def random_images(n, size=64, seed=0):

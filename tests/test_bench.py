@@ -1,11 +1,11 @@
 """The benchmarks and studies are scripts, not tests: here each one is only imported, as
 `python bench/NAME.py` or `python studies/NAME.py` would import it, without running its main()."""
 import importlib.util
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
+
 SCRIPTS = sorted((REPO / "bench").glob("*.py")) + sorted((REPO / "studies").glob("*.py"))
 
 

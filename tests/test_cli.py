@@ -2,17 +2,11 @@ import errno
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from common.cli import UserError, run_main
-
-
-def exit_and_stderr(main, capsys):
-    with pytest.raises(SystemExit) as done:
-        run_main(main)
-    return done.value.code, capsys.readouterr().err
+from conftest import REPO, exit_code_and_output
 
 
 def fail_with(error):
@@ -22,18 +16,18 @@ def fail_with(error):
 
 
 def test_user_error_is_one_line_and_exit_2(capsys):
-    code, err = exit_and_stderr(fail_with(UserError("--data x: no such folder")), capsys)
+    code, _, err = exit_code_and_output(fail_with(UserError("--data x: no such folder")), capsys)
     assert (code, err) == (2, "error: --data x: no such folder\n")
 
 
 def test_an_os_error_no_check_caught_is_one_line_and_exit_2(capsys):
     error = OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), "/tmp/" + "a" * 300)
-    code, err = exit_and_stderr(fail_with(error), capsys)
+    code, _, err = exit_code_and_output(fail_with(error), capsys)
     assert code == 2 and err == f"error: File name too long: /tmp/{'a' * 300}\n"
 
 
 def test_ctrl_c_is_one_line_and_exit_130(capsys):
-    code, err = exit_and_stderr(fail_with(KeyboardInterrupt()), capsys)
+    code, _, err = exit_code_and_output(fail_with(KeyboardInterrupt()), capsys)
     assert code == 130 and err.strip() == "interrupted"
 
 
@@ -44,10 +38,12 @@ def test_other_exceptions_are_not_hidden():
 
 def test_unavailable_weights_exit_3_so_reproduce_can_tell_them_from_errors(capsys):
     from common.backbones import WeightsUnavailable
-    code, err = exit_and_stderr(fail_with(WeightsUnavailable("vgg16-397923af.pth is not in ~/.cache")), capsys)
+    error = WeightsUnavailable("vgg16-397923af.pth is not in ~/.cache")
+    code, _, err = exit_code_and_output(fail_with(error), capsys)
     assert (code, err) == (3, "error: vgg16-397923af.pth is not in ~/.cache\n")
 
 
+@pytest.mark.slow
 def test_scripts_compute_denormals_as_zero_in_every_thread():
     # a subprocess: in this one torch's thread pool is already running, and its threads keep their mode
     script = ("import torch\nfrom common.cli import run_main\n"
@@ -55,7 +51,7 @@ def test_scripts_compute_denormals_as_zero_in_every_thread():
               "    tiny = torch.full((1_000_000,), 700_000, dtype=torch.int32).view(torch.float32)  # 1e-39, no arithmetic\n"
               "    print(torch.get_num_threads(), int((tiny * 1.5).count_nonzero()))\n"
               "run_main(main)\n")
-    out = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parent.parent, check=True,
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True,
                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}).stdout
     assert out.split() == ["2", "0"]
 
@@ -63,5 +59,5 @@ def test_scripts_compute_denormals_as_zero_in_every_thread():
 def test_a_lost_torchrun_peer_is_one_line_that_claims_no_error_above(monkeypatch, capsys):
     # A rank killed by SIGKILL printed nothing: the survivors must not promise its error.
     monkeypatch.setattr("common.cli.lost_peer", lambda error: True)
-    code, err = exit_and_stderr(fail_with(RuntimeError("Connection closed by peer")), capsys)
+    code, _, err = exit_code_and_output(fail_with(RuntimeError("Connection closed by peer")), capsys)
     assert code == 2 and err == "error: another process of this torchrun job stopped; its error, if any, is above\n"

@@ -6,16 +6,14 @@ import os
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # so plain `pytest` finds the script too, not only `python -m pytest`
-import common.split as splitting  # noqa: E402
-import data_split as ds  # noqa: E402
-from common.cli import UserError, run_main  # noqa: E402
+import common.split as splitting
+import data_split as ds
+from common.cli import UserError
+from conftest import REPO, exit_code_and_output
 
 
 def make_image(path, index=0, mode="RGB"):
@@ -274,10 +272,7 @@ def test_unusual_image_modes_are_accepted(tmp_path):
 # bad input: one `error:` line, exit code 2
 
 def cli_error(argv, capsys):
-    with pytest.raises(SystemExit) as exit:
-        run_main(lambda: ds.main([str(a) for a in argv]))
-    out, err = capsys.readouterr()
-    return exit.value.code, out, err
+    return exit_code_and_output(lambda: ds.main([str(a) for a in argv]), capsys)
 
 
 BAD_INPUTS = {
@@ -305,6 +300,7 @@ def test_bad_input_is_one_error_line(case, src, tmp_path, capsys):
     assert all(path in snapshot(tmp_path) for path in before)  # nothing removed
 
 
+@pytest.mark.slow
 def test_script_in_fresh_processes(src, tmp_path):
     """Bad input gives one line and exit code 2; another PYTHONHASHSEED splits the same way.
 
@@ -387,6 +383,7 @@ def test_a_gif_is_split_like_any_image(src, tmp_path):
     assert "a/palette.gif" in {row["source"] for row in read_manifest(tmp_path / "dest")}
 
 
+@pytest.mark.slow
 def test_a_fifo_named_like_an_image_is_skipped_not_read(src, tmp_path):
     os.mkfifo(src / "a" / "pipe.png")
     done = subprocess.run([sys.executable, str(REPO / "data_split.py"), str(src), str(tmp_path / "dest")],
@@ -561,6 +558,7 @@ def test_force_refuses_a_folder_that_is_not_a_split(src, tmp_path, capsys):
     assert snapshot(photos) == before  # before: 37 images and a manifest added to the user's folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("manifest", ["split.csv", "split.csv.incomplete"])
 def test_a_fifo_manifest_is_one_error_not_a_wait(src, tmp_path, manifest):
     dest = tmp_path / "dest"

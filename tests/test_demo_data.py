@@ -1,12 +1,12 @@
 """The committed demo image set is sane, and the builder's stamp transform does what it says."""
 import hashlib
-from pathlib import Path
 
 from PIL import Image
 
 from demo_data.build_demo_data import CLASSES, stamp_to_square  # repo root is on sys.path via conftest.py
+from conftest import REPO
 
-IMAGES = Path(__file__).resolve().parent.parent / "demo_data" / "images"
+IMAGES = REPO / "demo_data" / "images"
 WHITE, RED, BLUE = (255, 255, 255), (255, 0, 0), (0, 0, 255)
 
 

@@ -6,21 +6,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import common.distributed as distributed
 import task1_efficientnet
-from conftest import make_split
+from conftest import REPO
 from test_train import run
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def data(tmp_path):
-    return make_split(tmp_path / "data", counts=(6, 2, 3))  # 18 / 6 / 9 images
+SPLIT_COUNTS = (6, 2, 3)  # the data fixture's split: 18 / 6 / 9 images
 
 
 def torchrun(script, *argv, cache):
@@ -32,6 +26,7 @@ def torchrun(script, *argv, cache):
     return done.stdout
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_metrics_of_one_with_the_same_global_batch(data, tmp_path):
     # Task 1's head has no dropout, so two ranks must learn what one process learns. Batch 17 of 18
     # images leaves a last batch of 1: rank 1 then trains on a stand-in row weighed 0.
@@ -49,6 +44,7 @@ def test_two_processes_give_the_metrics_of_one_with_the_same_global_batch(data, 
     assert config["processes"] == 2 and "; 2 processes on cpu; " in stdout  # recorded and shown
 
 
+@pytest.mark.slow
 def test_splits_smaller_than_the_ranks_and_batches_of_one(data, tmp_path):
     # Validation and test keep 1 image each: rank 1 evaluates nothing; with --batch-size 1 it only
     # ever trains on stand-in rows, and computes no features of its own.
@@ -64,6 +60,7 @@ def test_splits_smaller_than_the_ranks_and_batches_of_one(data, tmp_path):
     assert two["validation"]["loss"] == pytest.approx(one["validation"]["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_an_error_on_rank_0_is_one_line_on_each_rank(data, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -82,6 +79,7 @@ def test_an_error_on_rank_0_is_one_line_on_each_rank(data, tmp_path):
     assert "[rank0]: Traceback" not in done.stderr and "[rank1]: Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_task3_trains_and_resumes_under_torchrun(data, tmp_path):
     argv = ["task3_netvlad.py", "--clusters", "4", "--data", str(data), "--out", str(tmp_path / "out"),
             "--batch-size", "5", "--compile", "off", "--device", "cpu"]

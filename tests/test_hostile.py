@@ -1,9 +1,13 @@
 """tools/hostile.py itself: it lists its cases and judges one fast case."""
 import subprocess
 import sys
-from pathlib import Path
 
-HOSTILE = Path(__file__).resolve().parent.parent / "tools" / "hostile.py"
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow  # every test runs tools/hostile.py in a process of its own
+HOSTILE = REPO / "tools" / "hostile.py"
 
 
 def hostile(*args):

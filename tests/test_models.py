@@ -139,6 +139,7 @@ def test_set_alpha_rescales_assignment_of_both_inits():
         torch.testing.assert_close(layer.conv.bias, 3 * bias)
 
 
+@pytest.mark.slow
 def test_task3_script_runs_and_records_its_init(tmp_path):
     data = make_split(tmp_path / "data", counts=(3, 1, 1))
     common = ["--data", str(data), "--epochs", "1", "--batch-size", "5", "--precision", "fp32", "--clusters", "2",

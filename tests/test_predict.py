@@ -15,9 +15,7 @@ import task1_efficientnet
 import task2_shallow
 import task3_netvlad
 from common.cli import UserError
-from conftest import flip_byte_in_largest_tensor, make_image, make_split
-
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO, flip_byte_in_largest_tensor, make_image, make_split
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +29,7 @@ def train(main, data, out, *argv):
     return json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task, argv", [(task2_shallow, ["--compile", "off"]),
                                         (task3_netvlad, ["--compile", "off", "--clusters", "2"]),
                                         (task3_netvlad, ["--compile", "off", "--clusters", "2", "--init", "random"]),
@@ -151,6 +150,7 @@ def test_a_bad_weights_file_that_config_json_names_is_not_called_an_option(effic
     assert "--weights" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_bad_input_from_the_command_line_is_one_line_and_exit_2(shallow_run, tmp_path):
     done = subprocess.run([sys.executable, "predict.py", str(shallow_run), str(tmp_path / "missing.jpg")],
                           cwd=REPO, capture_output=True, text=True)
@@ -276,6 +276,7 @@ def test_a_task1_config_names_the_edited_field_not_the_task(efficientnet_run, da
     assert "not a task" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_config_nested_too_deeply_is_one_error(shallow_run, data, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(shallow_run, run)
@@ -321,6 +322,7 @@ def test_the_picture_goes_beside_out_or_into_pictures_never_into_the_current_fol
     assert "wrote " + str(tmp_path / "new" / "pictures" / "test-confusion.png") in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_fifo_config_a_huge_batch_and_an_odd_file_name_are_handled(shallow_run, data, tmp_path):
     fifo_run = tmp_path / "fifo_run"
     fifo_run.mkdir()

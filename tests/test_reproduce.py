@@ -17,9 +17,8 @@ import common.cli
 import common.split
 import reproduce
 from common import report, results, runs
-from common.cli import run_main
 from common.run_folder import lock
-from conftest import COLORS, make_image, make_split
+from conftest import COLORS, exit_code_and_output, make_image, make_split
 from test_data_split import interrupt_after, make_cub, make_tgz
 
 
@@ -34,6 +33,7 @@ def images(tmp_path):
     return tmp_path / "images"
 
 
+@pytest.mark.slow
 def test_end_to_end_report_has_every_task(images, tmp_path, offline):
     out = tmp_path / "results"
     reproduce.main(["--data", str(images), "--out", str(out), "--epochs", "1", "--seeds", "2", "--compile", "off"])
@@ -58,6 +58,7 @@ def test_end_to_end_report_has_every_task(images, tmp_path, offline):
     assert len(ranked) == 3 and ranked == sorted(ranked, reverse=True)
 
 
+@pytest.mark.slow
 def test_rerun_reuses_finished_runs_and_force_redoes_them(images, tmp_path):
     argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--seeds", "1",
             "--tasks", "task2_shallow", "--compile", "off"]
@@ -70,6 +71,7 @@ def test_rerun_reuses_finished_runs_and_force_redoes_them(images, tmp_path):
     assert metrics.stat().st_mtime_ns != first
 
 
+@pytest.mark.slow
 def test_cub_archive_splits_the_report_way(tmp_path):
     archive = make_tgz(make_cub(tmp_path / "cub"), tmp_path / "CUB_200_2011.tgz")
     out = tmp_path / "r"
@@ -117,6 +119,7 @@ def test_a_second_reproduction_into_the_same_folder_is_refused(images, tmp_path)
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_an_interrupted_split_is_redone_not_reused(images, tmp_path, monkeypatch):
     out, real_place = tmp_path / "r", interrupt_after(3, monkeypatch)
     argv = ["--data", str(images), "--out", str(out), "--epochs", "1", "--seeds", "1", "--tasks", "task2_shallow",
@@ -142,6 +145,7 @@ def test_bad_options_are_refused_before_anything_is_created(images, tmp_path, ar
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_a_damaged_finished_run_is_redone_or_refused(images, tmp_path):
     argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--tasks", "task2_shallow",
             "--compile", "off"]
@@ -166,9 +170,8 @@ def refused(monkeypatch, capsys):
         monkeypatch.setattr(common.cli, setting, lambda: None)
 
     def run(*argv):
-        with pytest.raises(SystemExit) as exit:
-            run_main(lambda: reproduce.main([str(a) for a in argv]))
-        return exit.value.code, capsys.readouterr().err.splitlines()
+        code, _, err = exit_code_and_output(lambda: reproduce.main([str(a) for a in argv]), capsys)
+        return code, err.splitlines()
     return run
 
 
@@ -252,6 +255,7 @@ def test_a_missing_source_leaves_no_out_behind(tmp_path, refused, source, messag
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_a_reused_run_with_a_damaged_or_special_file_is_one_error(images, tmp_path):
     argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--seeds", "1",
             "--tasks", "task3_netvlad", "--compile", "off"]
@@ -275,6 +279,7 @@ def test_a_reused_run_with_a_damaged_or_special_file_is_one_error(images, tmp_pa
         (run / name).write_bytes(good)
 
 
+@pytest.mark.slow
 def test_augment_reaches_every_task_and_the_report_says_so(images, tmp_path, offline):
     out = tmp_path / "results"
     reproduce.main(["--data", str(images), "--out", str(out), "--epochs", "1", "--seeds", "1", "--compile", "off", "--augment",
@@ -286,6 +291,7 @@ def test_augment_reaches_every_task_and_the_report_says_so(images, tmp_path, off
 
 
 # These run task 3 (3,031 parameters) rather than task 2, whose checkpoints take 450 MB a run.
+@pytest.mark.slow
 def test_print_commands_lists_the_unfinished_runs_and_the_report_reuses_what_they_made(images, tmp_path):
     argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--seeds", "2",
             "--tasks", "task3_netvlad", "--compile", "off"]
@@ -308,6 +314,7 @@ def test_print_commands_lists_the_unfinished_runs_and_the_report_reuses_what_the
     assert printed.getvalue() == ""  # nothing left to run
 
 
+@pytest.mark.slow
 def test_jobs_trains_runs_as_concurrent_processes(images, tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "r"
@@ -335,6 +342,7 @@ def test_the_bar_shows_how_far_each_concurrent_run_is(tmp_path):
                                                  "task3_netvlad seed 0: starting; task3_netvlad seed 1: starting")
 
 
+@pytest.mark.slow
 def test_a_failed_run_process_is_one_error_naming_its_log(images, tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "cache"))
     argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--jobs", "2", "--seeds", "1",
@@ -356,6 +364,7 @@ def processes_naming(text):
     return pids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])  # a scheduler's kill, a closed terminal
 def test_a_stop_signal_stops_every_concurrent_run_after_a_checkpoint(images, tmp_path, stop):
     out, repo = tmp_path / "r", Path(reproduce.__file__).parent
@@ -408,6 +417,7 @@ def print_commands(*argv):
     return printed.getvalue()
 
 
+@pytest.mark.slow
 def test_print_commands_prints_one_quoted_line_per_run_whatever_the_paths_hold(images, tmp_path):
     out = tmp_path / "r\n; touch injected1; $(touch injected2) `touch injected3` \udcff'\"\\"
     printed = print_commands("--data", images, "--out", out, "--epochs", "1", "--seeds", "2",
@@ -446,6 +456,7 @@ def test_a_class_added_to_the_source_is_split_afresh(images, tmp_path):
     assert len(list((tmp_path / "r" / "splits").iterdir())) == 2  # the first split is left as it was
 
 
+@pytest.mark.slow
 def test_a_reused_split_whose_manifest_is_a_fifo_or_damaged_is_one_error(images, tmp_path, refused, capsys):
     argv = ("--data", images, "--out", tmp_path / "r", *QUICK)
     print_commands(*argv)
@@ -463,6 +474,7 @@ def test_a_reused_split_whose_manifest_is_a_fifo_or_damaged_is_one_error(images,
         f"error: {split / 'split.csv'} is not a regular file (a FIFO, device or folder); delete {split} to split again"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_a_fifo_in_place_of_a_runs_log_is_one_error(images, tmp_path, jobs):
     log = tmp_path / "r" / "task3_netvlad" / "seed0" / "log.txt"

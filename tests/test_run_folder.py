@@ -5,7 +5,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,15 +16,8 @@ from common.checkpoint import check_resumable, load_checkpoint
 from common.paths import is_inside
 from common.reuse import finished_metrics, read_config, run_or_reuse
 from common.run_folder import lock
-from conftest import CreatesFile, flip_byte_in_largest_tensor, make_split, start_test_run
+from conftest import REPO, CreatesFile, flip_byte_in_largest_tensor, start_test_run
 from test_train import run, tiny_main
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def data(tmp_path):
-    return make_split(tmp_path / "data")
 
 
 def test_resume_refuses_a_checkpoint_that_would_run_code(data, tmp_path):
@@ -128,6 +120,7 @@ def test_a_run_folder_in_use_is_refused(data, tmp_path):
     assert (out / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_a_second_process_is_refused_while_a_run_holds_the_folder(data, tmp_path):
     """Two real processes: the lock is the kernel's, not a flag in this one."""
     out = tmp_path / "out"
@@ -331,6 +324,7 @@ def test_json_nested_too_deeply_is_one_error_or_missing(data, tmp_path):
         run_or_reuse(tiny_main, ["--data", str(data)], out, epochs=1)
 
 
+@pytest.mark.slow
 def test_a_fifo_in_place_of_the_log_is_refused_before_the_run_not_waited_on(data, tmp_path):
     out = tmp_path / "run"
     out.mkdir()

@@ -1,7 +1,6 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +9,7 @@ from torch._inductor.exc import InductorError
 from common import runtime
 from common.cli import UserError
 from common.runtime import keep_freed_memory
-
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
 
 
 def test_compile_off_never_compiles():
@@ -52,6 +50,7 @@ def test_a_compilation_that_fails_at_the_first_call_falls_back_to_eager_or_refus
         runtime.CompiledOrEager(model, "on", errors.append)(x)
 
 
+@pytest.mark.slow
 def test_a_compile_cache_folder_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "file").write_text("")
     done = subprocess.run([sys.executable, "-c", "import common.train"], cwd=REPO, capture_output=True, text=True,

@@ -1,15 +1,16 @@
 """The set-up promise: exact pins for every supported Python, and one clear line for a Python
 that cannot work (checked through the Makefile, as a user meets it)."""
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("check_python", ROOT / "tools" / "check_python.py")
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location("check_python", REPO / "tools" / "check_python.py")
 check_python = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(check_python)
 
@@ -20,12 +21,21 @@ needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 def requirements():
     requirement = pytest.importorskip("packaging.requirements").Requirement
-    lines = (line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines())
+    lines = (line.strip() for line in (REPO / "requirements.txt").read_text().splitlines())
     return [requirement(line) for line in lines if line and not line.startswith("#")]
 
 
 def test_supported_range_is_what_the_readme_and_ci_promise():
-    assert SUPPORTED == ["3.10", "3.11", "3.12", "3.13"]
+    readme = (REPO / "README.md").read_text()
+    assert re.findall(r"^\| (3\.\d+) \|", readme, re.M) == SUPPORTED  # the set-up table: a row per Python
+    assert set(re.findall(r"\b3\.\d+-3\.\d+\b", readme)) == {SUPPORTED[0] + "-" + SUPPORTED[-1]}
+    ci = re.search(r"`([^`]+)` calls exactly `make test`.*?oldest\s+and\s+the\s+newest\s+supported\s+Python,\s+"
+                   r"(3\.\d+)\s+and\s+(3\.\d+),", readme, re.S)
+    assert ci, "README.md no longer names its CI script, the test command it calls and the Pythons it tests"
+    assert [ci[2], ci[3]] == [SUPPORTED[0], SUPPORTED[-1]]
+    script = (REPO / ci[1]).read_text()
+    assert re.search(r"^make test ", script, re.M)  # the README's test command, as a user types it
+    assert re.search(r"^for version in (.*); do$", script, re.M)[1].split() == [SUPPORTED[0], SUPPORTED[-1]]
 
 
 def test_every_requirement_is_an_exact_pin():
@@ -59,13 +69,14 @@ def make_test(tmp_path, stub):
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "stub"), "HOME": str(tmp_path)}
     venv = tmp_path / "venv"
     done = subprocess.run(["make", "--no-print-directory", "test", "PYTHON=" + sys.executable,
-                           "VENV=" + str(venv)], cwd=ROOT, env=env, capture_output=True, text=True)
+                           "VENV=" + str(venv)], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode != 0
     assert not venv.exists()
     assert "Traceback" not in done.stdout + done.stderr
     return done.stdout.splitlines()
 
 
+@pytest.mark.slow
 @needs_make
 def test_make_stops_a_too_old_python_with_one_line(tmp_path):
     old = "import sys\nsys.version_info = (3, 9, 18, 'final', 0)\n"
@@ -74,6 +85,7 @@ def test_make_stops_a_too_old_python_with_one_line(tmp_path):
         "(install python3.12, then: make test PYTHON=python3.12)"]
 
 
+@pytest.mark.slow
 @needs_make
 def test_make_stops_a_python_without_venv_with_one_line(tmp_path):
     hidden = "raise ImportError('hidden by the test, as on Debian without python3.X-venv')\n"
@@ -81,6 +93,7 @@ def test_make_stops_a_python_without_venv_with_one_line(tmp_path):
     assert len(lines) == 1 and " has no venv module: install it (Debian/Ubuntu: sudo apt install python3." in lines[0]
 
 
+@pytest.mark.slow
 @needs_make
 @pytest.mark.parametrize("made_with, rebuilds", [("same", False), ("2.7", True)])
 def test_make_rebuilds_a_venv_made_by_another_python(tmp_path, made_with, rebuilds):
@@ -88,6 +101,6 @@ def test_make_rebuilds_a_venv_made_by_another_python(tmp_path, made_with, rebuil
     (tmp_path / "venv").mkdir()
     (tmp_path / "venv" / "installed").write_text((here if made_with == "same" else made_with) + "\n")
     plan = subprocess.run(["make", "-n", "test", "PYTHON=" + sys.executable, "VENV=" + str(tmp_path / "venv")],
-                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
+                          cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert ("-m venv --clear" in plan) == rebuilds
     assert "-m pytest -q tests" in plan

@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +12,7 @@ from common.cli import UserError
 from common.data import model_input
 from common.run import train_and_report
 from common.train import topk_correct
-from conftest import make_split, start_test_run
-
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO, start_test_run
 
 
 class ImagesIn(nn.Module):
@@ -35,11 +32,6 @@ def run(data, out, *argv):
     r = start_test_run(["--data", str(data), "--out", str(out), "--lr", "0.05", "--precision", "fp32",
                         "--compile", "off", *argv], compiles=True)  # a later --compile wins
     return train_and_report(tiny_model(len(r.data.classes)), r, "tiny")
-
-
-@pytest.fixture
-def data(tmp_path):
-    return make_split(tmp_path / "data")
 
 
 def test_loop_learns_separable_data_to_100_percent(data, tmp_path):
@@ -175,6 +167,7 @@ def start_task2(data, out, *argv, env=None):
                             env={**os.environ, "REPRO_CACHE_DIR": str(out.parent / "cache"), **(env or {})})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_or_sighup_early_saves_a_checkpoint_at_the_epochs_end_and_exits_128_plus_it(data, tmp_path, signum):
     # Slurm's time limit sends SIGTERM, a closed terminal SIGHUP: long before CHECKPOINT_EVERY_S.
@@ -194,6 +187,7 @@ def test_sigterm_or_sighup_early_saves_a_checkpoint_at_the_epochs_end_and_exits_
     assert resumed.returncode == 0 and f"resuming {out} after epoch {epochs}" in stdout, stderr
 
 
+@pytest.mark.slow
 def test_a_compiler_that_fails_on_real_code_falls_back_to_eager_and_is_recorded(data, tmp_path):
     # It answers --version, so compile_unavailable passes it; inductor's first C++ build then fails.
     compiler = tmp_path / "cxx"
@@ -214,6 +208,7 @@ def tiny_main(argv):
     train_and_report(tiny_model(len(r.data.classes)), r, "tiny")
 
 
+@pytest.mark.slow
 def test_compiled_training_is_deterministic_resumable_and_recorded(data, tmp_path):
     """torch.compile rounds differently from eager, but the same command gives the same metrics,
     and a compiled run resumed halfway ends where the uninterrupted compiled run does."""

@@ -3,7 +3,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,14 +16,9 @@ from common.backbones import BACKBONES, WeightsUnavailable, load_backbone
 from common.cli import UserError
 from common.run import count_parameters, train_and_report
 from common.transfer import linear_head
-from conftest import make_split, start_test_run
+from conftest import REPO, start_test_run
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def data(tmp_path):
-    return make_split(tmp_path / "data", counts=(5, 2, 3))
+SPLIT_COUNTS = (5, 2, 3)  # images per class in the data fixture's train, validation and test
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
@@ -53,6 +47,7 @@ def run_uncached(data, out):
     return metrics, backbone, before
 
 
+@pytest.mark.slow
 def test_cached_features_train_like_a_forward_every_epoch(data, tmp_path):
     cached = run_cached(data, tmp_path / "cached")
     uncached, backbone, before = run_uncached(data, tmp_path / "uncached")
@@ -65,6 +60,7 @@ def test_cached_features_train_like_a_forward_every_epoch(data, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
 
 
+@pytest.mark.slow
 def test_config_records_backbone_and_weights(data, tmp_path):
     run_cached(data, tmp_path / "run")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -74,6 +70,7 @@ def test_config_records_backbone_and_weights(data, tmp_path):
     assert config["backbone_parameters"] > 3_000_000
 
 
+@pytest.mark.slow
 def test_no_pretrained_says_so_in_every_output(data, tmp_path, offline):
     out = tmp_path / "run"
     task1_resnet.main(["--data", str(data), "--out", str(out), "--epochs", "1", "--no-pretrained"])
@@ -86,6 +83,7 @@ def test_missing_weights_name_the_file_and_the_option(data, tmp_path, offline):
         task1_resnet.main(["--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content, message", [(None, "No such file"), (b"not a checkpoint", "not a PyTorch weight file")])
 def test_bad_weights_file_is_one_line_and_exit_2(data, tmp_path, content, message):
     weights = tmp_path / "weights.pth"
@@ -99,6 +97,7 @@ def test_bad_weights_file_is_one_line_and_exit_2(data, tmp_path, content, messag
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_backbone_weights_or_no_pretrained(data, tmp_path):
     out = tmp_path / "run"
     run_cached(data, out, "--epochs", "1")
@@ -123,6 +122,7 @@ def test_weights_with_no_pretrained_is_refused(data, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_finetune_trains_the_backbone_says_so_and_predict_rebuilds_it(data, tmp_path):
     out = tmp_path / "ft"
     metrics = run_cached(data, out, "--finetune", "--epochs", "1")
@@ -139,12 +139,14 @@ def test_finetune_trains_the_backbone_says_so_and_predict_rebuilds_it(data, tmp_
     assert scores[data / "test"] == metrics["test"]
 
 
+@pytest.mark.slow
 def test_finetune_backbone_learns_slower_than_the_head(data, tmp_path):
     run_cached(data, tmp_path / "ft", "--finetune", "--epochs", "1", "--backbone-lr-factor", "0.5")
     groups = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
     assert [g["initial_lr"] for g in groups] == [0.01, 0.005]
 
 
+@pytest.mark.slow
 def test_frozen_augment_trains_on_cached_views_and_evaluates_unaugmented(data, tmp_path):
     plain = run_cached(data, tmp_path / "plain", "--epochs", "2")
     augmented = run_cached(data, tmp_path / "aug", "--epochs", "2", "--augment")
@@ -165,12 +167,14 @@ def test_bad_finetune_combinations_are_refused(data, tmp_path, argv, message):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_resume_key_includes_finetune(data, tmp_path):
     run_cached(data, tmp_path / "run", "--epochs", "1")
     with pytest.raises(UserError, match="--finetune False in the checkpoint, True now"):
         run_cached(data, tmp_path / "run", "--epochs", "2", "--resume", "--finetune")
 
 
+@pytest.mark.slow
 def test_finetune_is_the_same_code_for_torchvision_backbones(data, tmp_path):
     """GoogLeNet (BatchNorm and dropout) from a weight file the test makes: the same --finetune path."""
     weights = tmp_path / "googlenet.pth"
@@ -185,6 +189,7 @@ def test_finetune_is_the_same_code_for_torchvision_backbones(data, tmp_path):
     assert "GoogLeNet, fine-tuned, linear head" in (out / "metrics.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_finetuned_run_resumes_to_the_uninterrupted_result(data, tmp_path):
     whole = run_cached(data, tmp_path / "whole", "--finetune", "--epochs", "2")
     run_cached(data, tmp_path / "cut", "--finetune", "--epochs", "1")
