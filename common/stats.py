@@ -1,0 +1,83 @@
+"""How sure a test accuracy is, and whether two models differ: what REPORT.md and the studies say.
+
+The input is which test images each run classified correctly: an S x N array of 0/1, one row per
+seed (training run), one column per test image. Two sources of chance move a test accuracy: the
+test images drawn (47 in the demo: one image is 2.1 points) and the training run's randomness
+(the seed). Both are resampled below; everything is deterministic for a given `seed`.
+
+- accuracy_interval: a 95 % percentile bootstrap interval, drawing S seeds and N images with
+  replacement in each resample (the same images for every drawn seed: all runs are tested on the
+  same images). It assumes the test images and the seeds are samples of those a user would meet.
+- paired_difference: model A against model B on the same images, seed s against seed s: the
+  difference in accuracy with the same kind of interval (images and seeds drawn once for both),
+  and the exact p-value of a paired sign-flip permutation test on each image's difference
+  averaged over seeds. With one seed it is the exact McNemar test.
+"""
+import numpy as np
+
+CONFIDENCE = 0.95
+RESAMPLES = 10_000
+CHUNK = 500  # resamples drawn at a time: memory stays at CHUNK x seeds x images
+
+
+def as_runs(correct):
+    correct = np.asarray(correct, dtype=np.float64)
+    if correct.ndim == 1:
+        correct = correct[None]
+    return correct
+
+
+def bootstrap_means(correct, resamples, seed):
+    """The mean of `correct` (S x N) in each resample of seeds and images."""
+    rng = np.random.default_rng(seed)
+    runs, images = correct.shape
+    means = []
+    for start in range(0, resamples, CHUNK):
+        n = min(CHUNK, resamples - start)
+        per_image = correct[rng.integers(runs, size=(n, runs))].mean(axis=1)  # n x N: drawn seeds' mean
+        picks = rng.integers(images, size=(n, images))
+        means.append(np.take_along_axis(per_image, picks, axis=1).mean(axis=1))
+    return np.concatenate(means)
+
+
+def percentile_interval(values):
+    tail = 100 * (1 - CONFIDENCE) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def accuracy_interval(correct, resamples=RESAMPLES, seed=0):
+    """(accuracy, low, high) in %: the mean over runs and images, and its 95 % bootstrap interval."""
+    correct = as_runs(correct)
+    low, high = percentile_interval(100 * bootstrap_means(correct, resamples, seed))
+    return 100 * float(correct.mean()), low, high
+
+
+def sign_flip_p(differences, scale):
+    """Exact two-sided p-value that the per-image `differences` (multiples of 1/scale) are symmetric
+    about 0: each image's difference flips sign with probability 1/2 under the null hypothesis."""
+    steps = np.rint(np.abs(differences) * scale).astype(np.int64)
+    steps = steps[steps > 0]
+    total = int(steps.sum())
+    observed = abs(int(np.rint(np.sum(differences) * scale)))
+    distribution = np.zeros(2 * total + 1)  # P(sum = k - total)
+    distribution[total] = 1.0
+    for step in steps:  # the sum's distribution, one image at a time
+        distribution = (np.roll(distribution, step) + np.roll(distribution, -step)) / 2
+    sums = np.arange(-total, total + 1)
+    return float(min(1.0, distribution[np.abs(sums) >= observed].sum()))
+
+
+def paired_difference(correct_a, correct_b, resamples=RESAMPLES, seed=0):
+    """A's accuracy minus B's on the same images, in points: (difference, low, high, p). Seed s of
+    A is paired with seed s of B (both trained on the same split); seeds beyond the shorter run list
+    are left out."""
+    a, b = as_runs(correct_a), as_runs(correct_b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"the two models were tested on {a.shape[1]} and {b.shape[1]} images")
+    runs = min(len(a), len(b))
+    differences = a[:runs] - b[:runs]
+    low, high = percentile_interval(100 * bootstrap_means(differences, resamples, seed))
+    p = sign_flip_p(differences.mean(axis=0), scale=runs)
+    return 100 * float(differences.mean()), low, high, p
+
