@@ -60,9 +60,10 @@ def atomic_files(*names):
 # REPORT.md or a task's figures would replace theirs, and their folders would mix with ours.
 OWN_ENTRIES = {
     ".": "|".join(["splits", "cub_7classes", r"\.cub_7classes\.partial-\w+", *(t.name for t in TASKS),
-                   atomic_files("REPORT.md")]),
+                   atomic_files("REPORT.md", "summary.png")]),
     "splits": r"(?s).*-[0-9a-f]{8}-seed\d+",  # make_splits' names: split_name's, or an earlier version's (any)
-    **{t.name: rf"seed\d+|{atomic_files('loss.png', 'accuracy.png', 'metrics.md')}" for t in TASKS},
+    **{t.name: rf"seed\d+|{atomic_files('loss.png', 'accuracy.png', 'metrics.md', 'confusion.png', 'top_losses.png')}"
+       for t in TASKS},
 }
 
 

@@ -2,12 +2,16 @@
 its seeds, a summary ranked by test top-1, and the 2020 course report's own numbers beside ours."""
 import math
 import os
+
+import torch
 import platform
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from common import results
+from common.evidence import Evidence, gather, plot_summary, plot_top_losses
+from common.stats import paired_difference
 from common.errors import UserError
 from common.files import atomic_write
 from common.reuse import read_config
@@ -44,6 +48,7 @@ class TaskResult:
     stats: dict = None
     config: dict = None
     missing: str = None  # why it was not trained (its weights are unavailable)
+    evidence: Evidence = None  # every seed's test predictions, where every run wrote them
 
 
 def summarise(name, title, runs, out, epochs, course_report=None):
@@ -53,7 +58,23 @@ def summarise(name, title, runs, out, epochs, course_report=None):
     histories = [run_history(folder / f"seed{seed}", epochs) for seed in range(len(runs))]
     results.plot_history(folder, histories, title)
     atomic_write(folder / "metrics.md", f"**{title}**, {over_seeds(len(runs))}\n\n{results.format_table(stats)}\n")
-    return TaskResult(name, title, course_report, stats, read_config(folder / "seed0"))
+    return TaskResult(name, title, course_report, stats, read_config(folder / "seed0"),
+                      evidence=task_evidence(folder, len(runs), title))
+
+
+def task_evidence(folder, seeds, title):
+    """The task's Evidence, with its figures written: the test confusion matrix summed over seeds and
+    its most confident mistakes. None, said in one line, where a run lacks its test predictions."""
+    try:
+        found = gather([folder / f"seed{seed}" for seed in range(seeds)])
+    except (OSError, ValueError) as e:
+        print(f"{folder.name}: no intervals, per-class accuracy or mistakes ({e}); --force trains its runs again")
+        return None
+    results.plot_confusion(folder / "confusion.png", torch.from_numpy(found.confusion()), found.classes,
+                           f"{title}: test confusion matrix, {over_seeds(seeds).replace('mean ± sample std over', 'summed over')}")
+    plot_top_losses(folder / "top_losses.png", found.top_losses(),
+                             f"{title}: the test images it gets wrong most confidently")
+    return found
 
 
 def run_history(run, epochs):
@@ -118,23 +139,76 @@ def mean_of(value):
     return value[0] if isinstance(value, tuple) else value
 
 
+def with_interval(t, metric, k):
+    """The table's cell: mean ± std over seeds (or the one run), then the 95 % interval over test images and seeds."""
+    cell = results.format_cell(t.stats["test"][metric], 2, " %")
+    if t.evidence is None:
+        return cell
+    _, low, high = t.evidence.interval(k)
+    return f"{cell} [{low:.1f}, {high:.1f}]"
+
+
 def summary_lines(task_results):
     lines = ["## Summary, ranked by test top-1", "",
+             "Test top-1 and top-3: mean ± sample std over seeds, then [the 95 % interval over test images and seeds]"
+             " (how: docs/statistics.md).", "",
              "| model | test top-1 | test top-3 | test logloss | trainable parameters | 2020 report's test top-1 |",
              "|---|---:|---:|---:|---:|---:|"]
-    trained = [t for t in task_results if t.stats is not None]
-    for t in sorted(trained, key=lambda t: mean_of(t.stats["test"]["top1"]), reverse=True):
-        test = t.stats["test"]
-        lines.append(f"| {t.title} | {results.format_cell(test['top1'], 2, ' %')} | "
-                     f"{results.format_cell(test['top3'], 2, ' %')} | {results.format_cell(test['loss'], 4)} | "
+    for t in ranked(task_results):
+        lines.append(f"| {t.title} | {with_interval(t, 'top1', 1)} | {with_interval(t, 'top3', 3)} | "
+                     f"{results.format_cell(t.stats['test']['loss'], 4)} | "
                      f"{t.config['parameters']['trainable']:,} | {course_top1(t)} |")
     for t in (t for t in task_results if t.missing):
         lines.append(f"| {t.title} | weights unavailable | | | | {course_top1(t)} |")
     return lines
 
 
+def ranked(task_results):
+    trained = [t for t in task_results if t.stats is not None]
+    return sorted(trained, key=lambda t: mean_of(t.stats["test"]["top1"]), reverse=True)
+
+
+def same_images(a, b):
+    """Whether seed s of both tasks was tested on the same images, for every seed they share."""
+    return all(x == y for x, y in zip(a.sha1s, b.sha1s))
+
+
+def comparison_lines(task_results):
+    """Each model against the best, paired on the same test images and seeds, in plain words."""
+    with_evidence = [t for t in ranked(task_results) if t.evidence is not None]
+    if len(with_evidence) < 2:
+        return []
+    best, lines = with_evidence[0], []
+    rows = ["| model | behind the best by (points) | 95 % interval | p | the data |", "|---|---:|---:|---:|---|"]
+    for t in with_evidence[1:]:
+        if not same_images(best.evidence, t.evidence):
+            continue
+        difference, low, high, p = paired_difference(best.evidence.correct(), t.evidence.correct())
+        supported = p < 0.05 and low > 0
+        rows.append(f"| {t.title} | {difference:.1f} | [{low:.1f}, {high:.1f}] | {p:.3g} | "
+                    f"{'support a difference' if supported else 'do not support a difference'} |")
+        lines.append(f"- {best.title} against {t.title}: {difference:+.1f} points, 95 % interval "
+                     f"[{low:.1f}, {high:.1f}], p = {p:.3g}: " +
+                     ("the data support this difference." if supported else
+                      "the data do not support a difference (it is within what the test images and seeds give by chance)."))
+    return ["## Which differences the data support", "",
+            f"Each model against the best, {best.title}, on the same test images and seeds: the difference in "
+            "test top-1, its 95 % paired bootstrap interval, and the p-value of an exact paired permutation test "
+            "(with one seed, the exact McNemar test). A difference is supported where p < 0.05.", "",
+            *rows, "", *lines]
+
+
 def course_top1(task_result):
     return f"{task_result.course_report['test']['top1']:.2f} %" if task_result.course_report else "–"
+
+
+def evidence_lines(t, seeds):
+    """Per-class test accuracy, the confusion matrix summed over seeds, and the confident mistakes."""
+    found = t.evidence
+    cells = " | ".join(f"{a:.1f} %" for a in found.per_class())
+    return [f"Test accuracy per class ({'mean over ' + str(seeds) + ' seeds' if seeds > 1 else 'one run'}):", "",
+            "| " + " | ".join(found.classes) + " |", "|" + "---:|" * len(found.classes), f"| {cells} |", "",
+            f"![confusion matrix]({t.name}/confusion.png) ![most confident mistakes]({t.name}/top_losses.png)", ""]
 
 
 def task_lines(t, seeds):
@@ -144,18 +218,34 @@ def task_lines(t, seeds):
     else:
         lines += [f"Ours, {over_seeds(seeds)}:", "", results.format_table(t.stats), "",
                   f"![logloss]({t.name}/loss.png) ![accuracy]({t.name}/accuracy.png)", ""]
+    if t.evidence is not None:
+        lines += evidence_lines(t, seeds)
     if t.course_report:
         lines += ["The 2020 report's (one run, CUB birds):", "", results.format_table(t.course_report), ""]
     if not t.missing:
-        lines.append(f"Runs: `{t.name}/seed*/` (tables, history, confusion matrices, config, log).")
+        lines.append(f"Runs: `{t.name}/seed*/` (tables, history, test predictions, confusion matrices, config, log).")
     return lines
+
+
+def write_summary_figure(out, task_results):
+    """summary.png: every model's test top-1 with its interval; False where no task has its predictions."""
+    rows = [(t.title, *t.evidence.interval(), t.course_report["test"]["top1"] if t.course_report else None)
+            for t in ranked(task_results) if t.evidence is not None]
+    if rows:
+        plot_summary(out / "summary.png", rows)
+    return bool(rows)
 
 
 def write_report(out, how, task_results, task_epochs):
     """REPORT.md in `out`: `how` it was made, then each task's results (TaskResult, in order);
     `task_epochs` maps every task asked for to its own epochs."""
     trained = [t for t in task_results if t.stats is not None]
-    lines = header_lines(how, task_epochs, trained) + [""] + summary_lines(task_results)
+    lines = header_lines(how, task_epochs, trained) + [""]
+    if write_summary_figure(out, task_results):
+        lines += ["![test top-1 per model, with 95 % intervals](summary.png)", ""]
+    lines += summary_lines(task_results)
+    comparisons = comparison_lines(task_results)
+    lines += [""] + comparisons if comparisons else []
     for t in task_results:
         lines += [""] + task_lines(t, how.seeds)
     lines += ["", "Where this project departs from the 2020 report, and why: see the README, "

@@ -185,3 +185,32 @@ def write_confusion_csv(path, counts, classes):
     writer.writerow(["true \\ predicted", *classes])
     writer.writerows([name, *row] for name, row in zip(classes, counts.tolist()))
     atomic_write(path, rows.getvalue())
+
+
+def write_predictions(path, split, log_probs, classes):
+    """Each test image's true class and predicted probabilities: what REPORT.md's intervals, paired
+    tests, per-class accuracies and pictures of mistakes are computed from."""
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["path", "sha1", "true class", *classes])
+    probabilities = log_probs.exp().tolist()
+    for path_, digest, label, p in zip(split.paths, split.digests, split.labels.tolist(), probabilities):
+        writer.writerow([path_, digest, classes[label], *(f"{q:.6g}" for q in p)])
+    atomic_write(path, rows.getvalue())
+
+
+def read_predictions(run):
+    """A run's test_predictions.csv as (paths, sha1s, true labels, N x C probabilities, classes);
+    an OSError where it is missing (a run from before runs wrote it), a ValueError where it is damaged."""
+    path = Path(run) / "test_predictions.csv"
+    with open_regular(path, newline="") as f:
+        try:
+            header, *rows = list(csv.reader(f))
+        except csv.Error as e:
+            raise ValueError(f"{path} is damaged: {e}") from None
+    classes = header[3:]
+    if header[:3] != ["path", "sha1", "true class"] or any(len(row) != len(header) for row in rows):
+        raise ValueError(f"{path} is damaged")
+    labels = torch.tensor([classes.index(row[2]) for row in rows])
+    probabilities = torch.tensor([[float(v) for v in row[3:]] for row in rows])
+    return [row[0] for row in rows], [row[1] for row in rows], labels, probabilities, classes

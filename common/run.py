@@ -101,6 +101,7 @@ def write_results(run, metrics, history, test_log_probs, title, config):
     results.plot_history(run.out, [history], title)
     counts = results.confusion_matrix(run.data.test.labels, test_log_probs.argmax(dim=1), len(run.data.classes))
     results.write_confusion_csv(run.out / "confusion.csv", counts, run.data.classes)
+    results.write_predictions(run.out / "test_predictions.csv", run.data.test, test_log_probs, run.data.classes)
     results.plot_confusion(run.out / "confusion.png", counts, run.data.classes, f"{title}: test confusion matrix",
                            whole_matrix=run.out / "confusion.csv")
 

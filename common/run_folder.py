@@ -8,9 +8,9 @@ from common.errors import UserError
 from common.paths import is_inside
 
 # Everything a run writes into --out, but reproduce.py's log.txt.
-RUN_FILES = ("config.json", "history.csv", "loss.png", "accuracy.png", "last.pt", "best.pt",
-             "metrics.md", "metrics.json", "metrics.csv", "confusion.png", "confusion.csv")
-FINAL_FILES = RUN_FILES[-5:]  # they describe a finished run: gone while a resumed one trains
+FINAL_FILES = ("metrics.md", "metrics.json", "metrics.csv", "confusion.png", "confusion.csv",
+               "test_predictions.csv")  # they describe a finished run: gone while a resumed one trains
+RUN_FILES = ("config.json", "history.csv", "loss.png", "accuracy.png", "last.pt", "best.pt", *FINAL_FILES)
 
 
 def check_folder_writable(path, label):

@@ -56,6 +56,33 @@ def test_end_to_end_report_has_every_task(images, tmp_path, offline):
     summary = report.split("## Summary")[1].split("\n## ")[0]
     ranked = [float(m) for m in re.findall(r"^\| [^|]+ \| ([\d.]+) ±", summary, re.M)]
     assert len(ranked) == 3 and ranked == sorted(ranked, reverse=True)
+    # Each has a 95 % interval that holds its mean, the summary figure is on top, and the pairs are tested.
+    for mean, low, high in re.findall(r"^\| [^|]+ \| ([\d.]+) ± [\d.]+ % \[([\d.]+), ([\d.]+)\]", summary, re.M):
+        assert float(low) <= float(mean) <= float(high)
+    assert report.index("](summary.png)") < report.index("## Summary") and (out / "summary.png").exists()
+    comparisons = report.split("## Which differences the data support")[1].split("\n## ")[0]
+    assert len(re.findall(r"p = [\d.e-]+: the data (?:do not )?support", comparisons)) == 2
+    # Per task: per-class accuracy, the confusion matrix over seeds and the confident mistakes.
+    for name in ("task1_efficientnet", "task2_shallow", "task3_netvlad"):
+        section = report.split(f"## {name}:")[1].split("\n## ")[0]
+        assert "Test accuracy per class (mean over 2 seeds)" in section and "| blue | green | red |" in section
+        assert f"]({name}/confusion.png)" in section and f"]({name}/top_losses.png)" in section
+        assert (out / name / "confusion.png").exists() and (out / name / "top_losses.png").exists()
+
+
+@pytest.mark.slow
+def test_a_run_without_test_predictions_is_reported_without_intervals_in_one_line(images, tmp_path, capsys):
+    argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--seeds", "1",
+            "--tasks", "task2_shallow", "--compile", "off"]
+    reproduce.main(argv)
+    (tmp_path / "r" / "task2_shallow" / "seed0" / "test_predictions.csv").unlink()  # as a run made before it was written
+    capsys.readouterr()
+    reproduce.main(argv)  # reuses the run
+    printed = capsys.readouterr().out
+    assert "task2_shallow: no intervals, per-class accuracy or mistakes" in printed and "--force" in printed
+    report = (tmp_path / "r" / "REPORT.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| Shallow ConvNet |"))
+    assert " ± " not in row and "[" not in row  # one seed, and no interval without its predictions
 
 
 @pytest.mark.slow
