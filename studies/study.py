@@ -30,10 +30,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
 import tasks  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
+from common.evidence import gather  # noqa: E402
 from common.files import atomic_write  # noqa: E402
 from common.options import run_task  # noqa: E402
 from common import results  # noqa: E402
 from common.reuse import finished_metrics, read_config, run_or_reuse  # noqa: E402
+from common.stats import paired_difference  # noqa: E402
 
 # config -> (task, its options); each trains for its task's epochs
 STUDIES = {
@@ -83,6 +85,30 @@ def tables(metrics):
     for name, runs in metrics.items():
         cells = [f"{m['test']['top1']:.2f} %" for m in runs] + ["–"] * (most - len(runs))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def evidence_table(folders):
+    """Each config's test top-1 with its 95 % interval (test images and seeds), and each against the
+    study's first config, paired on the same images and seeds (docs/statistics.md)."""
+    found = {}
+    for name, runs in folders.items():
+        try:
+            found[name] = gather(runs)
+        except (OSError, ValueError) as e:  # runs made before they wrote test_predictions.csv
+            print(f"{name}: no interval or paired test ({e})")
+    if not found:
+        return ""
+    reference = next(iter(found))
+    lines = [f"| config | test top-1 [95 % interval] | minus {reference}, points [95 % interval] | p |",
+             "|---|---:|---:|---:|"]
+    for name, evidence in found.items():
+        mean, low, high = evidence.interval()
+        compared = "|"
+        if name != reference and len(evidence.paths[0]) == len(found[reference].paths[0]):
+            difference, d_low, d_high, p = paired_difference(evidence.correct(), found[reference].correct())
+            compared = f"{difference:+.2f} [{d_low:+.1f}, {d_high:+.1f}] | {p:.3g}"
+        lines.append(f"| {name} | {mean:.2f} % [{low:.1f}, {high:.1f}] | {compared} |")
     return "\n".join(lines)
 
 
@@ -138,6 +164,7 @@ def main():
     folders = {name: finished_runs(out / name, args.epochs or tasks.load(task).epochs)
                for name, (task, _) in configs.items()}
     report = tables({name: [finished_metrics(f) for f in runs] for name, runs in folders.items() if runs})
+    report += "\n\n" + evidence_table({name: runs for name, runs in folders.items() if runs})
     epochs = f"{args.epochs} epochs" if args.epochs else "each task's epochs"
     atomic_write(out / "study.md", f"{args.study}: {epochs}, --gamma {args.gamma:g}\n\n{report}\n")
     print(report)
