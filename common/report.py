@@ -174,27 +174,27 @@ def same_images(a, b):
 
 
 def comparison_lines(task_results):
-    """Each model against the best, paired on the same test images and seeds, in plain words."""
+    """Every pair of models, the better first, paired on the same test images and seeds, in plain words."""
     with_evidence = [t for t in ranked(task_results) if t.evidence is not None]
-    if len(with_evidence) < 2:
+    pairs = [(a, b) for i, a in enumerate(with_evidence) for b in with_evidence[i + 1:]
+             if same_images(a.evidence, b.evidence)]
+    if not pairs:
         return []
-    best, lines = with_evidence[0], []
-    rows = ["| model | behind the best by (points) | 95 % interval | p | the data |", "|---|---:|---:|---:|---|"]
-    for t in with_evidence[1:]:
-        if not same_images(best.evidence, t.evidence):
-            continue
-        difference, low, high, p = paired_difference(best.evidence.correct(), t.evidence.correct())
+    rows = ["| better | worse | difference (points) | 95 % interval | p | the data |", "|---|---|---:|---:|---:|---|"]
+    lines = []
+    for a, b in pairs:
+        difference, low, high, p = paired_difference(a.evidence.correct(), b.evidence.correct())
         supported = p < 0.05 and low > 0
-        rows.append(f"| {t.title} | {difference:.1f} | [{low:.1f}, {high:.1f}] | {p:.3g} | "
+        rows.append(f"| {a.title} | {b.title} | {difference:+.1f} | [{low:.1f}, {high:.1f}] | {p:.3g} | "
                     f"{'support a difference' if supported else 'do not support a difference'} |")
-        lines.append(f"- {best.title} against {t.title}: {difference:+.1f} points, 95 % interval "
+        lines.append(f"- {a.title} against {b.title}: {difference:+.1f} points, 95 % interval "
                      f"[{low:.1f}, {high:.1f}], p = {p:.3g}: " +
                      ("the data support this difference." if supported else
                       "the data do not support a difference (it is within what the test images and seeds give by chance)."))
     return ["## Which differences the data support", "",
-            f"Each model against the best, {best.title}, on the same test images and seeds: the difference in "
-            "test top-1, its 95 % paired bootstrap interval, and the p-value of an exact paired permutation test "
-            "(with one seed, the exact McNemar test). A difference is supported where p < 0.05.", "",
+            "Every pair of models, on the same test images and seeds: the difference in test top-1, its 95 % paired "
+            "bootstrap interval, and the p-value of an exact paired permutation test (with one seed, the exact "
+            "McNemar test). A difference is supported where p < 0.05 and its interval excludes 0.", "",
             *rows, "", *lines]
 
 
