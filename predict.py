@@ -9,7 +9,7 @@ sub-folder per class of the run is also scored: logloss, top-1, top-3 and a conf
 typical commands:
   python predict.py results/task2_shallow photo.jpg
   python predict.py results/task2_shallow data/demo_split/test --checkpoint last   # = metrics.json's test row
-  python predict.py results/task2_shallow data/demo_split/test --pictures pictures  # + its confusion matrix
+  python predict.py results/task2_shallow data/demo_split/test --pictures results/pictures  # + its confusion matrix
   python predict.py results/task1_efficientnet ~/new_photos --top 1 --out predictions.csv
 """
 import argparse

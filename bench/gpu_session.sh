@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU measurements the README's "The GPU path" table holds, in order of value, as one script so
+# The GPU measurements the table "The GPU path" in docs/scaling-up.md holds, in order of value, as one script so
 # that a GPU machine's few minutes go to measuring. Run from the repository root with the packages
-# installed (installation is not timed). Every line it prints belongs in the README.
+# installed (installation is not timed). Every line it prints belongs in that table.
 #
 #   bash bench/gpu_session.sh                 # everything below
 #   SKIP_TESTS=1 SKIP_SEEDS=1 bash bench/gpu_session.sh

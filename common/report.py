@@ -248,6 +248,6 @@ def write_report(out, how, task_results, task_epochs):
     lines += [""] + comparisons if comparisons else []
     for t in task_results:
         lines += [""] + task_lines(t, how.seeds)
-    lines += ["", "Where this project departs from the 2020 report, and why: see the README, "
-                  "section *Deviations from the report*.", ""]
+    lines += ["", "Where this project departs from the 2020 report, and why: the repository's "
+                  "docs/deviations.md.", ""]
     atomic_write(out / "REPORT.md", "\n".join(lines))
