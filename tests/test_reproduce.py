@@ -47,7 +47,9 @@ def test_end_to_end_report_has_every_task(images, tmp_path, offline):
         assert "Weights unavailable" in section and file in section
         assert not (out / name / "seed0" / "metrics.json").exists()
     # The rest ran twice (seeds 0 and 1) and got a mean +- std table and the figures.
-    for name in ("task1_efficientnet", "task2_shallow", "task3_netvlad"):
+    trained = ("task1_efficientnet", "task1_efficientnet_lite1", "task1_efficientnet_lite2", "task2_shallow",
+               "task3_netvlad")
+    for name in trained:
         section = report.split(f"## {name}:")[1].split("\n## ")[0]
         assert "| Testing |" in section and " ± " in section
         assert all((out / name / f"seed{s}" / "metrics.json").exists() for s in (0, 1))
@@ -55,15 +57,16 @@ def test_end_to_end_report_has_every_task(images, tmp_path, offline):
     # The summary ranks the trained models by mean test top-1.
     summary = report.split("## Summary")[1].split("\n## ")[0]
     ranked = [float(m) for m in re.findall(r"^\| [^|]+ \| ([\d.]+) ±", summary, re.M)]
-    assert len(ranked) == 3 and ranked == sorted(ranked, reverse=True)
+    assert len(ranked) == len(trained) and ranked == sorted(ranked, reverse=True)
     # Each has a 95 % interval that holds its mean, the summary figure is on top, and the pairs are tested.
     for mean, low, high in re.findall(r"^\| [^|]+ \| ([\d.]+) ± [\d.]+ % \[([\d.]+), ([\d.]+)\]", summary, re.M):
         assert float(low) <= float(mean) <= float(high)
     assert report.index("](summary.png)") < report.index("## Summary") and (out / "summary.png").exists()
     comparisons = report.split("## Which differences the data support")[1].split("\n## ")[0]
-    assert len(re.findall(r"p = [\d.e-]+: the data (?:do not )?support", comparisons)) == 3  # every pair of the three trained models
+    pairs = len(trained) * (len(trained) - 1) // 2  # every pair of the trained models
+    assert len(re.findall(r"p = [\d.e-]+: the data (?:do not )?support", comparisons)) == pairs
     # Per task: per-class accuracy, the confusion matrix over seeds and the confident mistakes.
-    for name in ("task1_efficientnet", "task2_shallow", "task3_netvlad"):
+    for name in trained:
         section = report.split(f"## {name}:")[1].split("\n## ")[0]
         assert "Test accuracy per class (mean over 2 seeds)" in section and "| blue | green | red |" in section
         assert f"]({name}/confusion.png)" in section and f"]({name}/top_losses.png)" in section
