@@ -13,11 +13,14 @@ test images drawn (47 in the demo: one image is 2.1 points) and the training run
   and the exact p-value of a paired sign-flip permutation test on each image's difference
   averaged over seeds. With one seed it is the exact McNemar test.
 """
+import math
+
 import numpy as np
 
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
-CHUNK = 500  # resamples drawn at a time: memory stays at CHUNK x seeds x images
+DRAWN_VALUES = 20_000_000  # resamples are drawn in chunks of about this many values (160 MB), whatever the test set
+EXACT_WORK = 500_000_000  # beyond this (images x distribution width) the exact test gives way to its normal limit
 
 
 def as_runs(correct):
@@ -31,9 +34,10 @@ def bootstrap_means(correct, resamples, seed):
     """The mean of `correct` (S x N) in each resample of seeds and images."""
     rng = np.random.default_rng(seed)
     runs, images = correct.shape
+    chunk = max(1, DRAWN_VALUES // (runs * images))
     means = []
-    for start in range(0, resamples, CHUNK):
-        n = min(CHUNK, resamples - start)
+    for start in range(0, resamples, chunk):
+        n = min(chunk, resamples - start)
         per_image = correct[rng.integers(runs, size=(n, runs))].mean(axis=1)  # n x N: drawn seeds' mean
         picks = rng.integers(images, size=(n, images))
         means.append(np.take_along_axis(per_image, picks, axis=1).mean(axis=1))
@@ -60,6 +64,9 @@ def sign_flip_p(differences, scale):
     steps = steps[steps > 0]
     total = int(steps.sum())
     observed = abs(int(np.rint(np.sum(differences) * scale)))
+    if len(steps) * (2 * total + 1) > EXACT_WORK:  # tens of thousands of test images: the sum is normal
+        spread = math.sqrt(float(np.sum(steps.astype(np.float64) ** 2)))
+        return float(min(1.0, math.erfc(max(observed - 1, 0) / (spread * math.sqrt(2)))))  # continuity-corrected
     distribution = np.zeros(2 * total + 1)  # P(sum = k - total)
     distribution[total] = 1.0
     for step in steps:  # the sum's distribution, one image at a time

@@ -53,3 +53,11 @@ def test_the_interval_of_a_binomial_accuracy_is_about_the_normal_approximation()
     correct[:240] = 1  # 60 % of 400 images: the textbook half-width is 1.96 sqrt(.6 .4 / 400) = 4.8 points
     accuracy, low, high = stats.accuracy_interval(correct)
     assert accuracy == 60 and (high - low) / 2 == pytest.approx(4.8, abs=0.4)
+
+
+def test_a_test_set_too_large_for_the_exact_test_gets_its_normal_limit(monkeypatch):
+    a, b = pair(500, 60, 40, 100)
+    exact = stats.paired_difference(a, b)[3]
+    monkeypatch.setattr(stats, "EXACT_WORK", 0)  # as for tens of thousands of test images
+    approximate = stats.paired_difference(a, b)[3]
+    assert exact == pytest.approx(mcnemar_exact(60, 40)) and approximate == pytest.approx(exact, abs=0.01)
