@@ -46,9 +46,6 @@ DEFAULT_SEEDS = 3  # mean ± std by default: 8.0 minutes measured for the demo d
 LIKE_CTRL_C = (signal.SIGTERM, signal.SIGHUP)  # a scheduler's kill, a closed terminal: both stop like Ctrl-C
 
 
-TASKS = tasks.all_tasks()
-
-
 def atomic_files(*names):
     """A pattern for these file names and the temporary .NAME.PID.tmp beside each that an atomic
     write (results.temp_path) killed midway leaves."""
@@ -56,15 +53,18 @@ def atomic_files(*names):
     return rf"{names}|\.(?:{names})\.\d+\.tmp"
 
 
-# What reproduce.py writes into --out and into its folders there. Anything else is someone else's:
-# REPORT.md or a task's figures would replace theirs, and their folders would mix with ours.
-OWN_ENTRIES = {
-    ".": "|".join(["splits", "cub_7classes", r"\.cub_7classes\.partial-\w+", *(t.name for t in TASKS),
-                   atomic_files("REPORT.md", "summary.png")]),
-    "splits": r"(?s).*-[0-9a-f]{8}-seed\d+",  # make_splits' names: split_name's, or an earlier version's (any)
-    **{t.name: rf"seed\d+|{atomic_files('loss.png', 'accuracy.png', 'metrics.md', 'confusion.png', 'top_losses.png')}"
-       for t in TASKS},
-}
+def own_entries():
+    """What reproduce.py writes into --out and into its folders there, as a pattern per folder.
+    Anything else is someone else's: REPORT.md or a task's figures would replace theirs, and their
+    folders would mix with ours."""
+    names = tasks.task_names()
+    return {
+        ".": "|".join(["splits", "cub_7classes", r"\.cub_7classes\.partial-\w+", *names,
+                       atomic_files("REPORT.md", "summary.png")]),
+        "splits": r"(?s).*-[0-9a-f]{8}-seed\d+",  # make_splits' names: split_name's, or an earlier version's (any)
+        **{name: rf"seed\d+|{atomic_files('loss.png', 'accuracy.png', 'metrics.md', 'confusion.png', 'top_losses.png')}"
+           for name in names},
+    }
 
 
 def parse_args(argv):
@@ -84,7 +84,7 @@ def parse_args(argv):
     parser.add_argument("--ratios", type=float, nargs=3, metavar="R",
                         help="train, validation, test fractions (default: 0.7 0.2 0.1 as the report's text says; "
                              "with --cub 0.7 0.1 0.2 as its code did, so the test set is the report's 84 images)")
-    names = [t.name for t in TASKS]
+    names = tasks.task_names()
     parser.add_argument("--tasks", nargs="+", choices=names, default=names, metavar="TASK",
                         help=f"run only these tasks, from {', '.join(names)} (default: all)")
     parser.add_argument("--epochs", type=int, help="override every task's epochs, for a quick look (default: the report's)")
@@ -147,7 +147,7 @@ def check_results_folder(args):
         raise UserError(f"--out {args.out} holds {entry.relative_to(args.out)}, which reproduce.py did not write: "
                         "pick a new folder, or one reproduce.py made")
     if not args.force:  # --force replaces the runs' files without reading them
-        for task in (t for t in TASKS if t.name in args.tasks):
+        for task in map(tasks.load, args.tasks):
             for seed in range(args.seeds):
                 check_run_files(run_dir(task, seed, args))
 
@@ -155,7 +155,7 @@ def check_results_folder(args):
 def foreign_entry(out):
     """The first entry of `out` that reproduce.py did not write, or None. A REPORT.md counts as ours
     only if it opens with our title: the name alone is a common one."""
-    for name, pattern in OWN_ENTRIES.items():
+    for name, pattern in own_entries().items():
         if (out / name).is_dir():
             entry = next((p for p in sorted((out / name).iterdir()) if not re.fullmatch(pattern, p.name)), None)
             if entry:
@@ -304,7 +304,7 @@ def main(argv=None):
 def run_all(args):
     began = time.perf_counter()
     splits, ratios, description = make_splits(args)
-    chosen = [t for t in TASKS if t.name in args.tasks]
+    chosen = [tasks.load(name) for name in tasks.task_names() if name in args.tasks]
     plans = plan_runs(chosen, splits, args)
     if args.print_commands:
         return print_commands(plans, args)

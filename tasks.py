@@ -23,7 +23,10 @@ def load(name):
         if not found:
             raise UserError(f"unknown task {name!r}: no {name}.py here (tasks: {', '.join(task_names())})")
         return found[0]
-    task = getattr(importlib.import_module(name), "TASK", None)
+    try:
+        task = getattr(importlib.import_module(name), "TASK", None)
+    except Exception as e:  # a script being written: one line naming it, not a traceback from the registry
+        raise UserError(f"{name}.py cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if task is None or task.name != name:
         raise UserError(f"{name}.py declares no TASK named {name!r}: see docs/adding-a-task.md")
     return task

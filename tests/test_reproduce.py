@@ -16,6 +16,7 @@ import pytest
 import common.cli
 import common.split
 import reproduce
+import tasks
 from common import report, results, runs
 from common.run_folder import lock
 from conftest import COLORS, exit_code_and_output, make_image, make_split
@@ -38,7 +39,7 @@ def test_end_to_end_report_has_every_task(images, tmp_path, offline):
     out = tmp_path / "results"
     reproduce.main(["--data", str(images), "--out", str(out), "--epochs", "1", "--seeds", "2", "--compile", "off"])
     report = (out / "REPORT.md").read_text()
-    for task in reproduce.TASKS:
+    for task in tasks.all_tasks():
         assert f"## {task.name}: {task.title}" in report
     # No torchvision weights offline: listed as unavailable with the file to fetch, never trained at random.
     for name, file in (("task1_googlenet", "googlenet-1378be20.pth"), ("task1_vgg", "vgg16-397923af.pth"),
@@ -530,6 +531,6 @@ def test_a_run_process_stopped_by_a_signal_is_reported_as_stopped_not_failed(tmp
     monkeypatch.setattr(runs.subprocess, "Popen", Stopped)
     devices = queue.Queue()
     devices.put("cpu")
-    plan = runs.PlannedRun(reproduce.TASKS[-1], 0, tmp_path / "r" / "run", 100, ["--epochs", "100"])
+    plan = runs.PlannedRun(tasks.load("task3_netvlad"), 0, tmp_path / "r" / "run", 100, ["--epochs", "100"])
     with pytest.raises(reproduce.UserError, match="task3_netvlad seed 0 was stopped .*run reproduce.py again"):
         runs.run_as_process(plan, devices, 1, set(), runs.Running(None))

@@ -39,3 +39,12 @@ def test_the_title_says_what_the_options_change():
     assert task1.title_for(parse_run_config(task1, ["--finetune"])) == "EfficientNet-Lite0, fine-tuned, linear head"
     with pytest.raises(UserError, match="--alpha must be a positive number"):
         parse_run_config(task3, ["--alpha", "-1"])
+
+
+def test_a_script_that_cannot_be_imported_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "task9_broken.py").write_text("raise ValueError('half written')\n")
+    monkeypatch.setattr(tasks, "REPO", tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert tasks.task_names() == ["task9_broken"]
+    with pytest.raises(UserError, match=r"^task9_broken.py cannot be loaded \(ValueError: half written\)$"):
+        tasks.load("task9_broken")
