@@ -1,4 +1,5 @@
 """Frozen ImageNet backbones (task 1): weight loading that works offline, and cached feature extraction."""
+import difflib
 import functools
 import hashlib
 import importlib
@@ -85,6 +86,7 @@ class BackboneSpec:
     input_mean: tuple = IMAGENET_MEAN  # the input normalisation the weights were trained with
     input_std: tuple = IMAGENET_STD
     unused_prefixes: tuple = ()  # keys of the weight file that the feature extractor has no use for
+    timm_model: str | None = None  # any timm model: its pretrained weights come through timm
 
 
 BACKBONES = {
@@ -102,6 +104,34 @@ BACKBONES = {
         (0, "efficientnet-lite0-57934424.pth"), (1, "efficientnet-lite1-77cc7160.pth"),
         (2, "efficientnet-lite2-9656183e.pth"))},
 }
+
+
+TIMM = "timm:"  # "timm:NAME": any timm model as a backbone
+
+
+@functools.lru_cache(maxsize=None)
+def timm_spec(model):
+    """A timm model as a backbone: its feature width and the input normalisation its pretrained
+    weights were trained with (pretrained_cfg's mean and std), applied to the report's 224 x 224 crops."""
+    if not timm.is_model(model):
+        close = difflib.get_close_matches(model, timm.list_models(), n=5)
+        raise UserError(f"--model {model}: no such timm model" + (f"; close: {', '.join(close)}" if close else ""))
+    with torch.random.fork_rng(devices=[]), torch.inference_mode():  # reading its sizes draws no number of the run's
+        net = drop_timm_classifier(timm.create_model(model, pretrained=False)).eval()
+        feature_dim = net(torch.zeros(1, 3, CROP, CROP)).shape[1]  # num_features, or a head's hidden size after it
+    cfg = net.pretrained_cfg
+    return BackboneSpec(feature_dim, f"timm {model}", functools.partial(timm.create_model, model, pretrained=False),
+                        drop_timm_classifier, input_mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+                        input_std=tuple(cfg.get("std", IMAGENET_STD)), timm_model=model)
+
+
+def spec_of(name):
+    """The backbone's spec: one of BACKBONES, or "timm:NAME" for any timm model."""
+    if name.startswith(TIMM):
+        return timm_spec(name[len(TIMM):])
+    if name not in BACKBONES:
+        raise UserError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}, or timm:NAME")
+    return BACKBONES[name]
 
 
 class FrozenBackbone(nn.Module):
@@ -178,6 +208,20 @@ def download_state_dict(name, spec):
         socket.setdefaulttimeout(old_timeout)
 
 
+def timm_state_dict(spec):
+    """A timm model's pretrained weights, from timm's cache (Hugging Face's) or downloaded there."""
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        return timm.create_model(spec.timm_model, pretrained=True).state_dict()
+    except Exception as e:  # timm and huggingface_hub raise many types offline (OSError, HTTP errors, ...)
+        raise WeightsUnavailable(f"timm {spec.timm_model} weights are not in timm's cache (under $HF_HOME, default "
+                                 f"~/.cache/huggingface) and the download failed ({type(e).__name__}); run once with a "
+                                 "network, or pass --weights FILE (a state dict of that model)") from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+
+
 def resolve_weights(name, spec, weights_file, label):
     """-> (state dict, where it came from): weights_file (named `label` in messages), package file,
     hub cache, else download."""
@@ -186,6 +230,8 @@ def resolve_weights(name, spec, weights_file, label):
     if spec.package_file is not None:
         path = spec.package_file()
         return read_state_dict(path, str(path)), str(path)
+    if spec.timm_model is not None:
+        return timm_state_dict(spec), f"timm {spec.timm_model} pretrained"
     path = hub_checkpoint_dir() / spec.weight_file
     if path.is_file():
         return read_state_dict(path, str(path)), str(path)
@@ -234,9 +280,7 @@ def load_backbone(name, weights_file=None, pretrained=True, keep_classifier=Fals
     pretrained=False: random init from the caller's seed, no weight file touched.
     weights_label: how messages name weights_file (default "--weights FILE", the option that gives it).
     """
-    if name not in BACKBONES:
-        raise UserError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
-    spec = BACKBONES[name]
+    spec = spec_of(name)
     label = weights_label or f"--weights {weights_file}"
     # weights first: a missing file fails before the slow model build
     state_dict, source = resolve_weights(name, spec, weights_file, label) if pretrained else (None, "random init")
@@ -323,7 +367,7 @@ def extract_features(backbone, images, batch_size=64, precision="auto", device=N
     if memo in _feature_cache:
         return _feature_cache[memo]
     disk = ArrayCache(cache_dir) if cache_dir is not None else None
-    shape = (len(images), BACKBONES[backbone.name].feature_dim)
+    shape = (len(images), spec_of(backbone.name).feature_dim)
     if distributed.all_ranks(disk and cached_features(disk, key, shape) is not None):
         features = MappedArray(disk.file(key), shape, np.float32)
     else:  # under torchrun computed by all ranks together, and stored by rank 0

@@ -40,6 +40,7 @@ class Task:
     reproduce_argv: tuple = ()  # the options reproduce.py runs it with (task 3: --clusters 16)
     course_report: dict = None  # the 2020 report's table (report_table), where it has one
     former_names: tuple = ()    # the "task" its earlier runs' config.json may hold
+    in_reproduction: bool = True  # reproduce.py runs it by default (else only when --tasks names it)
 
     def title_for(self, config):
         """The title every output of a run carries."""

