@@ -5,6 +5,8 @@
   augment   Does the report's proposed augmentation help, and does fine-tuning beat a frozen backbone?
             Task 2 and task 3 (K = 16) without and with --augment; EfficientNet-Lite0 frozen, frozen
             with --augment, and fine-tuned (--finetune).
+  backbones Does a bigger pretrained backbone transfer better, and does fine-tuning change the ranking?
+            EfficientNet-Lite0, Lite1 and Lite2, frozen and fine-tuned.
 
 Every run keeps its task's epochs (the 2020 report's: 20 for task 1, 100 for tasks 2 and 3) unless
 --epochs is given,
@@ -55,6 +57,14 @@ STUDIES = {
         "lite0_frozen": ("task1_efficientnet", []),
         "lite0_frozen_augment": ("task1_efficientnet", ["--augment"]),
         "lite0_finetuned": ("task1_efficientnet", ["--finetune"]),
+    },
+    "backbones": {
+        "lite0_frozen": ("task1_efficientnet", []),
+        "lite1_frozen": ("task1_efficientnet_lite1", []),
+        "lite2_frozen": ("task1_efficientnet_lite2", []),
+        "lite0_finetuned": ("task1_efficientnet", ["--finetune"]),
+        "lite1_finetuned": ("task1_efficientnet_lite1", ["--finetune"]),
+        "lite2_finetuned": ("task1_efficientnet_lite2", ["--finetune"]),
     },
 }
 FIGURE_PAIRS = (("shallow", "shallow_augment"), ("netvlad_k16", "netvlad_k16_augment"))  # augment.png
