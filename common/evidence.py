@@ -1,10 +1,11 @@
 """A task's test predictions over its seeds, and what REPORT.md shows of them beyond the mean: 95 %
 intervals, per-class accuracy, the confusion matrix summed over seeds, the test images it gets
 wrong most confidently, and the summary figure of every task."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
 from common import results, stats
 from common.data import open_rgb
@@ -21,6 +22,7 @@ class Evidence:
     labels: np.ndarray         # seeds x images
     probabilities: np.ndarray  # seeds x images x classes
     classes: list
+    intervals: dict = field(default_factory=dict, repr=False)  # k -> interval: 10,000 resamples, drawn once
 
     def correct(self, k=1):
         """seeds x images: 1 where the true class is among the k most probable."""
@@ -28,7 +30,14 @@ class Evidence:
         return (top == self.labels[:, :, None]).any(axis=2).astype(np.float64)
 
     def interval(self, k=1):
-        return stats.accuracy_interval(self.correct(k))
+        """(top-k accuracy, low, high) in %: the mean and its 95 % interval over test images and seeds."""
+        if k not in self.intervals:
+            self.intervals[k] = stats.accuracy_interval(self.correct(k))
+        return self.intervals[k]
+
+    def tested_like(self, other):
+        """Whether seed s of both was tested on the same images (by content), for every seed they share."""
+        return all(mine == theirs for mine, theirs in zip(self.sha1s, other.sha1s))
 
     def per_class(self):
         """Each class's test accuracy in %, over every seed's images of that class."""
@@ -37,10 +46,10 @@ class Evidence:
                 for c in range(len(self.classes))]
 
     def confusion(self):
-        """The test confusion matrix summed over seeds: counts, a row per true class."""
+        """The test confusion matrix summed over seeds: counts, a row per true class (as results.confusion_matrix)."""
         n = len(self.classes)
         predicted = self.probabilities.argmax(axis=2)
-        return np.bincount((self.labels * n + predicted).ravel(), minlength=n * n).reshape(n, n)
+        return torch.from_numpy(np.bincount((self.labels * n + predicted).ravel(), minlength=n * n).reshape(n, n))
 
     def top_losses(self, k=TOP_LOSSES):
         """The k test images predicted wrong with the highest probability, over all seeds, each image
@@ -56,6 +65,7 @@ class Evidence:
             mistakes[self.sha1s[s][i]] = (max(worst, mistake, key=lambda m: m[3]), seeds + 1)
         ranked = sorted(mistakes.values(), key=lambda item: -item[0][3])[:k]
         return [(*mistake, seeds) for mistake, seeds in ranked]
+
 
 def gather(runs):
     """The Evidence of a task's run folders (seed 0, 1, ...); an OSError where a run has no

@@ -6,8 +6,8 @@ from pathlib import Path
 from common.config import SEEDS, RunConfig
 from common.paths import RESULTS
 from common.runtime import COMPILE_MODES, PRECISIONS
-from common.task import Prepared
 from common.run import start_run, train_and_report
+from common.task import Prepared
 
 
 def add_training_args(parser, task, epochs, batch_size):
@@ -66,10 +66,7 @@ def parse_run_config(task, argv=None):
 
 def run_task(task, argv=None):
     """A task script's whole job: parse, prepare the model (and its inputs), train, write the results."""
-    return train_task(task, parse_run_config(task, argv))
-
-
-def train_task(task, config):
+    config = parse_run_config(task, argv)
     run = start_run(config, cpu_bf16=task.cpu_bf16)
     prepared = task.prepare(run) if task.prepare else Prepared(task.build_model(config, len(run.data.classes)), run)
     return train_and_report(prepared.model, prepared.run, task.title_for(config), prepared.extra_config)

@@ -2,19 +2,17 @@
 its seeds, a summary ranked by test top-1, and the 2020 course report's own numbers beside ours."""
 import math
 import os
-
-import torch
 import platform
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from common import results
-from common.evidence import Evidence, gather, plot_summary, plot_top_losses
-from common.stats import paired_difference
 from common.errors import UserError
+from common.evidence import Evidence, gather, plot_summary, plot_top_losses
 from common.files import atomic_write
 from common.reuse import read_config
+from common.stats import paired_difference
 
 REPORT_TITLE = "# Reproduction: small-data image classification (CS 6910 Assignment 3 report, 2020)"
 
@@ -70,10 +68,10 @@ def task_evidence(folder, seeds, title):
     except (OSError, ValueError) as e:
         print(f"{folder.name}: no intervals, per-class accuracy or mistakes ({e}); --force trains its runs again")
         return None
-    results.plot_confusion(folder / "confusion.png", torch.from_numpy(found.confusion()), found.classes,
-                           f"{title}: test confusion matrix, {over_seeds(seeds).replace('mean ± sample std over', 'summed over')}")
-    plot_top_losses(folder / "top_losses.png", found.top_losses(),
-                             f"{title}: the test images it gets wrong most confidently")
+    summed = f"summed over {seeds} seeds" if seeds > 1 else "one run (seed 0)"
+    results.plot_confusion(folder / "confusion.png", found.confusion(), found.classes,
+                           f"{title}: test confusion matrix, {summed}")
+    plot_top_losses(folder / "top_losses.png", found.top_losses(), f"{title}: the test images it gets wrong most confidently")
     return found
 
 
@@ -168,16 +166,11 @@ def ranked(task_results):
     return sorted(trained, key=lambda t: mean_of(t.stats["test"]["top1"]), reverse=True)
 
 
-def same_images(a, b):
-    """Whether seed s of both tasks was tested on the same images, for every seed they share."""
-    return all(x == y for x, y in zip(a.sha1s, b.sha1s))
-
-
 def comparison_lines(task_results):
     """Every pair of models, the better first, paired on the same test images and seeds, in plain words."""
     with_evidence = [t for t in ranked(task_results) if t.evidence is not None]
     pairs = [(a, b) for i, a in enumerate(with_evidence) for b in with_evidence[i + 1:]
-             if same_images(a.evidence, b.evidence)]
+             if a.evidence.tested_like(b.evidence)]
     if not pairs:
         return []
     rows = ["| better | worse | difference (points) | 95 % interval | p | the data |", "|---|---|---:|---:|---:|---|"]

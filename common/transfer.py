@@ -155,9 +155,10 @@ def frozen_backbone(name, saved, weights_file):
     return backbone
 
 
-def saved_fields(name):
-    """What predict.py reads of a task 1 run's config.json, and what each must be."""
-    return {"backbone": (lambda v: v == name, f"{name!r}, the backbone of its task"),
+def saved_fields(backbone):
+    """What predict.py reads of a task 1 run's config.json, and what each must be; `backbone`: the
+    check of its "backbone" field and what it must be."""
+    return {"backbone": backbone,
             "pretrained": (is_bool, "true or false"), "finetuned": (is_bool, "true or false"),
             "weights": (lambda v: v is None or isinstance(v, str), "a file path or null"),
             "weights_sha1": (lambda v: isinstance(v, str), "a sha1 in hex"),
@@ -172,7 +173,8 @@ def transfer_task(name, backbone, title, description, course_report=None):
         add_options=functools.partial(add_options, weights_from=default_weights(backbone)),
         check_options=check_options, prepare=functools.partial(prepare, backbone),
         input_network=functools.partial(frozen_backbone, backbone),
-        describe=functools.partial(describe, title), saved_fields=saved_fields(backbone),
+        describe=functools.partial(describe, title),
+        saved_fields=saved_fields((lambda v: v == backbone, f"{backbone!r}, the backbone of its task")),
         course_report=course_report,
         former_names=tuple({f"task1_{backbone}"} - {name}))  # config.json's "task" was the backbone's name
 
@@ -202,6 +204,6 @@ def timm_task(name, description):
         prepare=lambda run: prepare(timm_backbone(run.config), run),
         input_network=lambda saved, weights_file: frozen_backbone(saved["backbone"], saved, weights_file),
         describe=lambda config: describe(f"{config.options['model']} (timm)", config),
-        saved_fields={**saved_fields(None), "arguments.model": (lambda v: isinstance(v, str), "a timm model name"),
-                      "backbone": (lambda v: isinstance(v, str) and v.startswith(TIMM), f"{TIMM}NAME")},
+        saved_fields={**saved_fields((lambda v: isinstance(v, str) and v.startswith(TIMM), f"{TIMM}NAME")),
+                      "arguments.model": (lambda v: isinstance(v, str), "a timm model name")},
         in_reproduction=False)

@@ -115,7 +115,7 @@ def evidence_table(folders):
     for name, evidence in found.items():
         mean, low, high = evidence.interval()
         compared = "|"
-        if name != reference and len(evidence.paths[0]) == len(found[reference].paths[0]):
+        if name != reference and evidence.tested_like(found[reference]):
             difference, d_low, d_high, p = paired_difference(evidence.correct(), found[reference].correct())
             compared = f"{difference:+.2f} [{d_low:+.1f}, {d_high:+.1f}] | {p:.3g}"
         lines.append(f"| {name} | {mean:.2f} % [{low:.1f}, {high:.1f}] | {compared} |")
