@@ -106,6 +106,14 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     args.command = sys.argv[1:] if argv is None else argv
     args.tasks = args.tasks or [task.name for task in tasks.all_tasks() if task.in_reproduction]
+    check_numbers(args)
+    check_source(args)
+    check_results_folder(args)
+    return args
+
+
+def check_numbers(args):
+    """--seeds, --epochs, --ratios, --device and --jobs in range; --jobs N gets its N devices."""
     if not 1 <= args.seeds <= MAX_SEEDS:
         raise UserError(f"--seeds {args.seeds}: give 1 to {MAX_SEEDS}")
     if args.epochs is not None and args.epochs < 1:
@@ -118,9 +126,6 @@ def parse_args(argv):
     if not 1 <= args.jobs <= MAX_JOBS:
         raise UserError(f"--jobs {args.jobs}: give 1 to {MAX_JOBS}")
     args.devices = [f"cuda:{i % gpus}" for i in range(args.jobs)] if gpus > 1 else [args.device] * args.jobs
-    check_source(args)
-    check_results_folder(args)
-    return args
 
 
 def check_source(args):
