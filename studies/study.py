@@ -1,7 +1,7 @@
 """Studies over seeds, as Markdown tables (mean ± sample std) and, for augmentation, one figure.
 
   netvlad   Does NetVLAD help? Task 2 against task 3 (k-means init, K = 4, 16, 64, and the report's
-            init, K = 4); task 2 also in fp32, to show whether bf16 autocast changes the metrics.
+            init, K = 4); task 2 also in fp32 and in bf16, to show whether bf16 autocast changes the metrics.
   augment   Does the report's proposed augmentation help, and does fine-tuning beat a frozen backbone?
             Task 2 and task 3 (K = 16) without and with --augment; EfficientNet-Lite0 frozen, frozen
             with --augment, and fine-tuned (--finetune).
@@ -44,6 +44,7 @@ STUDIES = {
     "netvlad": {
         "shallow": ("task2_shallow", []),
         "shallow_fp32": ("task2_shallow", ["--precision", "fp32"]),
+        "shallow_bf16": ("task2_shallow", ["--precision", "bf16"]),
         "netvlad_k4": ("task3_netvlad", ["--clusters", "4"]),
         "netvlad_k16": ("task3_netvlad", ["--clusters", "16"]),
         "netvlad_k64": ("task3_netvlad", ["--clusters", "64"]),
