@@ -7,12 +7,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from common import results
+from common import results, stats
 from common.errors import UserError
 from common.evidence import Evidence, gather, plot_summary, plot_top_losses
 from common.files import atomic_write
 from common.reuse import read_config
-from common.stats import paired_difference
 
 REPORT_TITLE = "# Reproduction: small-data image classification (CS 6910 Assignment 3 report, 2020)"
 
@@ -176,8 +175,8 @@ def comparison_lines(task_results):
     rows = ["| better | worse | difference (points) | 95 % interval | p | the data |", "|---|---|---:|---:|---:|---|"]
     lines = []
     for a, b in pairs:
-        difference, low, high, p = paired_difference(a.evidence.correct(), b.evidence.correct())
-        supported = p < 0.05 and low > 0
+        difference, low, high, p = stats.paired_difference(a.evidence.correct(), b.evidence.correct())
+        supported = stats.supported(low, high, p)
         rows.append(f"| {a.title} | {b.title} | {difference:+.1f} | [{low:.1f}, {high:.1f}] | {p:.3g} | "
                     f"{'support a difference' if supported else 'do not support a difference'} |")
         lines.append(f"- {a.title} against {b.title}: {difference:+.1f} points, 95 % interval "

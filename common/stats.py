@@ -75,6 +75,11 @@ def sign_flip_p(differences, scale):
     return float(min(1.0, distribution[np.abs(sums) >= observed].sum()))
 
 
+def supported(low, high, p):
+    """Whether a paired difference is one the data support: p < 0.05 and its interval excludes 0."""
+    return p < 1 - CONFIDENCE and (low > 0 or high < 0)
+
+
 def paired_difference(correct_a, correct_b, resamples=RESAMPLES, seed=0):
     """A's accuracy minus B's on the same images, in points: (difference, low, high, p). Seed s of
     A is paired with seed s of B (both trained on the same split); seeds beyond the shorter run list

@@ -21,11 +21,11 @@ by a second command (--configs netvlad_k64 --seeds 3) and still appear.
 """
 import argparse
 import functools
-import statistics
 import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ from common.files import atomic_write  # noqa: E402
 from common.options import run_task  # noqa: E402
 from common import results  # noqa: E402
 from common.reuse import finished_metrics, read_config, run_or_reuse  # noqa: E402
-from common.stats import paired_difference  # noqa: E402
+from common.stats import paired_difference, supported  # noqa: E402
 
 # config -> (task, its options); each trains for its task's epochs
 STUDIES = {
@@ -68,7 +68,23 @@ STUDIES = {
         "lite2_finetuned": ("task1_efficientnet_lite2", ["--finetune"]),
     },
 }
-FIGURE_PAIRS = (("shallow", "shallow_augment"), ("netvlad_k16", "netvlad_k16_augment"))  # augment.png
+# the questions each study asks: (A, B) prints B minus A, paired on the same test images and seeds
+COMPARISONS = {
+    "netvlad": [("shallow", "netvlad_k4"), ("shallow", "netvlad_k16"), ("shallow", "netvlad_k64"),
+                ("shallow", "netvlad_k4_report_init"), ("netvlad_k4", "netvlad_k4_report_init"),
+                ("netvlad_k4", "netvlad_k16"), ("netvlad_k16", "netvlad_k64"),
+                ("shallow", "shallow_fp32"), ("shallow", "shallow_bf16"), ("shallow_fp32", "shallow_bf16")],
+    "augment": [("shallow", "shallow_augment"), ("netvlad_k16", "netvlad_k16_augment"),
+                ("lite0_frozen", "lite0_frozen_augment"), ("lite0_frozen", "lite0_finetuned")],
+    "backbones": [("lite0_frozen", "lite1_frozen"), ("lite0_frozen", "lite2_frozen"), ("lite1_frozen", "lite2_frozen"),
+                  ("lite0_finetuned", "lite1_finetuned"), ("lite0_finetuned", "lite2_finetuned"),
+                  ("lite1_finetuned", "lite2_finetuned"), ("lite0_frozen", "lite0_finetuned"),
+                  ("lite1_frozen", "lite1_finetuned"), ("lite2_frozen", "lite2_finetuned")],
+}
+# augment.png: a panel per row, its configs drawn solid, dashed, dotted
+FIGURE_PANELS = (("shallow", "shallow_augment"), ("netvlad_k16", "netvlad_k16_augment"),
+                 ("lite0_frozen", "lite0_frozen_augment", "lite0_finetuned"))
+LINE_STYLES = ("-", "--", ":")
 
 
 def finished_runs(folder, epochs):
@@ -99,9 +115,10 @@ def tables(metrics):
     return "\n".join(lines)
 
 
-def evidence_table(folders):
-    """Each config's test top-1 with its 95 % interval (test images and seeds), and each against the
-    study's first config, paired on the same images and seeds (docs/statistics.md)."""
+def evidence_table(folders, comparisons):
+    """Each config's test top-1 with its 95 % interval (test images and seeds), then each of the
+    study's comparisons that both configs have runs for: B minus A, paired on the same images and
+    seeds, and whether the data support it (docs/statistics.md)."""
     found = {}
     for name, runs in folders.items():
         try:
@@ -110,38 +127,45 @@ def evidence_table(folders):
             print(f"{name}: no interval or paired test ({e})")
     if not found:
         return ""
-    reference = next(iter(found))
-    lines = [f"| config | test top-1 [95 % interval] | minus {reference}, points [95 % interval] | p |",
-             "|---|---:|---:|---:|"]
+    lines = ["| config | test top-1 [95 % interval] | seeds |", "|---|---:|---:|"]
     for name, evidence in found.items():
         mean, low, high = evidence.interval()
-        compared = "|"
-        if name != reference and evidence.tested_like(found[reference]):
-            difference, d_low, d_high, p = paired_difference(evidence.correct(), found[reference].correct())
-            compared = f"{difference:+.2f} [{d_low:+.1f}, {d_high:+.1f}] | {p:.3g}"
-        lines.append(f"| {name} | {mean:.2f} % [{low:.1f}, {high:.1f}] | {compared} |")
+        lines.append(f"| {name} | {mean:.2f} % [{low:.1f}, {high:.1f}] | {len(evidence.labels)} |")
+    lines += ["", "| B minus A | points [95 % interval] | p | seeds | the data |", "|---|---:|---:|---:|---|"]
+    for a, b in comparisons:
+        if a in found and b in found and found[a].tested_like(found[b]):
+            difference, low, high, p = paired_difference(found[b].correct(), found[a].correct())
+            seeds = min(len(found[a].labels), len(found[b].labels))
+            verdict = "support a difference" if supported(low, high, p) else "do not support a difference"
+            lines.append(f"| {b} minus {a} | {difference:+.2f} [{low:+.1f}, {high:+.1f}] | {p:.3g} | {seeds} | {verdict} |")
     return "\n".join(lines)
 
 
 def plot_augmentation(path, folders):
-    """Train and validation top-1 over epochs, mean over seeds, without and with --augment."""
-    pairs = [pair for pair in FIGURE_PAIRS if all(folders.get(name) for name in pair)]
-    if not pairs:
+    """Train and validation top-1 over epochs per config of each panel: the mean over seeds, and a
+    band of ± one sample standard deviation where there are several seeds."""
+    panels = [[name for name in panel if folders.get(name)] for panel in FIGURE_PANELS]
+    panels = [panel for panel in panels if len(panel) > 1]
+    if not panels:
         return
-    fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4), squeeze=False)
-    for ax, pair in zip(axes[0], pairs):
-        for name, style in zip(pair, ("-", "--")):
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for name, style in zip(panel, LINE_STYLES):
             histories = [results.read_history(folder) for folder in folders[name]]
             epochs = [int(row["epoch"]) for row in histories[0]]
             for split, color in (("train", "tab:blue"), ("val", "tab:orange")):
-                mean = [statistics.mean(float(h[i][f"{split}_top1"]) for h in histories) for i in range(len(epochs))]
+                curves = np.array([[float(row[f"{split}_top1"]) for row in h[:len(epochs)]] for h in histories])
+                mean = curves.mean(axis=0)
                 ax.plot(epochs, mean, style, color=color, label=f"{name}: {'validation' if split == 'val' else split}")
-        seeds = " / ".join(str(len(folders[name])) for name in pair)
+                if len(curves) > 1:
+                    spread = curves.std(axis=0, ddof=1)
+                    ax.fill_between(epochs, mean - spread, mean + spread, color=color, alpha=0.12, linewidth=0)
+        seeds = " / ".join(str(len(folders[name])) for name in panel)
         ax.set(xlabel="epoch", ylabel="top-1 (%)", ylim=(0, 101),
-               title=f"{pair[0]}: top-1, mean over {seeds} seeds\nwithout (solid) and with --augment (dashed)")
-        ax.title.set_fontsize(10)
+               title=f"{' / '.join(panel)}\ntop-1, mean ± std over {seeds} seeds")
+        ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=7, loc="lower right")
     results.save_figure(fig, path)
 
 
@@ -175,7 +199,7 @@ def main():
     folders = {name: finished_runs(out / name, args.epochs or tasks.load(task).epochs)
                for name, (task, _) in configs.items()}
     report = tables({name: [finished_metrics(f) for f in runs] for name, runs in folders.items() if runs})
-    report += "\n\n" + evidence_table({name: runs for name, runs in folders.items() if runs})
+    report += "\n\n" + evidence_table({name: runs for name, runs in folders.items() if runs}, COMPARISONS[args.study])
     epochs = f"{args.epochs} epochs" if args.epochs else "each task's epochs"
     atomic_write(out / "study.md", f"{args.study}: {epochs}, --gamma {args.gamma:g}\n\n{report}\n")
     print(report)

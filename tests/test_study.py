@@ -1,0 +1,95 @@
+"""studies/study.py: each config's interval, the study's paired comparisons, and augment.png, from
+run folders made here (the studies' real runs take hours)."""
+import importlib.util
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common import results, stats
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location("studies_study", REPO / "studies" / "study.py")
+study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study)
+
+CLASSES = ["a", "b"]
+
+
+def fake_run(folder, right, epochs=3, seed=0):
+    """A finished run's test_predictions.csv (image i right where right[i]) and history.csv."""
+    folder.mkdir(parents=True)
+    labels = torch.tensor([i % 2 for i in range(len(right))])
+    predicted = torch.where(torch.tensor(right, dtype=torch.bool), labels, 1 - labels)
+    log_probs = torch.log(torch.nn.functional.one_hot(predicted, 2).float() * 0.8 + 0.1)
+    split = SimpleNamespace(paths=[f"img{i}.png" for i in range(len(right))], digests=[f"{i:040x}" for i in range(len(right))],
+                            labels=labels)
+    results.write_predictions(folder / "test_predictions.csv", split, log_probs, CLASSES)
+    rng = np.random.default_rng(seed)
+    results.write_history(folder, [{"epoch": e, "lr": 1e-3, "train_loss": 1.0, "train_top1": 10 * e + rng.uniform(0, 5),
+                                    "train_top3": 100, "val_loss": 1.0, "val_top1": 5 * e + rng.uniform(0, 5),
+                                    "val_top3": 100, "seconds": 1} for e in range(1, epochs + 1)])
+    return folder
+
+
+def configs(tmp_path, patterns):
+    """config -> its run folders, one per seed's pattern of right (1) and wrong (0) test images."""
+    return {name: [fake_run(tmp_path / name / f"seed{s}", right, seed=s) for s, right in enumerate(seeds)]
+            for name, seeds in patterns.items()}
+
+
+def row(table, start):
+    return next(line for line in table.splitlines() if line.startswith(start))
+
+
+def test_each_comparison_is_paired_and_says_whether_the_data_support_it(tmp_path):
+    weak, strong = [1] * 10 + [0] * 30, [1] * 40  # B right on 30 more of 40 images, every seed
+    folders = configs(tmp_path, {"shallow": [weak, weak], "netvlad_k4": [strong, strong], "netvlad_k16": [weak, weak]})
+    table = study.evidence_table(folders, study.COMPARISONS["netvlad"])
+    mean, low, high = stats.accuracy_interval([weak, weak])  # tested in test_stats.py
+    assert row(table, "| shallow |") == f"| shallow | 25.00 % [{low:.1f}, {high:.1f}] | 2 |" and low < mean < high
+    better = row(table, "| netvlad_k4 minus shallow |")
+    assert better.startswith("| netvlad_k4 minus shallow | +75.00 [") and "| 2 | support a difference |" in better
+    assert float(better.split("|")[3]) < 1e-8  # 30 images, all one way: p = 2 / 2^30
+    assert row(table, "| netvlad_k16 minus shallow |") == (
+        "| netvlad_k16 minus shallow | +0.00 [+0.0, +0.0] | 1 | 2 | do not support a difference |")
+    assert "netvlad_k64" not in table  # a config without runs is left out of the comparisons
+
+
+def test_configs_tested_on_other_images_are_not_compared(tmp_path):
+    folders = configs(tmp_path, {"shallow": [[1, 0, 1, 0]], "shallow_augment": [[1, 1, 1, 0]]})
+    (folders["shallow_augment"][0] / "test_predictions.csv").write_text(
+        (folders["shallow_augment"][0] / "test_predictions.csv").read_text().replace(f"{0:040x}", f"{99:040x}"))
+    table = study.evidence_table(folders, study.COMPARISONS["augment"])
+    assert "| shallow_augment |" in table and "minus" not in table.split("| B minus A")[1]
+
+
+def test_runs_without_predictions_get_one_line_and_no_test(tmp_path, capsys):
+    folders = configs(tmp_path, {"shallow": [[1, 0]], "shallow_augment": [[1, 1]]})
+    (folders["shallow"][0] / "test_predictions.csv").unlink()
+    table = study.evidence_table(folders, study.COMPARISONS["augment"])
+    assert "shallow: no interval or paired test" in capsys.readouterr().out
+    assert "| shallow_augment |" in table and "minus" not in table.split("| B minus A")[1]
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_augment_figure_has_a_panel_per_task_and_bands_over_seeds(tmp_path, seeds, monkeypatch):
+    runs = {name: [[1, 0]] * seeds for name in ("shallow", "shallow_augment", "netvlad_k16",
+                                                 "lite0_frozen", "lite0_frozen_augment", "lite0_finetuned")}
+    folders = configs(tmp_path, runs)  # netvlad_k16 without its --augment twin: no panel
+    drawn = {}
+    real_save = results.save_figure
+
+    def keep(fig, path):
+        drawn["axes"] = fig.axes
+        drawn["bands"] = [len(ax.collections) for ax in fig.axes]
+        drawn["lines"] = [len(ax.lines) for ax in fig.axes]
+        real_save(fig, path)
+    monkeypatch.setattr(study.results, "save_figure", keep)
+    study.plot_augmentation(tmp_path / "augment.png", folders)
+    assert Image.open(tmp_path / "augment.png").size[0] > 0
+    assert drawn["lines"] == [4, 6]  # train and validation per config: shallow's two, Lite0's three
+    assert drawn["bands"] == ([4, 6] if seeds > 1 else [0, 0])
+    assert "lite0_finetuned" in drawn["axes"][1].get_title()
