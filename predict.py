@@ -24,7 +24,7 @@ import torch
 import tasks
 from common import results
 from common.backbones import extract_features
-from common.checkpoint import checkpoint_damage
+from common.checkpoint import read_checkpoint
 from common.cli import run_main
 from common.errors import UserError, warn
 from common.config import MAX_BATCH, RunConfig, is_bool, is_int_in
@@ -161,13 +161,10 @@ def checkpoint_weights(run_dir, checkpoint):
     if not path.is_file():
         raise UserError(f"{run_dir} holds no {path.name}: not a finished run (or pick --checkpoint "
                         f"{'last' if checkpoint == 'best' else 'best'})")
-    damage = checkpoint_damage(path)
-    if damage:
-        raise UserError(f"{path} is corrupt ({damage}): refused; train the run again (--force)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # a checkpoint is untrusted input
-    except Exception as e:
-        raise UserError(f"{path} is corrupt or not a checkpoint of this project ({type(e).__name__})") from None
+        state = read_checkpoint(path)
+    except ValueError as e:
+        raise UserError(f"{path} {e}: refused; train the run again (--force)") from None
     weights = state.get("model") if isinstance(state, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise UserError(f"{path} holds no model weights")

@@ -75,24 +75,32 @@ def checkpoint_damage(path):
     return f"{member} fails its CRC-32 check" if member else None
 
 
-def load_checkpoint(path):
-    """last.pt as plain data: weights_only refuses any pickled object that could run code.
-
-    Loaded to the CPU whatever the run's device: the RNG states must be CPU tensors, and loading
-    the weights and Adam's state copies them to the model's device."""
-    start_over = f"start over with --force (it replaces {path.parent})"
+def read_checkpoint(path):
+    """A file torch.save wrote, as plain data: every byte checked first, then loaded with weights_only,
+    which refuses any pickled object that could run code. Loaded to the CPU whatever the run's device:
+    the RNG states must be CPU tensors, and loading the weights and Adam's state copies them to the
+    model's device. A ValueError ends a sentence about the file: what is wrong with it."""
     if not path.is_file():  # reading a FIFO would wait forever
-        raise UserError(f"--resume: {path} is not a regular file; {start_over}")
+        raise ValueError("is not a regular file")
     damage = checkpoint_damage(path)
     if damage:
-        raise UserError(f"--resume: {path} is corrupt or unreadable ({damage}), refused; {start_over}")
+        raise ValueError(f"is corrupt or unreadable ({damage})")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise UserError(f"--resume: {path} holds objects other than tensors and plain data, so it is not a "
-                        f"checkpoint of this project and was not loaded; {start_over}") from None
+        raise ValueError("holds objects other than tensors and plain data, so it is not a checkpoint of this "
+                         "project and was not loaded") from None
     except Exception as e:  # truncated or garbled files raise RuntimeError, EOFError, OSError, ...
-        raise UserError(f"--resume: {path} is corrupt or unreadable ({type(e).__name__}); {start_over}") from None
+        raise ValueError(f"is corrupt or unreadable ({type(e).__name__})") from None
+
+
+def load_checkpoint(path):
+    """last.pt, checked (read_checkpoint) and holding what fit() wrote, for --resume."""
+    start_over = f"start over with --force (it replaces {path.parent})"
+    try:
+        state = read_checkpoint(path)
+    except ValueError as e:
+        raise UserError(f"--resume: {path} {e}; {start_over}") from None
     if not isinstance(state, dict) or not well_formed(state):
         raise UserError(f"--resume: {path} is not a checkpoint of this project; {start_over}")
     return state

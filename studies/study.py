@@ -1,10 +1,12 @@
 """Studies over seeds, as Markdown tables (mean ± sample std) and, for augmentation, one figure.
 
   netvlad   Does NetVLAD help? Task 2 against task 3 (k-means init, K = 4, 16, 64, and the report's
-            init, K = 4); task 2 also in fp32 and in bf16, to show whether bf16 autocast changes the metrics.
+            init, K = 4).
   augment   Does the report's proposed augmentation help, and does fine-tuning beat a frozen backbone?
             Task 2 and task 3 (K = 16) without and with --augment; EfficientNet-Lite0 frozen, frozen
             with --augment, and fine-tuned (--finetune).
+  precision Does bf16 autocast change the metrics? Task 2 and EfficientNet-Lite0 (frozen) with
+            --precision auto, fp32 and bf16.
   backbones Does a bigger pretrained backbone transfer better, and does fine-tuning change the ranking?
             EfficientNet-Lite0, Lite1 and Lite2, frozen and fine-tuned.
 
@@ -18,6 +20,7 @@ by a second command (--configs netvlad_k64 --seeds 3) and still appear.
     python studies/study.py netvlad                        # seeds 0-4, the report's schedule
     python studies/study.py netvlad --gamma 1 --configs shallow netvlad_k16   # constant learning rate
     python studies/study.py augment                        # also writes OUT/augment.png
+    python studies/study.py precision --configs shallow shallow_bf16   # bf16 where auto is fp32
 """
 import argparse
 import functools
@@ -43,8 +46,6 @@ from common.stats import paired_difference, supported  # noqa: E402
 STUDIES = {
     "netvlad": {
         "shallow": ("task2_shallow", []),
-        "shallow_fp32": ("task2_shallow", ["--precision", "fp32"]),
-        "shallow_bf16": ("task2_shallow", ["--precision", "bf16"]),
         "netvlad_k4": ("task3_netvlad", ["--clusters", "4"]),
         "netvlad_k16": ("task3_netvlad", ["--clusters", "16"]),
         "netvlad_k64": ("task3_netvlad", ["--clusters", "64"]),
@@ -59,6 +60,14 @@ STUDIES = {
         "lite0_frozen_augment": ("task1_efficientnet", ["--augment"]),
         "lite0_finetuned": ("task1_efficientnet", ["--finetune"]),
     },
+    "precision": {  # "auto" is bf16 on CPUs with AMX and on bf16 GPUs, else fp32 (config.json says which)
+        "shallow": ("task2_shallow", []),
+        "shallow_fp32": ("task2_shallow", ["--precision", "fp32"]),
+        "shallow_bf16": ("task2_shallow", ["--precision", "bf16"]),
+        "lite0_frozen": ("task1_efficientnet", []),
+        "lite0_frozen_fp32": ("task1_efficientnet", ["--precision", "fp32"]),
+        "lite0_frozen_bf16": ("task1_efficientnet", ["--precision", "bf16"]),
+    },
     "backbones": {
         "lite0_frozen": ("task1_efficientnet", []),
         "lite1_frozen": ("task1_efficientnet_lite1", []),
@@ -72,10 +81,12 @@ STUDIES = {
 COMPARISONS = {
     "netvlad": [("shallow", "netvlad_k4"), ("shallow", "netvlad_k16"), ("shallow", "netvlad_k64"),
                 ("shallow", "netvlad_k4_report_init"), ("netvlad_k4", "netvlad_k4_report_init"),
-                ("netvlad_k4", "netvlad_k16"), ("netvlad_k16", "netvlad_k64"),
-                ("shallow", "shallow_fp32"), ("shallow", "shallow_bf16"), ("shallow_fp32", "shallow_bf16")],
+                ("netvlad_k4", "netvlad_k16"), ("netvlad_k16", "netvlad_k64")],
     "augment": [("shallow", "shallow_augment"), ("netvlad_k16", "netvlad_k16_augment"),
                 ("lite0_frozen", "lite0_frozen_augment"), ("lite0_frozen", "lite0_finetuned")],
+    "precision": [("shallow_fp32", "shallow_bf16"), ("shallow", "shallow_fp32"), ("shallow", "shallow_bf16"),
+                  ("lite0_frozen_fp32", "lite0_frozen_bf16"), ("lite0_frozen", "lite0_frozen_fp32"),
+                  ("lite0_frozen", "lite0_frozen_bf16")],
     "backbones": [("lite0_frozen", "lite1_frozen"), ("lite0_frozen", "lite2_frozen"), ("lite1_frozen", "lite2_frozen"),
                   ("lite0_finetuned", "lite1_finetuned"), ("lite0_finetuned", "lite2_finetuned"),
                   ("lite1_finetuned", "lite2_finetuned"), ("lite0_frozen", "lite0_finetuned"),
