@@ -35,7 +35,7 @@ from common.files import atomic_write
 from common.paths import is_inside
 from common.reuse import read_config
 from common.run_folder import check_folder_writable, make_folder
-from common.runtime import PRECISIONS, pick_compile, pick_device, pick_precision
+from common.runtime import PRECISIONS, CompiledOrEager, pick_compile, pick_device, pick_precision
 from common.train import Run, evaluate
 
 
@@ -313,7 +313,8 @@ def model_for(args, task, config, saved, weights):
     run = Run(config, data=None, device=device, precision=pick_precision(args.precision or saved["precision"], device),
               compiled=saved["compiled"] and pick_compile("auto", device))
     model.to(device, memory_format=torch.channels_last)
-    forward = torch.compile(model) if run.compiled else model  # compiled kernels round as in training
+    # compiled kernels round as in training; where compiling fails here, one warning and eager mode
+    forward = CompiledOrEager(model, "auto", on_fallback=lambda error: None) if run.compiled else model
     return backbone, model, forward, run
 
 

@@ -386,3 +386,17 @@ def test_a_cache_inside_a_folder_being_predicted_is_refused(shallow_run, data, t
     with pytest.raises(UserError, match=f"the cache folder {folder / 'cache'} is inside {folder}"):
         predict.main([str(shallow_run), str(folder)])
     assert not (folder / "cache").exists()
+
+
+def test_a_compiled_run_whose_compilation_fails_here_predicts_in_eager_mode(shallow_run, data, tmp_path, monkeypatch,
+                                                                          capsys):
+    from test_runtime import failing_compile
+    run = tmp_path / "run"
+    shutil.copytree(shallow_run, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "compiled": True}))
+    monkeypatch.setattr(predict, "pick_compile", lambda mode, device: True)  # a compiler runs here
+    monkeypatch.setattr(torch, "compile", failing_compile)  # ... and fails on this model
+    scores = predict.main([str(run), str(data / "test")])
+    assert scores[data / "test"] == predict.main([str(shallow_run), str(data / "test")])[data / "test"]
+    assert capsys.readouterr().err.count("warning: torch.compile failed (RuntimeError: C++ compile error)") == 1
