@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 from tqdm import tqdm
 
@@ -174,6 +175,7 @@ def plot_augmentation(path, folders):
         seeds = " / ".join(str(len(folders[name])) for name in panel)
         ax.set(xlabel="epoch", ylabel="top-1 (%)", ylim=(0, 101),
                title=f"{' / '.join(panel)}\ntop-1, mean ± std over {seeds} seeds")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
