@@ -17,9 +17,7 @@ import hashlib
 import os
 import re
 import shlex
-import signal
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,7 +41,6 @@ from common.split import CUB_CLASSES, check_ratios, cub_images, find_classes, ma
 MAX_SEEDS = 1000
 MAX_JOBS = 1000  # runs at a time; more would only share the same cores
 DEFAULT_SEEDS = 3  # mean ± std by default: 8.0 minutes measured for the demo data on 2 CPU cores (README)
-LIKE_CTRL_C = (signal.SIGTERM, signal.SIGHUP)  # a scheduler's kill, a closed terminal: both stop like Ctrl-C
 
 
 def atomic_files(*names):
@@ -274,38 +271,12 @@ def print_commands(plans, args):
                                             *plan.command(args.device)])))
 
 
-@contextlib.contextmanager
-def signals_as_ctrl_c():
-    """SIGTERM and SIGHUP do what Ctrl-C does at that moment (inside a run: stop after a checkpoint;
-    elsewhere KeyboardInterrupt, which stops the runs in processes of their own): ending reproduce.py
-    never leaves a run training unattended. A signal ignored when we started (nohup) stays ignored."""
-    def as_ctrl_c(signum, frame):
-        handler = signal.getsignal(signal.SIGINT)
-        if not callable(handler):  # SIGINT ignored (a background job) or default: stop all the same
-            raise KeyboardInterrupt
-        handler(signum, frame)
-
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    previous = {s: signal.getsignal(s) for s in LIKE_CTRL_C}
-    for s, handler in previous.items():
-        if handler == signal.SIG_DFL:
-            signal.signal(s, as_ctrl_c)
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def main(argv=None):
     """Every task over every seed, then REPORT.md."""
-    with signals_as_ctrl_c():
-        args = parse_args(argv)
-        make_folder(args.out, "--out")
-        with lock(args.out, "--out"):  # two reproductions into one folder would replace each other's files
-            run_all(args)
+    args = parse_args(argv)
+    make_folder(args.out, "--out")
+    with lock(args.out, "--out"):  # two reproductions into one folder would replace each other's files
+        run_all(args)
 
 
 def run_all(args):

@@ -1,5 +1,8 @@
-"""Every script's entry point: process set-up, and one clear line on bad input."""
+"""Every script's entry point: process set-up, stop signals, and one clear line on bad input."""
+import contextlib
+import signal
 import sys
+import threading
 
 import torch
 
@@ -15,7 +18,8 @@ def run_main(main):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     try:
-        main()
+        with signals_as_ctrl_c():
+            main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
@@ -30,6 +34,34 @@ def run_main(main):
             raise
         print("error: another process of this torchrun job stopped; its error, if any, is above", file=sys.stderr)
         sys.exit(2)
+
+
+LIKE_CTRL_C = (signal.SIGTERM, signal.SIGHUP)  # a scheduler's kill, a closed terminal: both stop like Ctrl-C
+
+
+@contextlib.contextmanager
+def signals_as_ctrl_c():
+    """SIGTERM and SIGHUP do what Ctrl-C does at that moment (inside a run: stop after a checkpoint;
+    elsewhere KeyboardInterrupt: one line, exit 130, and reproduce.py stops its runs under way): ending
+    a script never leaves a run training unattended. A signal ignored when we started (nohup) stays ignored."""
+    def as_ctrl_c(signum, frame):
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):  # SIGINT ignored (a background job) or default: stop all the same
+            raise KeyboardInterrupt
+        handler(signum, frame)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in LIKE_CTRL_C}
+    for s, handler in previous.items():
+        if handler == signal.SIG_DFL:
+            signal.signal(s, as_ctrl_c)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def lost_peer(error):

@@ -110,8 +110,8 @@ def run_here(plan, device, running):
 def run_as_process(plan, devices, jobs, children, running):
     """A planned run as a process of its own, on a device taken from the queue `devices` while it
     trains; returns its metrics. The process is in `children` while it runs: in a session of its
-    own, so that a Ctrl-C reaches it once, forwarded by run_concurrently, and it saves a checkpoint
-    before it stops."""
+    own, so that a Ctrl-C reaches it once, forwarded by run_concurrently as SIGTERM, and it saves a
+    checkpoint before it stops."""
     if plan.argv is None:
         return read_json(plan.out / "metrics.json")
     device, log = devices.get(), plan.out / "log.txt"
@@ -183,7 +183,7 @@ def run_here_or_say_stopped(plan, device, running, metrics, missing):
 
 def run_concurrently(plans, device_names, bar, running, metrics, missing):
     """N runs at a time for N devices, each a process on a device of its own. Ctrl-C (or SIGTERM or
-    SIGHUP, see reproduce.py) stops them all as Ctrl-C stops one run: each saves a checkpoint and
+    SIGHUP, see common.cli.signals_as_ctrl_c) stops them all as Ctrl-C stops one run: each saves a checkpoint and
     stops after its epoch."""
     devices, children, jobs = queue.Queue(), set(), len(device_names)
     for device in device_names:
@@ -197,7 +197,8 @@ def run_concurrently(plans, device_names, bar, running, metrics, missing):
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)  # runs not started yet never start
         for child in list(children):
-            child.send_signal(signal.SIGINT)  # checkpoint, then stop
+            # checkpoint, then stop; SIGTERM, not SIGINT, which a child of a background job ignores
+            child.send_signal(signal.SIGTERM)
         raise
     finally:
         pool.shutdown(wait=True)  # the runs under way end first

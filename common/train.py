@@ -146,14 +146,16 @@ STOPPED_EXIT_CODES = tuple(128 + signum for signum in STOP_SIGNALS)  # 130, 143,
 
 class StopAfterEpoch:
     """First Ctrl-C, SIGTERM (Slurm's time limit, `kill`) or SIGHUP (a closed terminal): finish the
-    epoch, save a checkpoint, exit 128 + the signal's number. A second signal quits at once."""
+    epoch, save a checkpoint, exit 128 + the signal's number. A second signal quits at once. A signal
+    ignored when the process started stays ignored: nohup's SIGHUP, a background job's SIGINT."""
 
     def __enter__(self):
         self.signum = None
         self.previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
         if threading.current_thread() is threading.main_thread():
-            for signum in STOP_SIGNALS:
-                signal.signal(signum, self.handle)
+            for signum, handler in self.previous.items():
+                if handler != signal.SIG_IGN:
+                    signal.signal(signum, self.handle)
         return self
 
     def handle(self, signum, frame):

@@ -1,5 +1,6 @@
 """Shared test helpers: the repository root, tiny image folders made on the fly, a private cache per
 test, and a script's exit code and output."""
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -35,6 +36,33 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def with_signals(command, ignored=()):
+    """command, started with every stop signal at its default but those `ignored`, whatever the test
+    suite inherited (nohup ignores SIGHUP, a background job SIGINT): a test sets up the state it checks.
+    A signal's disposition, default or ignored, survives exec; a handler would not."""
+    setup = ("import os, signal, sys\n"
+             f"for s in {[int(s) for s in STOP_SIGNALS]}: signal.signal(s, signal.SIG_DFL)\n"
+             f"for s in {[int(s) for s in ignored]}: signal.signal(s, signal.SIG_IGN)\n"
+             "os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-c", setup, *map(str, command)]
+
+
+@pytest.fixture
+def default_signals():
+    """This process's stop signals as a plain interactive start leaves them (Ctrl-C raising
+    KeyboardInterrupt, SIGTERM and SIGHUP at their default), restored after the test."""
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+    yield
+    for s, handler in previous.items():
+        signal.signal(s, handler)
 
 
 def make_image(path, color, seed, size=24):

@@ -1,11 +1,12 @@
 import errno
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from common.cli import UserError, run_main
+from common.cli import UserError, run_main, signals_as_ctrl_c
 from conftest import REPO, exit_code_and_output
 
 
@@ -29,6 +30,34 @@ def test_an_os_error_no_check_caught_is_one_line_and_exit_2(capsys):
 def test_ctrl_c_is_one_line_and_exit_130(capsys):
     code, _, err = exit_code_and_output(fail_with(KeyboardInterrupt()), capsys)
     assert code == 130 and err.strip() == "interrupted"
+
+
+def send_to_self(signum):
+    def main():
+        os.kill(os.getpid(), signum)  # its Python handler runs before the next line
+        raise AssertionError(f"{signal.Signals(signum).name} did not stop main")
+    return main
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_outside_a_run_stops_a_script_as_ctrl_c_does(signum, default_signals, capsys):
+    code, _, err = exit_code_and_output(send_to_self(signum), capsys)
+    assert code == 130 and err.strip() == "interrupted"  # before: killed by the signal, no line, no clean-up
+    assert signal.getsignal(signum) == signal.SIG_DFL  # restored
+
+
+def test_sigterm_stops_a_script_whose_ctrl_c_is_ignored(default_signals, capsys):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job
+    code, _, err = exit_code_and_output(send_to_self(signal.SIGTERM), capsys)
+    assert code == 130 and err.strip() == "interrupted"
+
+
+def test_a_signal_ignored_at_start_stays_ignored(default_signals):
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    with signals_as_ctrl_c():
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        assert callable(signal.getsignal(signal.SIGTERM))
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 def test_other_exceptions_are_not_hidden():

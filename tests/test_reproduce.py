@@ -19,7 +19,7 @@ import reproduce
 import tasks
 from common import report, results, runs
 from common.run_folder import lock
-from conftest import COLORS, exit_code_and_output, make_image, make_split
+from conftest import COLORS, exit_code_and_output, make_image, make_split, with_signals
 from test_data_split import interrupt_after, make_cub, make_tgz
 
 
@@ -406,21 +406,35 @@ def processes_naming(text):
     return pids
 
 
+def wait_for(condition, what, bound_s=600):
+    """Until condition() holds; a test that waits on state, with a bound that fails it rather than going on."""
+    deadline = time.monotonic() + bound_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {bound_s} s")
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])  # a scheduler's kill, a closed terminal
-def test_a_stop_signal_stops_every_concurrent_run_after_a_checkpoint(images, tmp_path, stop):
+@pytest.mark.parametrize("stop, ignored", [
+    (signal.SIGTERM, ()),                # a scheduler's kill
+    (signal.SIGHUP, ()),                 # a closed terminal
+    (signal.SIGTERM, (signal.SIGINT,)),  # `kill` of a background job, which its runs inherit SIGINT ignored from
+])
+def test_a_stop_signal_stops_every_concurrent_run_after_a_checkpoint(images, tmp_path, stop, ignored):
     out, repo = tmp_path / "r", Path(reproduce.__file__).parent
     command = [sys.executable, str(repo / "reproduce.py"), "--data", str(images), "--out", str(out), "--epochs", "500",
                "--seeds", "2", "--jobs", "2", "--tasks", "task3_netvlad", "--compile", "off", "--device", "cpu"]
-    parent = subprocess.Popen(command, env={**os.environ, "REPRO_CACHE_DIR": str(tmp_path / "cache")},
+    parent = subprocess.Popen(with_signals(command, ignored),
+                              env={**os.environ, "REPRO_CACHE_DIR": str(tmp_path / "cache")},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     runs = [out / "task3_netvlad" / f"seed{s}" for s in (0, 1)]
-    deadline = time.monotonic() + 120
-    while not all((run / "history.csv").exists() for run in runs) and time.monotonic() < deadline:
-        time.sleep(0.5)  # both runs are training
-    parent.send_signal(stop)
     try:
-        _, err = parent.communicate(timeout=120)  # returns once the runs have stopped
+        wait_for(lambda: all((run / "history.csv").exists() for run in runs) or parent.poll() is not None,
+                 "both runs training")
+        assert parent.poll() is None, parent.communicate()
+        parent.send_signal(stop)
+        _, err = parent.communicate(timeout=600)  # returns once the runs have stopped
         assert processes_naming(str(out)) == []  # before: SIGHUP left both runs training unattended
         assert parent.returncode == 130 and "interrupted" in err
         for run in runs:
@@ -429,19 +443,6 @@ def test_a_stop_signal_stops_every_concurrent_run_after_a_checkpoint(images, tmp
         for pid in processes_naming(str(out)):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def test_signals_as_ctrl_c_leaves_an_ignored_signal_ignored_and_restores_the_rest():
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
-    try:
-        with reproduce.signals_as_ctrl_c():
-            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
-            with pytest.raises(KeyboardInterrupt):
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(5)  # the handler runs here
-        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    finally:
-        signal.signal(signal.SIGHUP, previous)
 
 
 def test_a_cache_inside_the_source_is_refused_before_anything_is_written(images, tmp_path, refused, monkeypatch):

@@ -126,13 +126,13 @@ def test_a_second_process_is_refused_while_a_run_holds_the_folder(data, tmp_path
     out = tmp_path / "out"
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
+        import sys
         sys.path.insert(0, {str(REPO)!r})
         from common.run_folder import lock
         with lock({str(out)!r}, "--out"):
             print("locked", flush=True)
-            time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True)
+            sys.stdin.read()  # held until the test is done with it, however long the other process takes
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         done = subprocess.run([sys.executable, "task2_shallow.py", "--data", str(data), "--out", str(out),

@@ -12,7 +12,7 @@ from common.cli import UserError
 from common.data import model_input
 from common.run import train_and_report
 from common.train import topk_correct
-from conftest import REPO, start_test_run
+from conftest import REPO, start_test_run, with_signals
 
 
 class ImagesIn(nn.Module):
@@ -138,7 +138,7 @@ def test_bad_arguments_are_clear_errors(data, tmp_path):
         run(data, tmp_path / "o", "--device", "cuda:7" if torch.cuda.is_available() else "cuda")
 
 
-def test_ctrl_c_finishes_the_epoch_saves_and_resumes_to_the_same_metrics(data, tmp_path):
+def test_ctrl_c_finishes_the_epoch_saves_and_resumes_to_the_same_metrics(data, tmp_path, default_signals):
     whole = run(data, tmp_path / "whole", "--epochs", "4")
 
     calls = []
@@ -159,11 +159,12 @@ def test_ctrl_c_finishes_the_epoch_saves_and_resumes_to_the_same_metrics(data, t
     assert resumed == whole
 
 
-def start_task2(data, out, *argv, env=None):
-    """task2_shallow.py in a process of its own, tiny and in eager mode unless argv says otherwise."""
+def start_task2(data, out, *argv, env=None, ignored=()):
+    """task2_shallow.py in a process of its own, tiny and in eager mode unless argv says otherwise,
+    its stop signals at their default but those `ignored`."""
     command = [sys.executable, "-u", str(REPO / "task2_shallow.py"), "--data", str(data), "--out", str(out),
                "--device", "cpu", "--batch-size", "6", "--compile", "off", *argv]
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.Popen(with_signals(command, ignored), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "REPRO_CACHE_DIR": str(out.parent / "cache"), **(env or {})})
 
 
@@ -185,6 +186,18 @@ def test_sigterm_or_sighup_early_saves_a_checkpoint_at_the_epochs_end_and_exits_
     resumed = start_task2(data, out, "--epochs", str(epochs + 1), "--resume")
     stdout, stderr = resumed.communicate(timeout=120)
     assert resumed.returncode == 0 and f"resuming {out} after epoch {epochs}" in stdout, stderr
+
+
+@pytest.mark.slow
+def test_a_run_started_under_nohup_trains_on_through_sighup(data, tmp_path):
+    child = start_task2(data, tmp_path / "out", "--epochs", "3", ignored=(signal.SIGHUP,))
+    for line in child.stdout:
+        if line.startswith("epoch   1/3"):
+            child.send_signal(signal.SIGHUP)  # the terminal nohup shields it from closes
+            break
+    stdout, stderr = child.communicate(timeout=600)
+    assert child.returncode == 0 and "stopping" not in stderr, stderr
+    assert "epoch   3/3" in stdout and (tmp_path / "out" / "metrics.json").exists()
 
 
 @pytest.mark.slow
