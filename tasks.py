@@ -9,6 +9,7 @@ import re
 
 from common.errors import UserError, warn
 from common.paths import REPO
+from common.task import Task
 
 SCRIPT_NAME = re.compile(r"task\d+_\w+")
 warned = set()  # the skipped scripts already named: one warning each, however often the tasks are listed
@@ -38,8 +39,10 @@ def load_script(name):
         raise
     except BaseException as e:  # SystemExit too: a stray script's sys.exit(0) is not this command's exit
         raise UserError(f"{name}.py cannot be loaded ({type(e).__name__}: {first_line(e)})") from None
-    if task is None or task.name != name:
+    if not isinstance(task, Task):
         raise UserError(f"{name}.py declares no TASK named {name!r}: see docs/adding-a-task.md")
+    if task.name != name:  # a backup copy of another script, say
+        raise UserError(f"{name}.py declares the TASK of {task.name!r}, not its own")
     return task
 
 

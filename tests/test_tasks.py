@@ -55,7 +55,7 @@ def test_a_script_that_cannot_be_imported_is_one_line(tmp_path, monkeypatch):
 
 
 STRAYS = {  # what users keep beside the task scripts: file name -> its text (None: a folder) and why it is skipped
-    "task2_shallow_old.py": ("from task2_shallow import TASK\n", "declares no TASK named 'task2_shallow_old'"),
+    "task2_shallow_old.py": ("from task2_shallow import TASK\n", "declares the TASK of 'task2_shallow', not its own"),
     "task5_notes.py": ("# try a wider net\n", "declares no TASK named 'task5_notes'"),
     "task5_scratch.py": ("import sys\nsys.exit(0)\n", r"cannot be loaded \(SystemExit: 0\)"),
     "task6_dir.py": (None, "is not a file"),
