@@ -26,7 +26,7 @@ from common import results
 from common.backbones import extract_features
 from common.checkpoint import read_checkpoint
 from common.cli import run_main
-from common.errors import UserError, warn
+from common.errors import UserError, shown, warn
 from common.config import MAX_BATCH, RunConfig, is_bool, is_int_in
 from common.cache import check_cache_outside
 from common.data import (IMAGE_EXTENSIONS, Split, class_folders, decode_images, decoded_cache, has_image_extension,
@@ -71,11 +71,11 @@ def check_outputs(args):
     every image would lose the work."""
     if args.out is not None:
         if args.out.endswith(("/", os.sep)) or Path(args.out).is_dir():
-            raise UserError(f"--out {args.out} is a folder; give a .csv file name")
+            raise UserError(f"--out {shown(args.out)} is a folder; give a .csv file name")
         args.out = Path(args.out)
         check_new_file(args.out, "--out", args.force)
         if not args.out.parent.exists():
-            raise UserError(f"--out {args.out}: there is no folder {args.out.parent}")
+            raise UserError(f"--out {shown(args.out)}: there is no folder {shown(args.out.parent)}")
         check_folder_writable(args.out.parent, "--out's folder")
     if args.pictures is not None:
         check_folder_writable(args.pictures, "--pictures")  # created when the first picture is written
@@ -84,9 +84,9 @@ def check_outputs(args):
 def check_new_file(path, label, force):
     """Refuse to write over a file unless --force, and over anything but a regular file at all."""
     if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise UserError(f"{label} {path} exists and is not a regular file; pick another name")
+        raise UserError(f"{label} {shown(path)} exists and is not a regular file; pick another name")
     if path.exists() and not force:
-        raise UserError(f"{label} {path} exists; --force replaces it, or pick another name")
+        raise UserError(f"{label} {shown(path)} exists; --force replaces it, or pick another name")
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -99,14 +99,10 @@ def is_class_list(value):
             and len(set(value)) == len(value))
 
 
-def known_task(name):
-    return isinstance(name, str) and name in {n for t in tasks.all_tasks() for n in (t.name, *t.former_names)}
-
-
 # What predicting reads from config.json -> (check, what it must be): the command line's limits, so that
 # a hand-edited file is one line, not a traceback deep inside. Each task adds its own (Task.saved_fields).
 CONFIG_FIELDS = {
-    "task": (known_task, "one of " + ", ".join(tasks.task_names())),
+    "task": (lambda v: isinstance(v, str) and tasks.SCRIPT_NAME.fullmatch(v), "a task script's name, task<N>_<name>"),
     "classes": (is_class_list, "a list of 2 or more distinct class names"),
     "precision": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
     "compiled": (is_bool, "true or false"),
@@ -121,13 +117,38 @@ def config_field(config, name):
     return config
 
 
+def older_version(file, field):
+    """A field this version reads is missing: the run is older than the field (or the file was edited)."""
+    return UserError(f"{shown(file)} was written by an older version of this project (it has no {field!r} "
+                     "field), or edited: train the run again with --force to predict with it here")
+
+
 def check_fields(config, fields, file):
     for name, (fits, expected) in fields.items():
         value = config_field(config, name)
+        if value is MISSING:
+            raise older_version(file, name)
         if not fits(value):
-            shown = "missing" if value is MISSING else reprlib.repr(value)  # reprlib: a huge value stays short
-            raise UserError(f"{file} was not written by this project (or was edited): {name} is {shown}, "
-                            f"expected {expected}")
+            raise UserError(f"{shown(file)} was not written by this project (or was edited): {name} is "
+                            f"{reprlib.repr(value)}, expected {expected}")  # reprlib: a huge value stays short
+
+
+def read_as_made(saved, task):
+    """An older run's config.json with the fields added since where their value is certain: task 1
+    could only freeze its backbone before --finetune (and "finetuned") came."""
+    if "finetuned" in task.saved_fields and "finetuned" not in saved:
+        saved["finetuned"] = False
+        saved["arguments"] = {"finetune": False, "backbone_lr_factor": 0.1, **saved["arguments"]}
+
+
+def task_of(saved, file):
+    """The task whose script wrote the run: a run whose script is gone is one line saying so."""
+    name = saved["task"]
+    try:
+        return tasks.load(name)
+    except tasks.UnknownTask:
+        raise UserError(f"{shown(file)} is a run of {name}, whose script {name}.py is no longer here: "
+                        f"put it back to predict with this run") from None
 
 
 def run_config(run_dir, batch_size=None):
@@ -138,11 +159,12 @@ def run_config(run_dir, batch_size=None):
     try:
         saved = read_config(run_dir)
     except UserError:
-        raise UserError(f"{file} is unreadable or was not written by this project") from None
+        raise UserError(f"{shown(file)} is unreadable or was not written by this project") from None
     if saved is None:
-        raise UserError(f"{run_dir} holds no config.json: not a run folder of this project")
+        raise UserError(f"{shown(run_dir)} holds no config.json: not a run folder of this project")
     check_fields(saved, CONFIG_FIELDS, file)
-    task = tasks.load(saved["task"])
+    task = task_of(saved, file)
+    read_as_made(saved, task)
     check_fields(saved, task.saved_fields, file)
     try:
         config = RunConfig.from_arguments(task.name, saved["arguments"])
@@ -150,24 +172,27 @@ def run_config(run_dir, batch_size=None):
         if task.check_options:
             task.check_options(config)
     except UserError as e:
-        raise UserError(f"{file}: {e}") from None
-    except (KeyError, TypeError, ValueError) as e:  # an option missing or of another type
-        raise UserError(f"{file} was not written by this project (or was edited): {type(e).__name__} {e}") from None
+        raise UserError(f"{shown(file)}: {e}") from None
+    except KeyError as e:  # an option the task has now, which its older runs lack
+        raise older_version(file, f"arguments.{e.args[0]}") from None
+    except (TypeError, ValueError) as e:  # an option of another type
+        raise UserError(f"{shown(file)} was not written by this project (or was edited): {type(e).__name__} {e}") \
+            from None
     return task, config, saved
 
 
 def checkpoint_weights(run_dir, checkpoint):
     path = run_dir / f"{checkpoint}.pt"
     if not path.is_file():
-        raise UserError(f"{run_dir} holds no {path.name}: not a finished run (or pick --checkpoint "
+        raise UserError(f"{shown(run_dir)} holds no {path.name}: not a finished run (or pick --checkpoint "
                         f"{'last' if checkpoint == 'best' else 'best'})")
     try:
         state = read_checkpoint(path)
     except ValueError as e:
-        raise UserError(f"{path} {e}: refused; train the run again (--force)") from None
+        raise UserError(f"{shown(path)} {e}: refused; train the run again (--force)") from None
     weights = state.get("model") if isinstance(state, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise UserError(f"{path} holds no model weights")
+        raise UserError(f"{shown(path)} holds no model weights")
     return weights
 
 
@@ -177,7 +202,7 @@ def build_model(task, config, saved, weights_file):
     model = task.build_model(config, len(saved["classes"]))
     if task.input_network is None:
         if weights_file is not None:
-            warn(f"--weights {weights_file} is not used: a {task.name} run's checkpoint holds its whole model")
+            warn(f"--weights {shown(weights_file)} is not used: a {task.name} run's checkpoint holds its whole model")
         return None, model
     return task.input_network(saved, weights_file), model
 
@@ -188,7 +213,7 @@ def named_file(path):
     """A file named on the command line is read as a folder's files are: by its name's extension."""
     if has_image_extension(path.name):
         return True
-    warn(f"{path}: not an image file name ({' '.join(IMAGE_EXTENSIONS)}); left out")
+    warn(f"{shown(path)}: not an image file name ({' '.join(IMAGE_EXTENSIONS)}); left out")
     return False
 
 
@@ -207,17 +232,17 @@ def gather(paths, classes):
             folders = class_folders(path)  # refuses a class link that would count images twice
             unknown = [p.name for p in folders if p.name not in classes]
             if unknown:
-                warn(f"{path}: classes the model does not know, skipped: {', '.join(unknown)}")
+                warn(f"{shown(path)}: classes the model does not know, skipped: {', '.join(map(shown, unknown))}")
             sets.append((path, [(f, classes.index(p.name)) for p in folders if p.name in classes
                                 for f in list_images(p)]))
             outside = list_images(path, recursive=False)
             if outside:  # beside the class folders: predicted, but without a label to score
-                warn(f"{path}: {len(outside)} images outside its class folders are predicted, not scored")
+                warn(f"{shown(path)}: {len(outside)} images outside its class folders are predicted, not scored")
                 loose += [(f, None) for f in outside]
         elif path.exists():
-            raise UserError(f"{path}: not a regular file or folder")
+            raise UserError(f"{shown(path)}: not a regular file or folder")
         else:
-            raise UserError(f"{path}: no such file or folder")
+            raise UserError(f"{shown(path)}: no such file or folder")
     sets += [(None, loose)] if loose else []
     if not any(items for _, items in sets):
         raise UserError("no images found in " + ", ".join(map(str, paths)))
@@ -273,8 +298,8 @@ def confusion_pictures(sets, args):
         return {}
     for path in args.paths:
         if path.is_dir() and is_inside(place, path):
-            raise UserError(f"confusion-matrix pictures in {place} would lie inside {path}, to be read as images "
-                            "the next time; give --pictures another folder")
+            raise UserError(f"confusion-matrix pictures in {shown(place)} would lie inside {shown(path)}, to be read "
+                            "as images the next time; give --pictures another folder")
     pictures, taken = {}, {args.out}  # a picture never takes --out's name
     for folder in labelled:
         base, n = folder.resolve().name or "images", 1
@@ -307,7 +332,7 @@ def model_for(args, task, config, saved, weights):
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
-        raise UserError(f"{args.run_dir / (args.checkpoint + '.pt')} does not fit the run's {task.name} "
+        raise UserError(f"{shown(args.run_dir / (args.checkpoint + '.pt'))} does not fit the run's {task.name} "
                         f"model ({str(e).splitlines()[0][:160]})") from None
     device = pick_device(args.device)
     run = Run(config, data=None, device=device, precision=pick_precision(args.precision or saved["precision"], device),

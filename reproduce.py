@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 import tasks
 from common.cli import UserError, run_main
+from common.errors import shown
 from common.cache import check_cache_outside
 from common.data import MANIFEST, SPLITS, UNFINISHED_MANIFEST
 from common.options import parse_run_config
@@ -132,24 +133,25 @@ def check_source(args):
     if not args.data:
         return
     if not args.data.is_dir():
-        raise UserError(f"--data {args.data}: no such folder")
+        raise UserError(f"--data {shown(args.data)}: no such folder")
     classes = find_classes(args.data)
     if set(SPLITS) <= set(classes) or any((args.data / name).exists() for name in (MANIFEST, UNFINISHED_MANIFEST)):
-        raise UserError(f"--data {args.data} is a split folder (train/, validation/, test/): reproduce.py --data takes "
-                        "a folder of class folders and splits it itself; the task scripts take a split folder")
+        raise UserError(f"--data {shown(args.data)} is a split folder (train/, validation/, test/): reproduce.py "
+                        "--data takes a folder of class folders and splits it itself; the task scripts take a split "
+                        "folder")
 
 
 def check_results_folder(args):
     """--out is new, or a folder of reproduce.py's whose runs can be read; creates nothing."""
     source = args.data or (args.cub if args.cub and args.cub.is_dir() else None) or DEMO_IMAGES
     if is_inside(args.out, source):
-        raise UserError(f"--out {args.out} is inside {source}: the next split would read the results as a class")
+        raise UserError(f"--out {shown(args.out)} is inside {shown(source)}: the next split would read the results "
+                        "as a class")
     check_cache_outside(source, args.out / "splits")  # the folders the splits and the runs read
     check_folder_writable(args.out, "--out")
     entry = foreign_entry(args.out)
     if entry:
-        raise UserError(f"--out {args.out} holds {entry.relative_to(args.out)}, which reproduce.py did not write: "
-                        "pick a new folder, or one reproduce.py made")
+        raise UserError(foreign_message(args.out, entry))
     if not args.force:  # --force replaces the runs' files without reading them
         for task in map(tasks.load, args.tasks):
             for seed in range(args.seeds):
@@ -168,6 +170,17 @@ def foreign_entry(out):
     return report if os.path.lexists(report) and not written_by_us(report) else None
 
 
+def foreign_message(out, entry):
+    """Why `out` is refused: an entry of someone else's, or runs of a task whose script is gone
+    (its folder is ours, but reproduce.py no longer knows the task)."""
+    if entry.parent == out and tasks.SCRIPT_NAME.fullmatch(entry.name) and entry.is_dir() and \
+            any(re.fullmatch(r"seed\d+", p.name) for p in entry.iterdir()):
+        return (f"--out {shown(out)} holds runs of {entry.name}, whose script {entry.name}.py is no longer here: "
+                f"put the script back, or move {shown(entry)} away")
+    return (f"--out {shown(out)} holds {shown(entry.relative_to(out))}, which reproduce.py did not write: "
+            "pick a new folder, or one reproduce.py made")
+
+
 def written_by_us(report):
     if not report.is_file():  # a folder, or a FIFO whose reading would wait forever
         return False
@@ -179,7 +192,7 @@ def check_run_files(out):
     """The files that reusing a run reads must be regular files: a FIFO would block the reading forever."""
     for name in ("config.json", "metrics.json", "history.csv"):
         if os.path.lexists(out / name) and not (out / name).is_file():
-            raise UserError(f"{out / name} is not a regular file: use --force to train that run again, "
+            raise UserError(f"{shown(out / name)} is not a regular file: use --force to train that run again, "
                             "or another folder")
 
 

@@ -11,3 +11,10 @@ class UserError(Exception):
 
 def warn(message):
     tqdm.write(f"warning: {message}", file=sys.stderr)  # tqdm.write keeps a running bar intact
+
+
+def shown(name):
+    """A user-given name or path as a message line shows it: as it is, or where it holds a newline or
+    another unprintable character, quoted on one line (repr), so no part of it reads as a line of its own."""
+    name = str(name)
+    return name if name.isprintable() else repr(name)

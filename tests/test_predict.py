@@ -16,6 +16,7 @@ import task2_shallow
 import task3_netvlad
 from common.cli import UserError
 from conftest import REPO, flip_byte_in_largest_tensor, make_image, make_split
+from test_tasks import stray_repo
 
 
 @pytest.fixture(scope="module")
@@ -225,9 +226,12 @@ def edited_config(field):
     return rf"config.json was not written by this project \(or was edited\): {field} is "
 
 
+def older_config(field):
+    return rf"config.json was written by an older version of this project \(it has no '{field}' field\), or edited"
+
+
 @pytest.mark.parametrize("doctor, field", [
-    (lambda c: c.pop("classes"), "classes"), (lambda c: c.pop("precision"), "precision"),
-    (lambda c: c.update(task=None), "task"), (lambda c: c.update(task="task1_mobilenet"), "task"),
+    (lambda c: c.update(task=None), "task"), (lambda c: c.update(task="task1 mobilenet"), "task"),
     (lambda c: c.update(precision="fp16"), "precision"),
     (lambda c: c["arguments"].update(batch_size=0), "arguments.batch_size"),
     (lambda c: c["arguments"].update(batch_size="50"), "arguments.batch_size"),
@@ -265,7 +269,6 @@ def test_a_netvlad_config_is_checked_like_its_command_line(netvlad_run, data, tm
     (lambda c: c.update(backbone="resnet50"), "backbone"),
     (lambda c: c.update(weights=3), "weights"), (lambda c: c.update(weights=["a.pth"]), "weights"),
     (lambda c: c.update(pretrained="yes"), "pretrained"), (lambda c: c.update(finetuned=1), "finetuned"),
-    (lambda c: c.pop("weights_sha1"), "weights_sha1"),
     (lambda c: c["arguments"].update(seed=-1), "arguments.seed"),
     (lambda c: c["arguments"].update(seed=2 ** 32), "arguments.seed"),
 ])
@@ -274,6 +277,51 @@ def test_a_task1_config_names_the_edited_field_not_the_task(efficientnet_run, da
     with pytest.raises(UserError, match=edited_config(field)) as error:
         predict.main([str(run), str(data / "test" / "red")])
     assert "not a task" not in str(error.value)
+
+
+@pytest.mark.parametrize("field", ["classes", "precision", "arguments.batch_size"])
+def test_a_config_without_a_field_this_version_reads_is_called_older(shallow_run, data, tmp_path, field):
+    def without(config):
+        *parents, name = field.split(".")
+        for key in parents:
+            config = config[key]
+        config.pop(name)
+    run = copy_with_config(shallow_run, tmp_path, without)
+    with pytest.raises(UserError, match=older_config(field)):
+        predict.main([str(run), str(data / "test" / "red")])
+
+
+def test_a_task1_run_from_before_finetuning_is_read_as_frozen(efficientnet_run, data, tmp_path):
+    def older(config):
+        for fields in (config, config["arguments"]):  # what task 1 wrote before --finetune
+            for name in ("finetuned", "finetune", "backbone_lr_factor"):
+                fields.pop(name, None)
+    run = copy_with_config(efficientnet_run, tmp_path, older)
+    assert set(predict.main([str(run), str(data / "test")])) == {data / "test"}
+    run = copy_with_config(efficientnet_run, tmp_path / "sha", lambda c: c.pop("weights_sha1"))
+    with pytest.raises(UserError, match=older_config("weights_sha1")):
+        predict.main([str(run), str(data / "test")])
+
+
+def test_a_run_whose_script_is_gone_says_so(shallow_run, data, tmp_path):
+    run = copy_with_config(shallow_run, tmp_path, lambda c: c.update(task="task4_example"))
+    with pytest.raises(UserError, match="config.json is a run of task4_example, whose script task4_example.py is no "
+                                        "longer here: put it back"):
+        predict.main([str(run), str(data / "test" / "red")])
+
+
+def test_stray_task_files_do_not_stop_predicting_with_another_tasks_run(shallow_run, data, tmp_path, monkeypatch,
+                                                                       capsys):
+    repo = stray_repo(tmp_path / "repo", monkeypatch)
+    shutil.copy(REPO / "task2_shallow.py", repo)  # the run's own script, beside the strays
+    assert set(predict.main([str(shallow_run), str(data / "test")])) == {data / "test"}
+    assert "warning" not in capsys.readouterr().err  # no other script was even imported
+
+
+def test_a_name_with_a_newline_stays_on_its_error_line(tmp_path):
+    with pytest.raises(UserError) as error:
+        predict.main([str(tmp_path / "x\ntouch y"), str(tmp_path / "photo.jpg")])
+    assert "\n" not in str(error.value) and repr(str(tmp_path / "x\ntouch y")) in str(error.value)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,8 +20,9 @@ import reproduce
 import tasks
 from common import report, results, runs
 from common.run_folder import lock
-from conftest import COLORS, exit_code_and_output, make_image, make_split, with_signals
+from conftest import COLORS, REPO, exit_code_and_output, make_image, make_split, with_signals
 from test_data_split import interrupt_after, make_cub, make_tgz
+from test_tasks import STRAYS, stray_repo
 
 
 @pytest.fixture
@@ -245,6 +247,28 @@ def test_an_out_holding_files_of_others_is_refused_before_anything_is_written(im
     assert code == 2 and err == [f"error: --out {out} holds {foreign}, which reproduce.py did not write: "
                                  "pick a new folder, or one reproduce.py made"]
     assert contents(out) == before
+
+
+def test_runs_of_a_task_whose_script_is_gone_are_named_so(images, tmp_path, refused):
+    out = tmp_path / "out"
+    (out / "task4_example" / "seed0").mkdir(parents=True)  # reproduce.py ran it while task4_example.py was here
+    code, err = refused("--data", images, "--out", out, *QUICK)
+    assert code == 2 and err == [f"error: --out {out} holds runs of task4_example, whose script task4_example.py is "
+                                 f"no longer here: put the script back, or move {out / 'task4_example'} away"]
+
+
+def test_stray_task_files_are_skipped_when_every_task_is_chosen(images, tmp_path, monkeypatch, capsys):
+    repo = stray_repo(tmp_path / "repo", monkeypatch)
+    shutil.copy(REPO / "task2_shallow.py", repo)
+    args = reproduce.parse_args(["--data", str(images), "--out", str(tmp_path / "r")])
+    assert args.tasks == ["task2_shallow"]
+    assert capsys.readouterr().err.count("; skipped\n") == len(STRAYS)
+
+
+def test_a_path_with_a_newline_stays_on_its_error_line(tmp_path, refused):
+    data = tmp_path / "x\ntouch y"
+    code, err = refused("--data", data, "--out", tmp_path / "new", *QUICK)
+    assert code == 2 and err == [f"error: --data {str(data)!r}: no such folder"]
 
 
 def test_foreign_entry_knows_what_reproduce_writes(tmp_path):

@@ -1,4 +1,8 @@
 """tasks.py and common/task.py: every task script is found by its name and declares its task once."""
+import re
+import shutil
+import sys
+
 import pytest
 
 import tasks
@@ -48,3 +52,51 @@ def test_a_script_that_cannot_be_imported_is_one_line(tmp_path, monkeypatch):
     assert tasks.task_names() == ["task9_broken"]
     with pytest.raises(UserError, match=r"^task9_broken.py cannot be loaded \(ValueError: half written\)$"):
         tasks.load("task9_broken")
+
+
+STRAYS = {  # what users keep beside the task scripts: file name -> its text (None: a folder) and why it is skipped
+    "task2_shallow_old.py": ("from task2_shallow import TASK\n", "declares the TASK of 'task2_shallow', not its own"),
+    "task5_notes.py": ("# try a wider net\n", "declares no TASK named 'task5_notes'"),
+    "task5_scratch.py": ("import sys\nsys.exit(0)\n", r"cannot be loaded \(SystemExit: 0\)"),
+    "task6_dir.py": (None, "is not a file"),
+    "task7_typo.py": ("def (\n", r"cannot be loaded \(SyntaxError: "),
+    "task8_imports.py": ("import no_such_module_here\n", r"cannot be loaded \(ModuleNotFoundError: "),
+}
+
+
+def stray_repo(repo, monkeypatch):
+    """A repository folder holding only STRAYS, as tasks.py's REPO; the modules they leave are removed after."""
+    repo.mkdir()
+    for name, (text, _) in STRAYS.items():
+        (repo / name).mkdir() if text is None else (repo / name).write_text(text)
+        monkeypatch.delitem(sys.modules, name[:-3], raising=False)  # undone after the test: gone again
+    monkeypatch.setattr(tasks, "REPO", repo)
+    monkeypatch.syspath_prepend(str(repo))
+    return repo
+
+
+def test_stray_files_are_skipped_with_one_warning_each_and_never_exit(tmp_path, monkeypatch, capsys):
+    repo = stray_repo(tmp_path / "repo", monkeypatch)
+    (repo / "task9_copy.py").write_text("import dataclasses\nfrom task2_shallow import TASK as SHALLOW\n"
+                                        "TASK = dataclasses.replace(SHALLOW, name='task9_copy')\n")
+    monkeypatch.delitem(sys.modules, "task9_copy", raising=False)
+    assert [task.name for task in tasks.all_tasks()] == ["task9_copy"]  # no SystemExit from task5_scratch
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == len(STRAYS)
+    for line, (name, (_, why)) in zip(warnings, sorted(STRAYS.items())):
+        assert re.match(rf"warning: {name} {why}.*; skipped$", line), line
+    tasks.all_tasks()
+    assert capsys.readouterr().err == ""  # once per file, however often the tasks are listed
+    with pytest.raises(UserError, match=r"^task5_scratch.py cannot be loaded \(SystemExit: 0\)$"):
+        tasks.load("task5_scratch")
+
+
+def test_loading_one_task_imports_no_other_script(tmp_path, monkeypatch):
+    repo = stray_repo(tmp_path / "repo", monkeypatch)
+    (repo / "task4_marks.py").write_text(f"open({str(tmp_path / 'imported')!r}, 'w')\n")
+    monkeypatch.delitem(sys.modules, "task4_marks", raising=False)
+    shutil.copy(REPO / "task2_shallow.py", repo)
+    assert tasks.load("task2_shallow").name == "task2_shallow"
+    assert not (tmp_path / "imported").exists()
+    with pytest.raises(tasks.UnknownTask, match=r"unknown task 'x\\ntouch y': no 'x\\ntouch y.py' here"):
+        tasks.load("x\ntouch y")  # a former name is looked for among the strays too: skipped, no exit
