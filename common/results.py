@@ -225,12 +225,15 @@ def write_predictions(path, split, log_probs, classes):
 
 def read_predictions(run):
     """A run's test_predictions.csv as (paths, sha1s, true labels, N x C probabilities, classes);
-    an OSError where it or config.json is missing (a run from before runs wrote it), a ValueError
-    where it is damaged or is not what the run recorded in config.json (check_predictions)."""
-    path, config = Path(run) / "test_predictions.csv", read_json(Path(run) / "config.json")
+    an OSError where it is missing (a run from before runs wrote it), a ValueError where it is
+    damaged or is not what the run recorded in its config.json (check_predictions)."""
+    path, recorded_in = Path(run) / "test_predictions.csv", Path(run) / "config.json"
+    config = read_json(recorded_in) if recorded_in.exists() else {}  # none: nothing recorded to check against
+    if not isinstance(config, dict):
+        raise ValueError(f"{recorded_in} is damaged")
     with open_regular(path, "rb") as f:
         data = f.read()
-    recorded = config.get("test_predictions_sha256") if isinstance(config, dict) else None
+    recorded = config.get("test_predictions_sha256")
     if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
         raise ValueError(f"{path} is not the file its run wrote: its SHA-256 differs from the one in config.json")
     try:
@@ -251,7 +254,6 @@ def check_predictions(path, true_classes, probabilities, classes, config):
     """The checks a run from before runs recorded their file's SHA-256 gets too: its classes and test
     image count are its config.json's, every true class is one of them, and each row's probabilities
     are numbers from 0 to 1 summing to 1 (up to the 6 digits each is written with)."""
-    config = config if isinstance(config, dict) else {}
     sizes = config.get("split_sizes") if isinstance(config.get("split_sizes"), dict) else {}
     unknown = sorted(set(true_classes) - set(classes))
     if config.get("classes", classes) != classes:
@@ -262,7 +264,7 @@ def check_predictions(path, true_classes, probabilities, classes, config):
         why = f"a true class that is none of its classes ({unknown[0]!r})"
     elif not (torch.isfinite(probabilities).all() and ((probabilities >= 0) & (probabilities <= 1)).all()):
         why = "a probability that is not a number from 0 to 1"
-    elif ((probabilities.sum(dim=1) - 1).abs() > 1e-3 + 1e-6 * len(classes)).any():
+    elif ((probabilities.sum(dim=1) - 1).abs() > 1e-3 + 1e-6 * len(classes)).any():  # each rounded by <= 5e-7
         why = "a row of probabilities that does not sum to 1"
     else:
         return
