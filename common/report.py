@@ -205,9 +205,10 @@ def course_top1(task_result):
 def evidence_lines(t, seeds):
     """Per-class test accuracy, the confusion matrix summed over seeds, and the confident mistakes."""
     found = t.evidence
+    names = " | ".join(map(markdown_text, found.classes))
     cells = " | ".join(f"{a:.1f} %" for a in found.per_class())
     return [f"Test accuracy per class ({'mean over ' + str(seeds) + ' seeds' if seeds > 1 else 'one run'}):", "",
-            "| " + " | ".join(map(markdown_text, found.classes)) + " |", "|" + "---:|" * len(found.classes), f"| {cells} |", "",
+            f"| {names} |", "|" + "---:|" * len(found.classes), f"| {cells} |", "",
             f"![confusion matrix]({t.name}/confusion.png) ![most confident mistakes]({t.name}/top_losses.png)", ""]
 
 
