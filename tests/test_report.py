@@ -70,7 +70,7 @@ def full_stats():
 def test_report_tables_keep_their_cells_and_hold_no_html_whatever_the_names(tmp_path):
     out = tmp_path / "out"
     hand_made_run(out / "task_a" / "seed0", HOSTILE_CLASSES, [0, 1, 2, 3, 4],
-                        [[0.6 if j == (i + 1) % 5 else 0.1 for j in range(5)] for i in range(5)])
+                  [[0.6 if j == (i + 1) % 5 else 0.1 for j in range(5)] for i in range(5)])
     titles = ["<script>alert(1)</script>", "a|b *x* $\\undefined$"]
     evidence, _ = report.task_evidence(out / "task_a", 1, titles[0])  # confusion.png and top_losses.png
     trained = [report.TaskResult(f"task_{c}", title, stats=full_stats(), evidence=evidence,

@@ -224,5 +224,8 @@ def test_a_run_and_predict_py_draw_class_names_matplotlib_would_read_as_math(tmp
                         "--precision", "fp32", "--compile", "off"])
     assert (tmp_path / "run" / "confusion.png").stat().st_size > 1000
     assert results.read_predictions(tmp_path / "run")[4] == sorted(HOSTILE_CLASSES[:3])
+    edit_predictions(tmp_path / "run", lambda rows: rows[1].__setitem__(2, rows[2][2]))  # the run recorded its SHA-256
+    with pytest.raises(ValueError, match="SHA-256 differs from the one in config.json"):
+        results.read_predictions(tmp_path / "run")
     predict.main([str(tmp_path / "run"), str(data / "test"), "--pictures", str(tmp_path / "pictures")])
     assert (tmp_path / "pictures" / "test-confusion.png").stat().st_size > 1000
