@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from common import results, stats
-from common.errors import UserError
+from common.errors import UserError, warn
 from common.evidence import Evidence, gather, plot_summary, plot_top_losses
 from common.files import atomic_write
+from common.results import markdown_code, markdown_text
 from common.reuse import read_config
 
 REPORT_TITLE = "# Reproduction: small-data image classification (CS 6910 Assignment 3 report, 2020)"
@@ -46,6 +47,7 @@ class TaskResult:
     config: dict = None
     missing: str = None  # why it was not trained (its weights are unavailable)
     evidence: Evidence = None  # every seed's test predictions, where every run wrote them
+    no_evidence: str = None  # why it has no evidence: a run's test predictions are missing or damaged
 
 
 def summarise(name, title, runs, out, epochs, course_report=None):
@@ -54,24 +56,29 @@ def summarise(name, title, runs, out, epochs, course_report=None):
     stats = results.mean_std(runs) if len(runs) > 1 else runs[0]
     histories = [run_history(folder / f"seed{seed}", epochs) for seed in range(len(runs))]
     results.plot_history(folder, histories, title)
-    atomic_write(folder / "metrics.md", f"**{title}**, {over_seeds(len(runs))}\n\n{results.format_table(stats)}\n")
+    atomic_write(folder / "metrics.md",
+                 f"**{markdown_text(title)}**, {over_seeds(len(runs))}\n\n{results.format_table(stats)}\n")
+    evidence, why = task_evidence(folder, len(runs), title)
     return TaskResult(name, title, course_report, stats, read_config(folder / "seed0"),
-                      evidence=task_evidence(folder, len(runs), title))
+                      evidence=evidence, no_evidence=why)
 
 
 def task_evidence(folder, seeds, title):
-    """The task's Evidence, with its figures written: the test confusion matrix summed over seeds and
-    its most confident mistakes. None, said in one line, where a run lacks its test predictions."""
+    """(the task's Evidence, None), with its figures written: the test confusion matrix summed over
+    seeds and its most confident mistakes. (None, why) where a run lacks its test predictions (said in
+    one line) or they are damaged or edited since the run wrote them (one warning): nothing of them
+    enters the report."""
     try:
         found = gather([folder / f"seed{seed}" for seed in range(seeds)])
     except (OSError, ValueError) as e:
-        print(f"{folder.name}: no intervals, per-class accuracy or mistakes ({e}); --force trains its runs again")
-        return None
+        line = f"{folder.name}: no intervals, per-class accuracy or mistakes ({e}); --force trains its runs again"
+        (print if isinstance(e, OSError) else warn)(line)  # missing: a run from before runs wrote them
+        return None, str(e)
     summed = f"summed over {seeds} seeds" if seeds > 1 else "one run (seed 0)"
     results.plot_confusion(folder / "confusion.png", found.confusion(), found.classes,
                            f"{title}: test confusion matrix, {summed}")
     plot_top_losses(folder / "top_losses.png", found.top_losses(), f"{title}: the test images it gets wrong most confidently")
-    return found
+    return found, None
 
 
 def run_history(run, epochs):
@@ -112,9 +119,9 @@ def header_lines(how, task_epochs, trained):
     seeds = how.seeds
     lines = [
         REPORT_TITLE, "",
-        f"Made by `python reproduce.py{''.join(' ' + a for a in how.command)}` on "
+        f"Made by {markdown_code('python reproduce.py' + ''.join(' ' + a for a in how.command))} on "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in {how.minutes:.1f} minutes, {machine(trained)}.", "",
-        f"- Data: {how.data}; split {'/'.join(f'{r:g}' for r in how.ratios)} into "
+        f"- Data: {markdown_text(how.data)}; split {'/'.join(f'{r:g}' for r in how.ratios)} into "
         f"{how.sizes['train']} / {how.sizes['validation']} / {how.sizes['test']} train / validation / test images"
         f"{(', a new split per seed' if how.resplit else ', one split for all seeds') if seeds > 1 else ''}.",
         f"- Every number is {over_seeds(seeds)}"
@@ -152,11 +159,11 @@ def summary_lines(task_results):
              "| model | test top-1 | test top-3 | test logloss | trainable parameters | 2020 report's test top-1 |",
              "|---|---:|---:|---:|---:|---:|"]
     for t in ranked(task_results):
-        lines.append(f"| {t.title} | {with_interval(t, 'top1', 1)} | {with_interval(t, 'top3', 3)} | "
+        lines.append(f"| {markdown_text(t.title)} | {with_interval(t, 'top1', 1)} | {with_interval(t, 'top3', 3)} | "
                      f"{results.format_cell(t.stats['test']['loss'], 4)} | "
                      f"{t.config['parameters']['trainable']:,} | {course_top1(t)} |")
     for t in (t for t in task_results if t.missing):
-        lines.append(f"| {t.title} | weights unavailable | | | | {course_top1(t)} |")
+        lines.append(f"| {markdown_text(t.title)} | weights unavailable | | | | {course_top1(t)} |")
     return lines
 
 
@@ -177,9 +184,10 @@ def comparison_lines(task_results):
     for a, b in pairs:
         difference, low, high, p = stats.paired_difference(a.evidence.correct(), b.evidence.correct())
         supported = stats.supported(low, high, p)
-        rows.append(f"| {a.title} | {b.title} | {difference:+.1f} | [{low:.1f}, {high:.1f}] | {p:.3g} | "
+        a_title, b_title = markdown_text(a.title), markdown_text(b.title)
+        rows.append(f"| {a_title} | {b_title} | {difference:+.1f} | [{low:.1f}, {high:.1f}] | {p:.3g} | "
                     f"{'support a difference' if supported else 'do not support a difference'} |")
-        lines.append(f"- {a.title} against {b.title}: {difference:+.1f} points, 95 % interval "
+        lines.append(f"- {a_title} against {b_title}: {difference:+.1f} points, 95 % interval "
                      f"[{low:.1f}, {high:.1f}], p = {p:.3g}: " +
                      ("the data support this difference." if supported else
                       "the data do not support a difference (it is within what the test images and seeds give by chance)."))
@@ -197,21 +205,24 @@ def course_top1(task_result):
 def evidence_lines(t, seeds):
     """Per-class test accuracy, the confusion matrix summed over seeds, and the confident mistakes."""
     found = t.evidence
+    names = " | ".join(map(markdown_text, found.classes))
     cells = " | ".join(f"{a:.1f} %" for a in found.per_class())
     return [f"Test accuracy per class ({'mean over ' + str(seeds) + ' seeds' if seeds > 1 else 'one run'}):", "",
-            "| " + " | ".join(found.classes) + " |", "|" + "---:|" * len(found.classes), f"| {cells} |", "",
+            f"| {names} |", "|" + "---:|" * len(found.classes), f"| {cells} |", "",
             f"![confusion matrix]({t.name}/confusion.png) ![most confident mistakes]({t.name}/top_losses.png)", ""]
 
 
 def task_lines(t, seeds):
-    lines = [f"## {t.name}: {t.title}", ""]
+    lines = [f"## {t.name}: {markdown_text(t.title)}", ""]
     if t.missing:
-        lines += [f"**Weights unavailable**, not trained: {t.missing}", ""]
+        lines += [f"**Weights unavailable**, not trained: {markdown_text(t.missing)}", ""]
     else:
         lines += [f"Ours, {over_seeds(seeds)}:", "", results.format_table(t.stats), "",
                   f"![logloss]({t.name}/loss.png) ![accuracy]({t.name}/accuracy.png)", ""]
     if t.evidence is not None:
         lines += evidence_lines(t, seeds)
+    if t.no_evidence:
+        lines += [f"No intervals, comparisons, per-class accuracy or mistakes: {markdown_text(t.no_evidence)}", ""]
     if t.course_report:
         lines += ["The 2020 report's (one run, CUB birds):", "", results.format_table(t.course_report), ""]
     if not t.missing:

@@ -1,8 +1,10 @@
 """What a run shows: the report's metric table, the history, the loss, accuracy and confusion figures
-(written atomically, through common.files)."""
+(written atomically, through common.files), and the test predictions the report reads back."""
 import csv
+import hashlib
 import io
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -10,13 +12,32 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from common.files import atomic_write, open_regular  # noqa: E402
+from common.files import atomic_write, open_regular, read_json  # noqa: E402
+
+# Class names, titles and paths are the user's: every figure draws them as they are, never as math
+# text or TeX, which end in a traceback on a class named "$\undefined$" (after the metrics were written).
+matplotlib.rcParams.update({"text.parse_math": False, "text.usetex": False})
 
 ROWS = (("train", "Training"), ("validation", "Validation"), ("test", "Testing"))
 COLUMNS = (("loss", "Logloss"), ("top1", "Top 1 accuracy"), ("top3", "Top 3 accuracy"))
 MAX_DRAWN_CLASSES = 30  # a confusion figure's cells stay readable up to about this many classes
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_top1", "train_top3",
                   "val_loss", "val_top1", "val_top3", "seconds")
+
+
+def markdown_text(text):
+    """`text` (a class name, title or path) as Markdown shows it, in a table cell or a heading: every
+    character Markdown, GitHub's math or HTML would read (emphasis, a link, a cell's end, `$`, a tag,
+    an entity) backslash-escaped, and line breaks, which would end a table row, made spaces."""
+    return re.sub(r"[\\`*_\[\]<>|&$~]", r"\\\g<0>", re.sub(r"[\r\n]+", " ", str(text)))
+
+
+def markdown_code(text):
+    """`text` as inline code on one line, whatever backticks it holds: fenced by one more than its longest run."""
+    text = re.sub(r"[\r\n]+", " ", text)
+    fence = "`" * (1 + max(map(len, re.findall("`+", text)), default=0))
+    pad = " " if text[:1] == "`" or text[-1:] == "`" else ""  # Markdown strips it: a backtick beside the fence
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def format_cell(value, digits, unit=""):
@@ -62,7 +83,7 @@ def trained_by(config):
 def write_metrics(out, metrics, title, note=None):
     """metrics.md (the table under its title and `note`, e.g. trained_by's), metrics.json, metrics.csv."""
     out = Path(out)
-    heading = f"**{title}**" + (f" ({note})" if note else "")
+    heading = f"**{markdown_text(title)}**" + (f" ({markdown_text(note)})" if note else "")
     atomic_write(out / "metrics.md", f"{heading}\n\n{format_table(metrics)}\n")
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     rows = io.StringIO()
@@ -189,28 +210,62 @@ def write_confusion_csv(path, counts, classes):
 
 def write_predictions(path, split, log_probs, classes):
     """Each test image's true class and predicted probabilities: what REPORT.md's intervals, paired
-    tests, per-class accuracies and pictures of mistakes are computed from."""
+    tests, per-class accuracies and pictures of mistakes are computed from. Returns the file's SHA-256,
+    which the run records in config.json: an edit made since (one true class changed) is then found."""
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
     writer.writerow(["path", "sha1", "true class", *classes])
     probabilities = log_probs.exp().tolist()
     for path_, digest, label, p in zip(split.paths, split.digests, split.labels.tolist(), probabilities):
         writer.writerow([path_, digest, classes[label], *(f"{q:.6g}" for q in p)])
-    atomic_write(path, rows.getvalue())
+    data = rows.getvalue().encode("utf-8", "surrogateescape")  # the bytes atomic_write writes
+    atomic_write(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_predictions(run):
     """A run's test_predictions.csv as (paths, sha1s, true labels, N x C probabilities, classes);
-    an OSError where it is missing (a run from before runs wrote it), a ValueError where it is damaged."""
-    path = Path(run) / "test_predictions.csv"
-    with open_regular(path, newline="") as f:
-        try:
-            header, *rows = list(csv.reader(f))
-        except csv.Error as e:
-            raise ValueError(f"{path} is damaged: {e}") from None
+    an OSError where it is missing (a run from before runs wrote it), a ValueError where it is
+    damaged or is not what the run recorded in its config.json (check_predictions)."""
+    path, recorded_in = Path(run) / "test_predictions.csv", Path(run) / "config.json"
+    config = read_json(recorded_in) if recorded_in.exists() else {}  # none: nothing recorded to check against
+    if not isinstance(config, dict):
+        raise ValueError(f"{recorded_in} is damaged")
+    with open_regular(path, "rb") as f:
+        data = f.read()
+    recorded = config.get("test_predictions_sha256")
+    if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+        raise ValueError(f"{path} is not the file its run wrote: its SHA-256 differs from the one in config.json")
+    try:
+        header, *rows = list(csv.reader(io.StringIO(data.decode("utf-8", "surrogateescape"), newline="")))
+        if header[:3] != ["path", "sha1", "true class"] or any(len(row) != len(header) for row in rows):
+            raise ValueError("not a row of path, sha1, true class and a probability per class each")
+        probabilities = torch.tensor([[float(v) for v in row[3:]] for row in rows],
+                                     dtype=torch.float64).reshape(len(rows), len(header) - 3)
+    except (csv.Error, ValueError) as e:  # ValueError also: an empty file, a probability that is no number
+        raise ValueError(f"{path} is damaged: {e}") from None
     classes = header[3:]
-    if header[:3] != ["path", "sha1", "true class"] or any(len(row) != len(header) for row in rows):
-        raise ValueError(f"{path} is damaged")
-    labels = torch.tensor([classes.index(row[2]) for row in rows])
-    probabilities = torch.tensor([[float(v) for v in row[3:]] for row in rows])
+    check_predictions(path, [row[2] for row in rows], probabilities, classes, config)
+    labels = torch.tensor([classes.index(row[2]) for row in rows], dtype=torch.long)
     return [row[0] for row in rows], [row[1] for row in rows], labels, probabilities, classes
+
+
+def check_predictions(path, true_classes, probabilities, classes, config):
+    """The checks a run from before runs recorded their file's SHA-256 gets too: its classes and test
+    image count are its config.json's, every true class is one of them, and each row's probabilities
+    are numbers from 0 to 1 summing to 1 (up to the 6 digits each is written with)."""
+    sizes = config.get("split_sizes") if isinstance(config.get("split_sizes"), dict) else {}
+    unknown = sorted(set(true_classes) - set(classes))
+    if config.get("classes", classes) != classes:
+        why = "other classes than its run's config.json"
+    elif sizes.get("test", len(true_classes)) != len(true_classes):
+        why = f"{len(true_classes)} rows for its run's {sizes['test']} test images"
+    elif unknown:
+        why = f"a true class that is none of its classes ({unknown[0]!r})"
+    elif not (torch.isfinite(probabilities).all() and ((probabilities >= 0) & (probabilities <= 1)).all()):
+        why = "a probability that is not a number from 0 to 1"
+    elif ((probabilities.sum(dim=1) - 1).abs() > 1e-3 + 1e-6 * len(classes)).any():  # each rounded by <= 5e-7
+        why = "a row of probabilities that does not sum to 1"
+    else:
+        return
+    raise ValueError(f"{path} is damaged: {why}")

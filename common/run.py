@@ -96,12 +96,15 @@ def keeper(run):
 
 
 def write_results(run, metrics, history, test_log_probs, title, config):
-    """The report's table, its figure pair and the test confusion matrix (figure and CSV)."""
+    """The test predictions (their SHA-256 recorded in config.json, which REPORT.md checks them
+    against), the report's table, its figure pair and the test confusion matrix (figure and CSV)."""
+    config["test_predictions_sha256"] = results.write_predictions(
+        run.out / "test_predictions.csv", run.data.test, test_log_probs, run.data.classes)
+    results.write_config(run.out, config)
     results.write_metrics(run.out, metrics, title, results.trained_by(config))
     results.plot_history(run.out, [history], title)
     counts = results.confusion_matrix(run.data.test.labels, test_log_probs.argmax(dim=1), len(run.data.classes))
     results.write_confusion_csv(run.out / "confusion.csv", counts, run.data.classes)
-    results.write_predictions(run.out / "test_predictions.csv", run.data.test, test_log_probs, run.data.classes)
     results.plot_confusion(run.out / "confusion.png", counts, run.data.classes, f"{title}: test confusion matrix",
                            whole_matrix=run.out / "confusion.csv")
 

@@ -1,13 +1,16 @@
 import csv
 import json
 import os
+import re
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 
 from common import results
+from conftest import COLORS, make_split
 
 RUNS = [{"train": {"loss": 1.0, "top1": 50.0, "top3": 80.0}, "test": {"loss": 2.0, "top1": 40.0, "top3": 90.0}},
         {"train": {"loss": 3.0, "top1": 70.0, "top3": 80.0}, "test": {"loss": 2.0, "top1": 60.0, "top3": 90.0}},
@@ -122,3 +125,107 @@ def test_trained_by_says_how_many_processes_and_their_devices(tmp_path):
     assert results.trained_by({"device": "cpu"}) == "process count not recorded"  # a run from before it was
     results.write_metrics(tmp_path, metrics(), "A model", "2 processes on cpu")
     assert (tmp_path / "metrics.md").read_text().startswith("**A model** (2 processes on cpu)\n")
+
+
+def hand_made_run(folder, classes, labels, probabilities, record_digest=True):
+    """A run folder holding what the report reads: config.json and test_predictions.csv, written as a run writes them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    split = SimpleNamespace(paths=[str(folder / f"{i}.png") for i in range(len(labels))],
+                            digests=[f"{i:040x}" for i in range(len(labels))], labels=torch.tensor(labels))
+    digest = results.write_predictions(folder / "test_predictions.csv", split,
+                                       torch.tensor(probabilities, dtype=torch.float64).log(), classes)
+    results.write_config(folder, {"classes": classes, "split_sizes": {"test": len(labels)},
+                                  **({"test_predictions_sha256": digest} if record_digest else {})})
+    return folder
+
+
+def edit_predictions(run, edit):
+    with open(run / "test_predictions.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    edit(rows)
+    with open(run / "test_predictions.csv", "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+
+
+def small_run(folder, record_digest=True):
+    return hand_made_run(folder, ["a", "b", "c"], [0, 1, 2, 2],
+                         [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4], [0.5, 0.25, 0.25]], record_digest)
+
+
+def test_a_true_class_changed_since_the_run_wrote_its_predictions_is_found(tmp_path):
+    run = small_run(tmp_path)
+    paths, _, labels, probabilities, classes = results.read_predictions(run)
+    assert labels.tolist() == [0, 1, 2, 2] and classes == ["a", "b", "c"] and len(paths) == 4
+    assert probabilities[1].tolist() == pytest.approx([0.2, 0.7, 0.1])
+    edit_predictions(run, lambda rows: rows[4].__setitem__(2, "a"))  # its last image's true class c -> a
+    with pytest.raises(ValueError, match="test_predictions.csv is not the file its run wrote: its SHA-256"):
+        results.read_predictions(run)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda rows: rows[1].__setitem__(3, "nan"), "a probability that is not a number from 0 to 1"),
+    (lambda rows: rows[2].__setitem__(4, "1.5"), "a probability that is not a number from 0 to 1"),
+    (lambda rows: rows[2].__setitem__(5, "-0.1"), "a probability that is not a number from 0 to 1"),
+    (lambda rows: rows[3].__setitem__(3, "0.9"), "a row of probabilities that does not sum to 1"),
+    (lambda rows: rows[1].__setitem__(2, "purple"), "a true class that is none of its classes .'purple'."),
+    (lambda rows: rows.pop(), "3 rows for its run's 4 test images"),
+    (lambda rows: rows[0].__setitem__(5, "d"), "other classes than its run's config.json"),
+    (lambda rows: rows[1].__setitem__(3, "high"), "could not convert string to float"),
+    (lambda rows: rows[1].pop(), "not a row of path, sha1, true class and a probability per class"),
+])
+def test_predictions_of_a_run_without_a_recorded_sha256_are_still_checked(tmp_path, edit, message):
+    run = small_run(tmp_path, record_digest=False)  # a run from before runs recorded it: read, and checked
+    assert results.read_predictions(run)[2].tolist() == [0, 1, 2, 2]
+    edit_predictions(run, edit)
+    with pytest.raises(ValueError, match=f"test_predictions.csv is damaged: {message}"):
+        results.read_predictions(run)
+
+
+HOSTILE_CLASSES = ["$\\undefined$", "a$b$c", "a|b", "<script>", "*x*"]  # math text, a cell's end, a tag, emphasis
+
+
+def table_cells(markdown):
+    """The cell count of each row of each table in `markdown` (a `|` escaped as `\\|` is no cell's end)."""
+    tables, previous = [], ""
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            if not previous.startswith("|"):
+                tables.append([])
+            tables[-1].append(len(re.split(r"(?<!\\)\|", line)))
+        previous = line
+    return tables
+
+
+def test_metrics_md_escapes_the_title(tmp_path):
+    results.write_metrics(tmp_path, metrics(), "<script>a|b</script> *x*", "1 process")
+    text = (tmp_path / "metrics.md").read_text()
+    assert "<script>" not in text and "\\<script\\>a\\|b" in text and "\\*x\\*" in text
+    assert [set(rows) for rows in table_cells(text)] == [{6}]  # 4 cells between 5 bars
+    assert results.markdown_code("a `b` c") == "``a `b` c``" and results.markdown_text("a\nb") == "a b"
+
+
+def test_figures_draw_class_names_and_titles_as_plain_text(tmp_path):
+    n = len(HOSTILE_CLASSES)
+    counts = results.confusion_matrix(torch.arange(n), torch.arange(n).roll(1), n)
+    results.plot_confusion(tmp_path / "confusion.png", counts, HOSTILE_CLASSES, "$\\undefined$ <b>")
+    history = [{"epoch": 1, "train_loss": 1, "train_top1": 50, "train_top3": 80, "val_loss": 1, "val_top1": 40,
+                "val_top3": 70}]
+    results.plot_history(tmp_path, [history], "$\\frac$")
+    for name in ("confusion.png", "loss.png", "accuracy.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_a_run_and_predict_py_draw_class_names_matplotlib_would_read_as_math(tmp_path):
+    import predict
+    import task2_shallow
+    data = make_split(tmp_path / "data", counts=(2, 1, 1), colors=dict(zip(HOSTILE_CLASSES[:3], COLORS.values())))
+    task2_shallow.main(["--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "3",
+                        "--precision", "fp32", "--compile", "off"])
+    assert (tmp_path / "run" / "confusion.png").stat().st_size > 1000
+    assert results.read_predictions(tmp_path / "run")[4] == sorted(HOSTILE_CLASSES[:3])
+    edit_predictions(tmp_path / "run", lambda rows: rows[1].__setitem__(2, rows[2][2]))  # the run recorded its SHA-256
+    with pytest.raises(ValueError, match="SHA-256 differs from the one in config.json"):
+        results.read_predictions(tmp_path / "run")
+    predict.main([str(tmp_path / "run"), str(data / "test"), "--pictures", str(tmp_path / "pictures")])
+    assert (tmp_path / "pictures" / "test-confusion.png").stat().st_size > 1000
