@@ -18,6 +18,7 @@ import common.split
 import reproduce
 import tasks
 from common import report, results, runs
+from common.options import parse_run_config
 from common.run_folder import lock
 from conftest import COLORS, exit_code_and_output, make_image, make_split
 from test_data_split import interrupt_after, make_cub, make_tgz
@@ -471,8 +472,8 @@ def test_print_commands_prints_one_quoted_line_per_run_whatever_the_paths_hold(i
                               cwd=tmp_path, capture_output=True, check=True)
         argv = [os.fsdecode(word) for word in done.stdout.split(b"\0")[:-1]]
         assert argv[:2] == [sys.executable, str(Path(reproduce.__file__).parent / "task3_netvlad.py")]
-        assert argv[argv.index("--out") + 1] == str(out / "task3_netvlad" / f"seed{seed}")
-        assert Path(argv[argv.index("--data") + 1]).parent == out / "splits"
+        config = parse_run_config(tasks.load("task3_netvlad"), argv[2:])  # as the task script reads it
+        assert config.out == out / "task3_netvlad" / f"seed{seed}" and config.data.parent == out / "splits"
     assert not list(tmp_path.glob("injected*"))  # no word of a path ran as a command
 
 
@@ -493,7 +494,7 @@ def test_a_class_added_to_the_source_is_split_afresh(images, tmp_path):
     for i in range(8):
         make_image(images / "yellow" / f"{i}.png", (230, 220, 30), 100 + i)
     line = print_commands(*argv)
-    split = Path(shlex.split(line)[shlex.split(line).index("--data") + 1])
+    split = parse_run_config(tasks.load("task3_netvlad"), shlex.split(line)[2:]).data
     assert (split / "train" / "yellow").is_dir()  # before: the old split, without yellow, was reused silently
     assert len(list((tmp_path / "r" / "splits").iterdir())) == 2  # the first split is left as it was
 
