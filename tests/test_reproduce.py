@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -546,3 +547,52 @@ def test_a_run_process_stopped_by_a_signal_is_reported_as_stopped_not_failed(tmp
     plan = runs.PlannedRun(tasks.load("task3_netvlad"), 0, tmp_path / "r" / "run", 100, ["--epochs", "100"])
     with pytest.raises(reproduce.UserError, match="task3_netvlad seed 0 was stopped .*run reproduce.py again"):
         runs.run_as_process(plan, devices, 1, set(), runs.Running(None))
+
+
+def finished_run(out, task, argv):
+    """What a finished run of the task with these options leaves in out for reuse to read (config.json
+    and metrics.json), without training it."""
+    config = parse_run_config(task, [*argv, f"--out={out}"])
+    out.mkdir(parents=True)
+    results.write_config(out, {"task": task.name, "arguments": config.arguments(),
+                               "parameters": {"trainable": 1, "total": 1}})
+    (out / "metrics.json").write_text(json.dumps({split: {m: 50.0 for m, _ in results.COLUMNS}
+                                                  for split, _ in results.ROWS}))
+
+
+@pytest.mark.parametrize("task, other, differences", [
+    ("task3_netvlad", ["--lr", "0.5", "--gamma", "0.5"], "--lr 0.5 there, 0.001 asked; --gamma 0.5 there, 0.9 asked"),
+    ("task3_netvlad", ["--augment"], "--augment True there, False asked"),
+    ("task1_timm", ["--model", "mobilenetv3_small_050", "--no-pretrained"],
+     "--model mobilenetv3_small_050 there, resnet18 asked; --no-pretrained True there, False asked")])
+def test_a_finished_run_with_other_settings_is_refused_for_reuse(images, tmp_path, refused, capsys, task, other,
+                                                                 differences):
+    argv = ("--data", images, "--out", tmp_path / "r", *QUICK[:-3], task, "--compile", "off")
+    planned = shlex.split(print_commands(*argv))[2:]  # as a cluster would run it
+    run = tmp_path / "r" / task / "seed0"
+    finished_run(run, tasks.load(task), planned)
+    assert print_commands(*argv) == ""  # that run, finished: reused
+    shutil.rmtree(run)
+    finished_run(run, tasks.load(task), [*planned, *other])  # before: reused, and reported as the default's
+    capsys.readouterr()  # the split's table
+    code, err = refused(*argv)
+    assert code == 2 and err == [f"error: {run} holds a run with other settings ({differences}): "
+                                 "use --force or another folder"]
+
+
+def test_paths_beginning_with_a_dash_reach_the_task_as_paths(images, tmp_path, monkeypatch):
+    images.rename(tmp_path / "-x")
+    monkeypatch.chdir(tmp_path)
+    planned = shlex.split(print_commands("--data", "./-x", "--out", "./-o", *QUICK))[2:]
+    config = parse_run_config(tasks.load("task3_netvlad"), planned)  # before: "--data: expected one argument"
+    assert config.out == Path("-o/task3_netvlad/seed0") and config.data.parent == Path("-o/splits")
+
+
+@pytest.mark.slow
+def test_a_run_process_reads_relative_paths_beginning_with_a_dash_as_reproduce_does(images, tmp_path, monkeypatch):
+    images.rename(tmp_path / "-x")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "cache"))
+    reproduce.main(["--data", "./-x", "--out", "./-o", *QUICK, "--jobs", "2", "--device", "cpu"])
+    assert (tmp_path / "-o" / "task3_netvlad" / "seed0" / "metrics.json").is_file()  # not under the repository
+    assert " Testing " in (tmp_path / "-o" / "REPORT.md").read_text()
