@@ -52,8 +52,8 @@ def setting_differences(task, config, planned):
     Task 1's backbone weights are compared by --model, --no-pretrained and --weights, not by the
     fingerprint config.json holds: computing it loads the whole backbone (for a timm model perhaps
     a download) for every run reused. --resume, which loads it anyway, compares the fingerprint."""
-    task_there = config.get("task")
-    differences = [] if task_there in (task.name, *task.former_names) else [f"task {task_there} there, {task.name} asked"]
+    differences = [] if config.get("task") in (task.name, *task.former_names) else \
+        [f"task {config.get('task')} there, {task.name} asked"]
     recorded, asked = config["arguments"], planned.experiment()
     names = [*asked, *(name for name in recorded if name not in asked and name not in NOT_EXPERIMENT)]
     for name in names:

@@ -20,6 +20,7 @@ import reproduce
 import tasks
 from common import report, results, runs
 from common.options import parse_run_config
+from common.reuse import planned_argv
 from common.run_folder import lock
 from conftest import COLORS, exit_code_and_output, make_image, make_split
 from test_data_split import interrupt_after, make_cub, make_tgz
@@ -578,6 +579,13 @@ def test_a_finished_run_with_other_settings_is_refused_for_reuse(images, tmp_pat
     code, err = refused(*argv)
     assert code == 2 and err == [f"error: {run} holds a run with other settings ({differences}): "
                                  "use --force or another folder"]
+
+
+def test_a_run_of_another_task_is_refused_for_reuse(tmp_path):
+    finished_run(tmp_path / "run", tasks.load("task2_shallow"), [])
+    with pytest.raises(reproduce.UserError, match=r"holds a run with other settings \(task task2_shallow there, "
+                                                  r"task3_netvlad asked; --clusters unset there, 16 asked; "):
+        planned_argv(tasks.load("task3_netvlad"), [], tmp_path / "run", 100)
 
 
 def test_paths_beginning_with_a_dash_reach_the_task_as_paths(images, tmp_path, monkeypatch):

@@ -172,7 +172,7 @@ def test_run_or_reuse_never_reuses_a_run_made_with_other_options(data, tmp_path)
         with pytest.raises(UserError, match=f"holds a run with other settings \\({other[0]} .* there, .* asked\\)"):
             run_or_reuse(TINY, argv, out, epochs=2)  # neither reused nor resumed
     with pytest.raises(UserError, match=r"\(--gamma 0.5 there, 0.9 asked; --seed 3 there, 0 asked\): use --force"):
-        run_or_reuse(TINY, ["--data", str(data)], out, epochs=1)  # before: options left at their defaults were not compared
+        run_or_reuse(TINY, ["--data", str(data)], out, epochs=1)  # before: options left at their defaults went unseen
     assert json.loads((out / "config.json").read_text())["arguments"]["epochs"] == 1
     assert run_or_reuse(TINY, ["--data", str(data), "--gamma", "1"], out, epochs=1, force=True) != first
 

@@ -101,9 +101,9 @@ def test_augment_figure_has_a_panel_per_task_and_bands_over_seeds(tmp_path, seed
 def test_a_study_reads_relative_paths_beginning_with_a_dash_as_paths(tmp_path, monkeypatch):
     make_split(tmp_path / "-x")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(study.STUDIES["netvlad"], "netvlad_k4", ("task3_netvlad", ["--clusters", "4", "--compile", "off"]))
-    monkeypatch.setattr(sys, "argv", ["study.py", "netvlad", "--data", "./-x", "--out", "./-o", "--configs", "netvlad_k4",
-                                      "--seeds", "1", "--epochs", "1"])
+    monkeypatch.setitem(study.STUDIES["netvlad"], "netvlad_k4", ("task3_netvlad", ["--clusters=4", "--compile=off"]))
+    monkeypatch.setattr(sys, "argv", ["study.py", "netvlad", "--data", "./-x", "--out", "./-o",
+                                      "--configs", "netvlad_k4", "--seeds", "1", "--epochs", "1"])
     study.main()  # before: the run's --data -x read as an option, "expected one argument"
     config = json.loads((tmp_path / "-o" / "netvlad_k4" / "seed0" / "config.json").read_text())
     assert config["arguments"]["data"] == "-x" and "| netvlad_k4 |" in (tmp_path / "-o" / "study.md").read_text()
