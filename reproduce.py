@@ -30,7 +30,7 @@ from common.cli import UserError, run_main
 from common.errors import shown
 from common.cache import check_cache_outside
 from common.data import MANIFEST, SPLITS, UNFINISHED_MANIFEST
-from common.options import parse_run_config
+from common.options import as_argv, parse_run_config
 from common.paths import DEMO_IMAGES, REPO, RESULTS, is_inside
 from common.report import REPORT_TITLE, Reproduction, TaskResult, summarise, write_report
 from common.reuse import planned_argv
@@ -237,8 +237,8 @@ def split_sizes(folder):
 
 
 def task_argv(task, data, seed, args):
-    return ["--data", str(data), "--seed", str(seed), "--precision", args.precision, *task.reproduce_argv,
-            *(("--compile", args.compile) if task.compiles else ()), *(("--augment",) if args.augment else ())]
+    return [*task.reproduce_argv, *as_argv(data=data, seed=seed, precision=args.precision,
+                                           compile=args.compile if task.compiles else None, augment=args.augment)]
 
 
 def run_dir(task, seed, args):
@@ -252,7 +252,7 @@ def plan_runs(chosen, splits, args):
         for seed, data in enumerate(splits):
             out, epochs = run_dir(task, seed, args), args.epochs or task.epochs
             plans.append(PlannedRun(task, seed, out, epochs,
-                                    planned_argv(task_argv(task, data, seed, args), out, epochs, args.force)))
+                                    planned_argv(task, task_argv(task, data, seed, args), out, epochs, args.force)))
     return plans
 
 

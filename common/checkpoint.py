@@ -13,10 +13,9 @@ from common.errors import UserError
 from common.files import atomic_torch_save
 from common.results import HISTORY_FIELDS
 
-# Settings that may change between a run and its --resume: where things go, how long, where it computes.
-# --data and --weights are keyed by content instead (data_fingerprint, weights fingerprint), so moving
-# a file is no change. The device and compilation change rounding only; precision is keyed as resolved.
-NOT_KEYED = {"out", "resume", "force", "epochs", "device", "compile", "precision", "data", "weights"}
+# Settings of the experiment (RunConfig.experiment) keyed otherwise: --data and --weights by content
+# (data fingerprint, weights fingerprint), so moving a file is no change; the precision as resolved.
+KEYED_OTHERWISE = {"precision", "data", "weights"}
 
 
 def run_key(run):
@@ -28,7 +27,7 @@ def run_key(run):
     the checkpoints of one process made before it was keyed still resume.
     """
     options = {f"--{name.replace('_', '-')}": str(value) if isinstance(value, Path) else value
-               for name, value in run.config.arguments().items() if name not in NOT_KEYED}  # plain data only
+               for name, value in run.config.experiment().items() if name not in KEYED_OTHERWISE}  # plain data only
     processes = {"torchrun processes": distributed.world()} if distributed.world() > 1 else {}
     return {"task": run.config.task, **options, "--precision": run.precision, "classes": list(run.data.classes),
             "data (image content)": run.data.fingerprint(), **processes, **run.identity}

@@ -9,6 +9,10 @@ from common.errors import UserError
 
 MAX_BATCH = 2 ** 31 - 1
 SEEDS = 2 ** 32  # numpy's seed range, 0 .. 2**32 - 1
+# Settings that leave the experiment as it is: where the run goes, whether it resumes or replaces an
+# earlier one, how long it trains (a shorter run grows by resuming), and the device and compilation,
+# which change rounding only. The resume key and reuse compare every other setting.
+NOT_EXPERIMENT = frozenset({"out", "resume", "force", "epochs", "device", "compile"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +37,10 @@ class RunConfig:
         """Every setting by its option's name (batch_size for --batch-size), as config.json records them."""
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("task", "options")}
         return {**shared, **self.options}
+
+    def experiment(self):
+        """The settings that define the experiment (all but NOT_EXPERIMENT), by their options' names."""
+        return {name: value for name, value in self.arguments().items() if name not in NOT_EXPERIMENT}
 
     @classmethod
     def from_arguments(cls, task, arguments):

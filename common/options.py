@@ -55,6 +55,20 @@ def task_parser(task):
     return parser
 
 
+def as_argv(**options):
+    """Options as a task script's command-line words, each value joined to its name: `--out=-o` stays
+    one option with its value where `--out -o` reads as two options. True is a bare flag; None and
+    False are left out."""
+    words = []
+    for name, value in options.items():
+        option = "--" + name.replace("_", "-")
+        if value is True:
+            words.append(option)
+        elif value is not None and value is not False:
+            words.append(f"{option}={value}")
+    return words
+
+
 def parse_run_config(task, argv=None):
     """The task's command line as a checked RunConfig: every option in range before anything is read."""
     config = RunConfig.from_arguments(task.name, vars(task_parser(task).parse_args(argv)))

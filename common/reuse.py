@@ -1,11 +1,13 @@
 """Reuse by reproduce.py and the studies: a finished run is read back, an interrupted or shorter one
 continued, and one made with other settings refused, so that stopping them loses no finished work."""
 import contextlib
+import functools
 from pathlib import Path
 
-from common.config import is_number
+from common.config import NOT_EXPERIMENT, is_number
 from common.errors import UserError
 from common.files import open_regular, read_json
+from common.options import as_argv, parse_run_config, run_task
 from common.results import COLUMNS, ROWS
 from common.run_folder import make_folder
 
@@ -36,48 +38,57 @@ def finished_metrics(out):
     return None
 
 
-def option_differences(recorded, argv):
-    """The options named in argv ("--name value" or a bare "--flag") whose value differs from the
-    arguments a run recorded in its config.json, as readable strings."""
-    differences, i = [], 0
-    while i < len(argv):
-        name = argv[i][2:].replace("-", "_")
-        has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
-        asked, i = (argv[i + 1], i + 2) if has_value else (True, i + 1)
-        if name in ("device", "compile"):  # they change rounding, not the experiment (as in run_key)
-            continue
-        had = recorded.get(name)
-        if asked is True:
-            same = had is True
-        elif isinstance(had, (int, float)) and not isinstance(had, bool):
-            try:
-                same = float(asked) == had
-            except ValueError:
-                same = False
-        else:
-            same = asked in (str(had), str(Path(str(had))))
-        if not same:
-            differences.append(f"--{name.replace('_', '-')} {had} there, {asked} asked")
+def same(recorded, asked):
+    """A value of config.json (plain JSON) and the planned one (a Path where the option takes a path)."""
+    if isinstance(asked, Path) and isinstance(recorded, str):
+        return Path(recorded) == asked
+    return recorded == asked
+
+
+def setting_differences(task, config, planned):
+    """Where a run's config.json and the planned RunConfig differ in what defines the experiment
+    (RunConfig.experiment: every setting, given or left at its default), as readable strings.
+
+    Task 1's backbone weights are compared by --model, --no-pretrained and --weights, not by the
+    fingerprint config.json holds: computing it loads the whole backbone (for a timm model perhaps
+    a download) for every run reused. --resume, which loads it anyway, compares the fingerprint."""
+    differences = [] if config.get("task") in (task.name, *task.former_names) else \
+        [f"task {config.get('task')} there, {task.name} asked"]
+    recorded, asked = config["arguments"], planned.experiment()
+    names = [*asked, *(name for name in recorded if name not in asked and name not in NOT_EXPERIMENT)]
+    for name in names:
+        had, wanted = recorded.get(name, "unset"), asked.get(name, "unset")
+        if not same(had, wanted):
+            differences.append(f"--{name.replace('_', '-')} {had} there, {wanted} asked")
     return differences
 
 
-def planned_argv(argv, out, epochs, force=False):
-    """What a task script needs to train `epochs` into `out`: None when out holds that finished run
-    (reuse it), else argv plus --epochs, --out and --resume (an interrupted or shorter run
-    continues from its checkpoint) or --force (`force`, or nothing to continue from)."""
-    config = None if force else read_config(out)
-    recorded = config["arguments"]["epochs"] if config else None
-    differences = option_differences(config["arguments"], argv) if config else []
+def check_continuable(task, config, argv, out, epochs):
+    """The run in out may be reused or continued by the task script's argv (which names --epochs):
+    the same experiment, trained for no more than `epochs`."""
+    differences = setting_differences(task, config, parse_run_config(task, argv))
     if differences:  # reusing or resuming it would report another experiment under these settings
         raise UserError(f"{out} holds a run with other settings ({'; '.join(differences)}): "
                         "use --force or another folder")
-    if recorded is not None and recorded > epochs:
+    recorded = config["arguments"]["epochs"]
+    if recorded > epochs:
         raise UserError(f"{out} holds a {recorded}-epoch run, more than the {epochs} epochs asked for: "
                         "use --force or another folder")
-    if recorded == epochs and finished_metrics(out) is not None:
-        return None
+
+
+def planned_argv(task, argv, out, epochs, force=False):
+    """What the task script needs to train `epochs` into `out` with the options argv: None when out
+    holds that finished run (reuse it), else argv plus --epochs, --out and --resume (an interrupted
+    or shorter run continues from its checkpoint) or --force (`force`, or nothing to continue from).
+    A run with another setting, whether argv names it or leaves it at its default, is refused."""
+    argv = [*argv, *as_argv(epochs=epochs, out=out)]
+    config = None if force else read_config(out)
+    if config is not None:
+        check_continuable(task, config, argv, out, epochs)
+        if config["arguments"]["epochs"] == epochs and finished_metrics(out) is not None:
+            return None
     resume = not force and (out / "last.pt").exists()
-    return [*argv, "--epochs", str(epochs), "--out", str(out), "--resume" if resume else "--force"]
+    return [*argv, *as_argv(resume=resume, force=not resume)]
 
 
 def run_logged(main, argv, out):
@@ -87,14 +98,14 @@ def run_logged(main, argv, out):
         main(argv)
 
 
-def run_or_reuse(main, argv, out, epochs, force=False):
-    """Run a task script's main(argv) for `epochs` into `out`, its printed output in out/log.txt,
+def run_or_reuse(task, argv, out, epochs, force=False):
+    """Run the task with the options argv for `epochs` into `out`, its printed output in out/log.txt,
     unless out holds that finished run (see planned_argv). Returns the run's metrics.
 
     The studies build on this, so that stopping and restarting them loses no finished work.
     (metrics.json exists only while it describes the run in config.json: a resumed run removes it first.)
     """
-    argv = planned_argv(argv, out, epochs, force)
+    argv = planned_argv(task, argv, out, epochs, force)
     if argv is not None:
-        run_logged(main, argv, out)
+        run_logged(functools.partial(run_task, task), argv, out)
     return read_json(out / "metrics.json")

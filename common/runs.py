@@ -20,7 +20,7 @@ from common import results
 from common.backbones import WeightsUnavailable
 from common.errors import UserError
 from common.files import open_regular, read_json
-from common.options import run_task
+from common.options import as_argv, run_task
 from common.paths import REPO
 from common.reuse import run_logged
 from common.run_folder import make_folder
@@ -45,7 +45,7 @@ class PlannedRun:
         return f"{self.task.name} seed {self.seed}"
 
     def command(self, device):
-        return [*self.argv, "--device", device]
+        return [*self.argv, *as_argv(device=device)]
 
 
 def runs_under_way(running):
@@ -120,9 +120,9 @@ def run_as_process(plan, devices, jobs, children, running):
         env = dict(os.environ)
         if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))  # the jobs share the cores
-        with open_regular(log, "a") as f, running.track(plan):
+        with open_regular(log, "a") as f, running.track(plan):  # in our folder: its argv's relative paths are ours
             child = subprocess.Popen([sys.executable, str(REPO / f"{plan.task.name}.py"), *plan.command(device)],
-                                     stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+                                     stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             children.add(child)
             code = child.wait()
             children.discard(child)

@@ -23,7 +23,6 @@ by a second command (--configs netvlad_k64 --seeds 3) and still appear.
     python studies/study.py precision --configs shallow shallow_bf16   # bf16 where auto is fp32
 """
 import argparse
-import functools
 import sys
 from pathlib import Path
 
@@ -38,7 +37,7 @@ import tasks  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
 from common.evidence import gather  # noqa: E402
 from common.files import atomic_write  # noqa: E402
-from common.options import run_task  # noqa: E402
+from common.options import as_argv  # noqa: E402
 from common import results  # noqa: E402
 from common.reuse import finished_metrics, read_config, run_or_reuse  # noqa: E402
 from common.stats import paired_difference, supported  # noqa: E402
@@ -203,11 +202,10 @@ def main():
         raise UserError("--seeds and --epochs must be at least 1")
     suffix = "" if args.gamma == 0.9 else f"_gamma{args.gamma:g}"
     out = args.out or REPO / "results" / f"{args.study}_study{suffix}"
-    shared = [*(["--data", str(args.data)] if args.data else []), "--gamma", str(args.gamma)]
     jobs = [(seed, name) for seed in range(args.seeds) for name in args.configs or configs]  # a whole seed first
     for seed, name in tqdm(jobs, desc="runs", unit="run"):
         task, argv = tasks.load(configs[name][0]), configs[name][1]
-        run_or_reuse(functools.partial(run_task, task), [*argv, *shared, "--seed", str(seed)], out / name / f"seed{seed}",
+        run_or_reuse(task, [*argv, *as_argv(data=args.data, gamma=args.gamma, seed=seed)], out / name / f"seed{seed}",
                      args.epochs or task.epochs)
     folders = {name: finished_runs(out / name, args.epochs or tasks.load(task).epochs)
                for name, (task, _) in configs.items()}

@@ -19,6 +19,8 @@ import common.split
 import reproduce
 import tasks
 from common import report, results, runs
+from common.options import parse_run_config
+from common.reuse import planned_argv
 from common.run_folder import lock
 from conftest import COLORS, REPO, exit_code_and_output, make_image, make_split, with_signals
 from test_data_split import interrupt_after, make_cub, make_tgz
@@ -496,8 +498,8 @@ def test_print_commands_prints_one_quoted_line_per_run_whatever_the_paths_hold(i
                               cwd=tmp_path, capture_output=True, check=True)
         argv = [os.fsdecode(word) for word in done.stdout.split(b"\0")[:-1]]
         assert argv[:2] == [sys.executable, str(Path(reproduce.__file__).parent / "task3_netvlad.py")]
-        assert argv[argv.index("--out") + 1] == str(out / "task3_netvlad" / f"seed{seed}")
-        assert Path(argv[argv.index("--data") + 1]).parent == out / "splits"
+        config = parse_run_config(tasks.load("task3_netvlad"), argv[2:])  # as the task script reads it
+        assert config.out == out / "task3_netvlad" / f"seed{seed}" and config.data.parent == out / "splits"
     assert not list(tmp_path.glob("injected*"))  # no word of a path ran as a command
 
 
@@ -518,7 +520,7 @@ def test_a_class_added_to_the_source_is_split_afresh(images, tmp_path):
     for i in range(8):
         make_image(images / "yellow" / f"{i}.png", (230, 220, 30), 100 + i)
     line = print_commands(*argv)
-    split = Path(shlex.split(line)[shlex.split(line).index("--data") + 1])
+    split = parse_run_config(tasks.load("task3_netvlad"), shlex.split(line)[2:]).data
     assert (split / "train" / "yellow").is_dir()  # before: the old split, without yellow, was reused silently
     assert len(list((tmp_path / "r" / "splits").iterdir())) == 2  # the first split is left as it was
 
@@ -570,3 +572,59 @@ def test_a_run_process_stopped_by_a_signal_is_reported_as_stopped_not_failed(tmp
     plan = runs.PlannedRun(tasks.load("task3_netvlad"), 0, tmp_path / "r" / "run", 100, ["--epochs", "100"])
     with pytest.raises(reproduce.UserError, match="task3_netvlad seed 0 was stopped .*run reproduce.py again"):
         runs.run_as_process(plan, devices, 1, set(), runs.Running(None))
+
+
+def finished_run(out, task, argv):
+    """What a finished run of the task with these options leaves in out for reuse to read (config.json
+    and metrics.json), without training it."""
+    config = parse_run_config(task, [*argv, f"--out={out}"])
+    out.mkdir(parents=True)
+    results.write_config(out, {"task": task.name, "arguments": config.arguments(),
+                               "parameters": {"trainable": 1, "total": 1}})
+    (out / "metrics.json").write_text(json.dumps({split: {m: 50.0 for m, _ in results.COLUMNS}
+                                                  for split, _ in results.ROWS}))
+
+
+@pytest.mark.parametrize("task, other, differences", [
+    ("task3_netvlad", ["--lr", "0.5", "--gamma", "0.5"], "--lr 0.5 there, 0.001 asked; --gamma 0.5 there, 0.9 asked"),
+    ("task3_netvlad", ["--augment"], "--augment True there, False asked"),
+    ("task1_timm", ["--model", "mobilenetv3_small_050", "--no-pretrained"],
+     "--model mobilenetv3_small_050 there, resnet18 asked; --no-pretrained True there, False asked")])
+def test_a_finished_run_with_other_settings_is_refused_for_reuse(images, tmp_path, refused, capsys, task, other,
+                                                                 differences):
+    argv = ("--data", images, "--out", tmp_path / "r", *QUICK[:-3], task, "--compile", "off")
+    planned = shlex.split(print_commands(*argv))[2:]  # as a cluster would run it
+    run = tmp_path / "r" / task / "seed0"
+    finished_run(run, tasks.load(task), planned)
+    assert print_commands(*argv) == ""  # that run, finished: reused
+    shutil.rmtree(run)
+    finished_run(run, tasks.load(task), [*planned, *other])  # before: reused, and reported as the default's
+    capsys.readouterr()  # the split's table
+    code, err = refused(*argv)
+    assert code == 2 and err == [f"error: {run} holds a run with other settings ({differences}): "
+                                 "use --force or another folder"]
+
+
+def test_a_run_of_another_task_is_refused_for_reuse(tmp_path):
+    finished_run(tmp_path / "run", tasks.load("task2_shallow"), [])
+    with pytest.raises(reproduce.UserError, match=r"holds a run with other settings \(task task2_shallow there, "
+                                                  r"task3_netvlad asked; --clusters unset there, 16 asked; "):
+        planned_argv(tasks.load("task3_netvlad"), [], tmp_path / "run", 100)
+
+
+def test_paths_beginning_with_a_dash_reach_the_task_as_paths(images, tmp_path, monkeypatch):
+    images.rename(tmp_path / "-x")
+    monkeypatch.chdir(tmp_path)
+    planned = shlex.split(print_commands("--data", "./-x", "--out", "./-o", *QUICK))[2:]
+    config = parse_run_config(tasks.load("task3_netvlad"), planned)  # before: "--data: expected one argument"
+    assert config.out == Path("-o/task3_netvlad/seed0") and config.data.parent == Path("-o/splits")
+
+
+@pytest.mark.slow
+def test_a_run_process_reads_relative_paths_beginning_with_a_dash_as_reproduce_does(images, tmp_path, monkeypatch):
+    images.rename(tmp_path / "-x")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "cache"))
+    reproduce.main(["--data", "./-x", "--out", "./-o", *QUICK, "--jobs", "2", "--device", "cpu"])
+    assert (tmp_path / "-o" / "task3_netvlad" / "seed0" / "metrics.json").is_file()  # not under the repository
+    assert " Testing " in (tmp_path / "-o" / "REPORT.md").read_text()

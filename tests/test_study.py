@@ -1,6 +1,8 @@
 """studies/study.py: each config's interval, the study's paired comparisons, and augment.png, from
 run folders made here (the studies' real runs take hours)."""
 import importlib.util
+import json
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,7 +11,7 @@ import torch
 from PIL import Image
 
 from common import results, stats
-from conftest import REPO
+from conftest import REPO, make_split
 
 spec = importlib.util.spec_from_file_location("studies_study", REPO / "studies" / "study.py")
 study = importlib.util.module_from_spec(spec)
@@ -93,3 +95,15 @@ def test_augment_figure_has_a_panel_per_task_and_bands_over_seeds(tmp_path, seed
     assert drawn["lines"] == [4, 6]  # train and validation per config: shallow's two, Lite0's three
     assert drawn["bands"] == ([4, 6] if seeds > 1 else [0, 0])
     assert "lite0_finetuned" in drawn["axes"][1].get_title()
+
+
+@pytest.mark.slow
+def test_a_study_reads_relative_paths_beginning_with_a_dash_as_paths(tmp_path, monkeypatch):
+    make_split(tmp_path / "-x")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(study.STUDIES["netvlad"], "netvlad_k4", ("task3_netvlad", ["--clusters=4", "--compile=off"]))
+    monkeypatch.setattr(sys, "argv", ["study.py", "netvlad", "--data", "./-x", "--out", "./-o",
+                                      "--configs", "netvlad_k4", "--seeds", "1", "--epochs", "1"])
+    study.main()  # before: the run's --data -x read as an option, "expected one argument"
+    config = json.loads((tmp_path / "-o" / "netvlad_k4" / "seed0" / "config.json").read_text())
+    assert config["arguments"]["data"] == "-x" and "| netvlad_k4 |" in (tmp_path / "-o" / "study.md").read_text()

@@ -11,6 +11,7 @@ import torch.nn as nn
 from common.cli import UserError
 from common.data import model_input
 from common.run import train_and_report
+from common.task import Task
 from common.train import topk_correct
 from conftest import REPO, start_test_run, with_signals
 
@@ -215,10 +216,13 @@ def test_a_compiler_that_fails_on_real_code_falls_back_to_eager_and_is_recorded(
     assert config["compiled"] is False and config["compile_error"] and "\n" not in config["compile_error"]
 
 
-def tiny_main(argv):
-    """A task script's main() around the tiny model, for run_or_reuse."""
-    r = start_test_run([*argv, "--lr", "0.05", "--precision", "fp32"])
-    train_and_report(tiny_model(len(r.data.classes)), r, "tiny")
+def tiny_defaults(parser):
+    parser.set_defaults(lr=0.05, precision="fp32")  # as run() trains
+
+
+# A task around the tiny model, for run_or_reuse
+TINY = Task("test", "tiny", 4, 5, build_model=lambda config, num_classes: tiny_model(num_classes),
+            add_options=tiny_defaults)
 
 
 @pytest.mark.slow

@@ -428,7 +428,8 @@ def reproduce_source_changed(s):
     make_source(src, ("c0", "c1", "c2", "c3"))
     r = s.reproduce(src, out, "--print-commands")
     expect_ok(r)
-    data = [Path(shlex.split(line)[shlex.split(line).index("--data") + 1]) for line in r.out.splitlines() if "--data" in line]
+    data = [Path(word[len("--data="):]) for line in r.out.splitlines() for word in shlex.split(line)
+            if word.startswith("--data=")]
     if data and all((d / "train" / "c3").is_dir() for d in data):
         return
     if not re.search(r"reus.*(--resplit|--force|remove|delete)", r.err, re.I):
