@@ -21,6 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
 from bench.timing import TASK_ARGV, checkout, cpu_flags  # noqa: E402
+from common.cli import UserError, run_main  # noqa: E402
+from common.run_folder import check_folder_writable  # noqa: E402
 from common.split import default_data  # noqa: E402
 
 METRICS = (("top1", "test top-1 %", 2), ("top3", "test top-3 %", 2), ("loss", "test logloss", 4))
@@ -53,7 +55,17 @@ def summary(task, old, new):
               f"   |difference| {abs(m_new - m_old):.{digits}f}: {verdict} within one std")
 
 
-def main():
+def baseline_commit(name):
+    """--baseline as a full commit hash, checked before WORK/baseline is made for its files (a failed
+    git archive would leave that folder empty, and later runs would take it for the old code)."""
+    found = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"],
+                           capture_output=True, text=True)
+    if found.returncode != 0:
+        raise UserError(f"--baseline {name}: no such commit in {REPO}")
+    return found.stdout.strip()
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="folder for the runs; finished ones are reused")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default: 5)")
@@ -65,16 +77,17 @@ def main():
     parser.add_argument("--epochs", type=int, default=100, help="epochs per run (default: 100)")
     parser.add_argument("--data", type=Path, default=None, help="split folder (default: the demo split)")
     parser.add_argument("--baseline", default="6b1acb2", help="the earlier commit (default: 6b1acb2)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.seeds < 2:
         parser.error("--seeds must be at least 2 for a standard deviation")
-    args.data = (args.data or default_data()).resolve()
+    check_folder_writable(args.work, "--work")
     args.work = args.work.resolve()
-    print(f"{os.cpu_count()} CPUs, flags: {cpu_flags()}; torch threads from OMP_NUM_THREADS="
-          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; {args.epochs} epochs, --precision {args.precision}")
     old_code = args.work / "baseline"
     if "old" in args.versions and not old_code.exists():
-        checkout(REPO, args.baseline, old_code)
+        checkout(REPO, baseline_commit(args.baseline), old_code)
+    args.data = (args.data or default_data()).resolve()
+    print(f"{os.cpu_count()} CPUs, flags: {cpu_flags()}; torch threads from OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; {args.epochs} epochs, --precision {args.precision}")
     codes = {"old": old_code, "new": REPO}
     metrics = {}
     for task in args.tasks:
@@ -87,4 +100,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

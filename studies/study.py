@@ -16,6 +16,7 @@ and goes to OUT/<config>/seed<N> with its console output in log.txt; a finished 
 is reused, an interrupted or shorter one resumed, so a study can be stopped, restarted and extended.
 The tables cover every config with finished runs in OUT, so a slow config can run with fewer seeds
 by a second command (--configs netvlad_k64 --seeds 3) and still appear.
+OUT is a new folder or one the same study made: one holding anything else is refused, not written to.
 
     python studies/study.py netvlad                        # seeds 0-4, the report's schedule
     python studies/study.py netvlad --gamma 1 --configs shallow netvlad_k16   # constant learning rate
@@ -23,6 +24,8 @@ by a second command (--configs netvlad_k64 --seeds 3) and still appear.
     python studies/study.py precision --configs shallow shallow_bf16   # bf16 where auto is fp32
 """
 import argparse
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -39,8 +42,11 @@ from common.evidence import gather  # noqa: E402
 from common.files import atomic_write  # noqa: E402
 from common.options import as_argv  # noqa: E402
 from common import results  # noqa: E402
+from common.report import run_history  # noqa: E402
 from common.reuse import finished_metrics, read_config, run_or_reuse  # noqa: E402
+from common.run_folder import check_folder_writable  # noqa: E402
 from common.stats import paired_difference, supported  # noqa: E402
+from reproduce import MAX_SEEDS, atomic_files  # noqa: E402
 
 # config -> (task, its options); each trains for its task's epochs
 STUDIES = {
@@ -152,9 +158,19 @@ def evidence_table(folders, comparisons):
     return "\n".join(lines)
 
 
-def plot_augmentation(path, folders):
+def history(run, epochs):
+    """A finished run's history.csv, checked as reproduce.py checks a reused run's; one line naming it
+    where it is missing or damaged."""
+    try:
+        return run_history(run, epochs)
+    except UserError:  # its advice is reproduce.py's --force, which the studies do not have
+        raise UserError(f"{run / 'history.csv'} is missing or damaged: move {run} away to train that run again, "
+                        "or use another --out") from None
+
+
+def plot_augmentation(path, folders, run_epochs):
     """Train and validation top-1 over epochs per config of each panel: the mean over seeds, and a
-    band of ± one sample standard deviation where there are several seeds."""
+    band of ± one sample standard deviation where there are several seeds. run_epochs: each config's."""
     panels = [[name for name in panel if folders.get(name)] for panel in FIGURE_PANELS]
     panels = [panel for panel in panels if len(panel) > 1]
     if not panels:
@@ -162,7 +178,7 @@ def plot_augmentation(path, folders):
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for name, style in zip(panel, LINE_STYLES):
-            histories = [results.read_history(folder) for folder in folders[name]]
+            histories = [history(folder, run_epochs[name]) for folder in folders[name]]
             epochs = [int(row["epoch"]) for row in histories[0]]
             for split, color in (("train", "tab:blue"), ("val", "tab:orange")):
                 curves = np.array([[float(row[f"{split}_top1"]) for row in h[:len(epochs)]] for h in histories])
@@ -181,41 +197,80 @@ def plot_augmentation(path, folders):
     results.save_figure(fig, path)
 
 
-def main():
+def written_by_us(report, study):
+    """study.md counts as ours only if it opens with the line this study writes: the name alone is common."""
+    if not report.is_file():  # a folder, or a FIFO whose reading would wait forever
+        return False
+    with open(report, "rb") as f:
+        first = f.readline(200).decode("utf-8", "replace")
+    return re.fullmatch(rf"{study}: (\d+ epochs|each task's epochs), --gamma \S+\n", first) is not None
+
+
+def foreign_entry(out, study):
+    """The first entry of `out` that the study did not write, or None (as reproduce.py's): study.md
+    and augment.png would replace the user's own, and their folders would mix with the runs."""
+    configs = STUDIES[study]
+    own = {".": "|".join([*map(re.escape, configs), atomic_files("study.md", "augment.png")]),
+           **{name: r"seed\d+" for name in configs}}
+    for name, pattern in own.items():
+        if (out / name).is_dir():
+            entry = next((p for p in sorted((out / name).iterdir()) if not re.fullmatch(pattern, p.name)), None)
+            if entry:
+                return entry
+    report = out / "study.md"
+    return report if os.path.lexists(report) and not written_by_us(report, study) else None
+
+
+def parse_args(argv):
+    """The study's options, every number in range and --out new or the study's own; creates nothing."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", choices=list(STUDIES))
-    parser.add_argument("--seeds", type=int, default=5, help="runs per config, seeds 0..N-1 (default: 5)")
+    parser.add_argument("--seeds", type=int, default=5,
+                        help=f"runs per config, seeds 0..N-1, 1 to {MAX_SEEDS} (default: 5)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of every run (default: each task's own)")
     parser.add_argument("--gamma", type=float, default=0.9,
                         help="StepLR factor of every run (default: 0.9, the report's; 1 = constant learning rate)")
     parser.add_argument("--data", type=Path, default=None, help="split folder (default: the demo split)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="study folder (default: results/<study>_study, or results/<study>_study_gamma<G>)")
+                        help="study folder: a new one, or one this study made (default: results/<study>_study, "
+                             "or results/<study>_study_gamma<G>)")
     parser.add_argument("--configs", nargs="+", default=None, metavar="CONFIG",
                         help="train only these configs (default: all of the study's); e.g. a slow one with fewer --seeds")
-    args = parser.parse_args()
-    configs = STUDIES[args.study]
-    unknown = sorted(set(args.configs or []) - set(configs))
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.configs or []) - set(STUDIES[args.study]))
     if unknown:
-        raise UserError(f"{args.study} has no config {', '.join(unknown)}; it has {', '.join(configs)}")
-    if args.seeds < 1 or (args.epochs is not None and args.epochs < 1):
-        raise UserError("--seeds and --epochs must be at least 1")
+        raise UserError(f"{args.study} has no config {', '.join(unknown)}; it has {', '.join(STUDIES[args.study])}")
+    if not 1 <= args.seeds <= MAX_SEEDS:
+        raise UserError(f"--seeds {args.seeds}: give 1 to {MAX_SEEDS}")
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"--epochs {args.epochs}: need at least 1")
     suffix = "" if args.gamma == 0.9 else f"_gamma{args.gamma:g}"
-    out = args.out or REPO / "results" / f"{args.study}_study{suffix}"
+    args.out = args.out or REPO / "results" / f"{args.study}_study{suffix}"
+    check_folder_writable(args.out, "--out")
+    entry = foreign_entry(args.out, args.study)
+    if entry:
+        raise UserError(f"--out {args.out} holds {entry.relative_to(args.out)}, which the {args.study} study did not "
+                        "write: pick a new folder, or one this study made")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    configs, out = STUDIES[args.study], args.out
     jobs = [(seed, name) for seed in range(args.seeds) for name in args.configs or configs]  # a whole seed first
     for seed, name in tqdm(jobs, desc="runs", unit="run"):
         task, argv = tasks.load(configs[name][0]), configs[name][1]
         run_or_reuse(task, [*argv, *as_argv(data=args.data, gamma=args.gamma, seed=seed)], out / name / f"seed{seed}",
                      args.epochs or task.epochs)
-    folders = {name: finished_runs(out / name, args.epochs or tasks.load(task).epochs)
-               for name, (task, _) in configs.items()}
+    epochs = {name: args.epochs or tasks.load(task).epochs for name, (task, _) in configs.items()}
+    folders = {name: finished_runs(out / name, epochs[name]) for name in configs}
     report = tables({name: [finished_metrics(f) for f in runs] for name, runs in folders.items() if runs})
     report += "\n\n" + evidence_table({name: runs for name, runs in folders.items() if runs}, COMPARISONS[args.study])
-    epochs = f"{args.epochs} epochs" if args.epochs else "each task's epochs"
-    atomic_write(out / "study.md", f"{args.study}: {epochs}, --gamma {args.gamma:g}\n\n{report}\n")
+    schedule = f"{args.epochs} epochs" if args.epochs else "each task's epochs"
+    atomic_write(out / "study.md", f"{args.study}: {schedule}, --gamma {args.gamma:g}\n\n{report}\n")
     print(report)
     if args.study == "augment":
-        plot_augmentation(out / "augment.png", folders)
+        plot_augmentation(out / "augment.png", folders, epochs)
         print(f"wrote {out / 'augment.png'}")
 
 

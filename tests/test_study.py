@@ -1,8 +1,7 @@
-"""studies/study.py: each config's interval, the study's paired comparisons, and augment.png, from
-run folders made here (the studies' real runs take hours)."""
+"""studies/study.py: each config's interval, the study's paired comparisons, augment.png and its
+refusals of bad input, from run folders made here (the studies' real runs take hours)."""
 import importlib.util
 import json
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+import tasks
 from common import results, stats
-from conftest import REPO, make_split
+from common.options import parse_run_config
+from conftest import REPO, exit_code_and_output, make_split
 
 spec = importlib.util.spec_from_file_location("studies_study", REPO / "studies" / "study.py")
 study = importlib.util.module_from_spec(spec)
@@ -90,7 +91,7 @@ def test_augment_figure_has_a_panel_per_task_and_bands_over_seeds(tmp_path, seed
         drawn["lines"] = [len(ax.lines) for ax in fig.axes]
         real_save(fig, path)
     monkeypatch.setattr(study.results, "save_figure", keep)
-    study.plot_augmentation(tmp_path / "augment.png", folders)
+    study.plot_augmentation(tmp_path / "augment.png", folders, {name: 3 for name in runs})
     assert Image.open(tmp_path / "augment.png").size[0] > 0
     assert drawn["lines"] == [4, 6]  # train and validation per config: shallow's two, Lite0's three
     assert drawn["bands"] == ([4, 6] if seeds > 1 else [0, 0])
@@ -102,8 +103,68 @@ def test_a_study_reads_relative_paths_beginning_with_a_dash_as_paths(tmp_path, m
     make_split(tmp_path / "-x")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(study.STUDIES["netvlad"], "netvlad_k4", ("task3_netvlad", ["--clusters=4", "--compile=off"]))
-    monkeypatch.setattr(sys, "argv", ["study.py", "netvlad", "--data", "./-x", "--out", "./-o",
-                                      "--configs", "netvlad_k4", "--seeds", "1", "--epochs", "1"])
-    study.main()  # before: the run's --data -x read as an option, "expected one argument"
+    study.main(["netvlad", "--data", "./-x", "--out", "./-o", "--configs", "netvlad_k4", "--seeds", "1",
+                "--epochs", "1"])  # before: the run's --data -x read as an option, "expected one argument"
     config = json.loads((tmp_path / "-o" / "netvlad_k4" / "seed0" / "config.json").read_text())
     assert config["arguments"]["data"] == "-x" and "| netvlad_k4 |" in (tmp_path / "-o" / "study.md").read_text()
+
+
+def finished(folder, study_name, config_name):
+    """fake_run plus the config.json and metrics.json by which the study reuses it as the finished 3-epoch
+    seed-0 run of that config."""
+    fake_run(folder, [1, 0, 1, 0])
+    task, argv = study.STUDIES[study_name][config_name]
+    arguments = parse_run_config(tasks.load(task), [*argv, "--epochs=3", f"--out={folder}"]).arguments()
+    results.write_config(folder, {"task": task, "arguments": arguments, "parameters": {"trainable": 1}})
+    metrics = {split: {"loss": 1.0, "top1": 50.0, "top3": 100.0} for split in ("train", "validation", "test")}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Where study.py fails to refuse before its runs, the test fails at once instead of training for hours."""
+    def train(*args):
+        raise AssertionError("trained a run where study.py must refuse first")
+    monkeypatch.setattr(study, "run_or_reuse", train)
+
+
+def refused(argv, capsys):
+    """study.py's stderr where it must refuse argv: exit 2, one error line, no traceback."""
+    code, _, err = exit_code_and_output(lambda: study.main(argv), capsys)
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.usefixtures("no_training")
+def test_too_many_seeds_is_one_line_and_creates_nothing(tmp_path, capsys):
+    argv = ["netvlad", "--seeds", str(study.MAX_SEEDS + 1), "--out", str(tmp_path / "out")]
+    assert f"--seeds {study.MAX_SEEDS + 1}" in refused(argv, capsys)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.usefixtures("no_training")
+def test_a_folder_the_study_did_not_make_is_refused_and_left_alone(tmp_path, capsys):
+    (tmp_path / "study.md").write_text("my own notes\n")
+    assert "study.md" in refused(["netvlad", "--seeds", "1", "--out", str(tmp_path)], capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["study.md"]
+    assert (tmp_path / "study.md").read_text() == "my own notes\n"
+
+
+def test_a_folder_the_study_made_is_its_own(tmp_path):
+    (tmp_path / "shallow" / "seed0").mkdir(parents=True)
+    (tmp_path / ".study.md.123.tmp").write_text("")  # left by a killed write
+    (tmp_path / "study.md").write_text("netvlad: 3 epochs, --gamma 1\n\n| config |")
+    assert study.foreign_entry(tmp_path, "netvlad") is None
+    assert study.foreign_entry(tmp_path, "augment") == tmp_path / "study.md"  # another study's header
+    (tmp_path / "shallow" / "notes.txt").write_text("")
+    assert study.foreign_entry(tmp_path, "netvlad") == tmp_path / "shallow" / "notes.txt"
+
+
+def test_a_damaged_history_of_a_reused_run_is_one_line_naming_it(tmp_path, capsys):
+    finished(tmp_path / "shallow" / "seed0", "augment", "shallow")
+    finished(tmp_path / "shallow_augment" / "seed0", "augment", "shallow_augment")
+    damaged = tmp_path / "shallow_augment" / "seed0" / "history.csv"
+    damaged.write_text("epoch\n" + "1" * 140_000 + "\n")  # a field over csv's 128 KB limit
+    argv = ["augment", "--seeds", "1", "--epochs", "3", "--configs", "shallow", "--out", str(tmp_path)]
+    assert str(damaged) in refused(argv, capsys)
+    assert damaged.read_text() == "epoch\n" + "1" * 140_000 + "\n"

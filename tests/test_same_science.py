@@ -1,0 +1,28 @@
+"""studies/same_science.py: its refusals of bad input, before any run or checkout (its real runs take hours)."""
+import importlib.util
+
+from conftest import REPO, exit_code_and_output
+
+spec = importlib.util.spec_from_file_location("studies_same_science", REPO / "studies" / "same_science.py")
+same_science = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(same_science)
+
+
+def refused(argv, capsys):
+    """same_science.py's stderr where it must refuse argv: exit 2, one error line, no traceback."""
+    code, _, err = exit_code_and_output(lambda: same_science.main(argv), capsys)
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_an_unknown_baseline_commit_is_one_line_and_creates_nothing(tmp_path, capsys):
+    argv = ["--work", str(tmp_path / "work"), "--data", str(tmp_path), "--baseline", "no-such-commit"]
+    assert "--baseline no-such-commit" in refused(argv, capsys)
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_work_path_that_is_a_file_is_one_line_and_left_alone(tmp_path, capsys):
+    work = tmp_path / "work"
+    work.write_text("mine\n")
+    assert "--work" in refused(["--work", str(work), "--data", str(tmp_path)], capsys)
+    assert work.read_text() == "mine\n"
