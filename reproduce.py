@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import os
 import re
-import shlex
 import signal
 import sys
 import threading
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 import tasks
 from common.cli import UserError, run_main
+from common.errors import shell_word
 from common.cache import check_cache_outside
 from common.data import MANIFEST, SPLITS, UNFINISHED_MANIFEST
 from common.options import parse_run_config
@@ -249,20 +249,6 @@ def plan_runs(chosen, splits, args):
 def title_of(task, split, args):
     """The title the task's runs carry, with the options reproduce.py gives it."""
     return task.title_for(parse_run_config(task, task_argv(task, split, 0, args)))
-
-
-def unprintable(c):
-    """A control character, or a byte that is not UTF-8 (os.fsdecode keeps it as a surrogate)."""
-    return ord(c) < 32 or ord(c) == 127 or 0xDC80 <= ord(c) <= 0xDCFF
-
-
-def shell_word(word):
-    """`word` quoted for a POSIX shell, on one line whatever it holds: a word with an unprintable
-    character (a newline would end the line) is written in bash's $'...' form, each such byte as \\xHH."""
-    if not any(map(unprintable, word)):
-        return shlex.quote(word)
-    escaped = (f"\\x{ord(c) & 0xFF:02x}" if unprintable(c) else "\\" + c if c in "\\'" else c for c in word)
-    return "$'" + "".join(escaped) + "'"
 
 
 def print_commands(plans, args):
