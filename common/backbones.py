@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import socket
 import sys
+import threading
 import urllib.request
 from dataclasses import dataclass
 from http.client import HTTPException
@@ -280,17 +281,26 @@ def download_state_dict(name, spec):
                                  f"({e}); download {spec.tv_weights.url} into that folder or pass --weights FILE")
 
 
-def reachable(url):
-    """Whether url's host (or the proxy to it) takes a connection within REACH_TIMEOUT_S: a second or two to
-    know there is no network, where the hub's client retries for a minute."""
-    proxy = urllib.request.getproxies().get(urlparse(url).scheme)
-    target = urlparse(proxy or url)
+def connects(host, port):
     try:
-        port = target.port or (80 if target.scheme == "http" else 443)
-        socket.create_connection((target.hostname, port), timeout=REACH_TIMEOUT_S).close()
+        socket.create_connection((host, port), timeout=REACH_TIMEOUT_S).close()
     except OSError:
         return False
     return True
+
+
+def reachable(url):
+    """Whether url's host (or the proxy to it) takes a connection within REACH_TIMEOUT_S: seconds to know
+    there is no network, where the hub's client retries for a minute. In a thread: looking the name up
+    (getaddrinfo) knows no timeout, and a resolver that gets no answer waits 5 s per try."""
+    proxy = urllib.request.getproxies().get(urlparse(url).scheme)
+    target = urlparse(proxy or url)
+    port = target.port or (80 if target.scheme == "http" else 443)
+    answer = []
+    lookup = threading.Thread(target=lambda: answer.append(connects(target.hostname, port)), daemon=True)
+    lookup.start()
+    lookup.join(REACH_TIMEOUT_S)
+    return answer == [True]
 
 
 @contextlib.contextmanager
