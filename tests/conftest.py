@@ -5,6 +5,7 @@ import socket
 import sys
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pytest
 from PIL import Image
@@ -29,12 +30,13 @@ def private_cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
-    """No network, and an empty torch hub cache in tmp_path."""
+    """No network, and empty torch hub and Hugging Face caches in tmp_path."""
     def refuse(*args, **kwargs):
         raise OSError("network blocked by the test")
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "huggingface"))
     return tmp_path / "torch" / "hub" / "checkpoints"
 
 

@@ -1,17 +1,21 @@
 """Frozen backbones: shapes, frozenness, offline weight loading, real EfficientNet-Lite0 weights, feature cache."""
 import os
 import re
+import socket
 import sys
 
 import numpy as np
 import pytest
+import safetensors.torch
+import timm
 import torch
 import torchvision
 from torch import nn
 from torchvision import transforms
 
 from common import backbones
-from common.backbones import BACKBONES, WeightsUnavailable, extract_features, feature_cache_key, load_backbone
+from common.backbones import (BACKBONES, WeightsUnavailable, extract_features, feature_cache_key, load_backbone,
+                              spec_of)
 from common.cli import UserError
 from common.cache import ArrayCache, MappedArray
 from common.data import normalize, open_rgb
@@ -256,3 +260,65 @@ def test_non_finite_fresh_features_are_refused_in_one_line_and_never_cached(tmp_
                                         "precision fp32: its weights are broken, or try --precision fp32"):
         extract_features(backbone, random_images(2, seed=6), precision="fp32", cache_dir=tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+FIXED_SIZE = "test_vit3"  # a tiny ViT trained at 160 x 160: built for 224 x 224, its position embedding resampled
+
+
+def embedded_at_224(backbone):
+    with torch.inference_mode():
+        return backbone(torch.zeros(1, 3, 224, 224)).shape == (1, spec_of(backbone.name).feature_dim)
+
+
+def test_a_weights_file_for_another_input_size_is_resampled_for_224_crops(tmp_path):
+    native = timm.create_model(FIXED_SIZE).state_dict()
+    torch.save(native, tmp_path / "w.pt")
+    backbone = load_backbone(f"timm:{FIXED_SIZE}", tmp_path / "w.pt")
+    loaded = backbone.net.state_dict()
+    assert loaded["pos_embed"].shape[1] > native["pos_embed"].shape[1]  # 14 x 14 patches, not 10 x 10
+    assert torch.equal(loaded["patch_embed.proj.weight"], native["patch_embed.proj.weight"])
+    assert embedded_at_224(backbone)
+
+
+def put_in_hub_cache(hub_cache, repo, state_dict):
+    """state_dict as huggingface_hub stores a download of repo's model.safetensors."""
+    folder = hub_cache / f"models--{repo.replace('/', '--')}"
+    (folder / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    safetensors.torch.save_file(state_dict, folder / "snapshots" / ("0" * 40) / "model.safetensors")
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0" * 40)
+
+
+def test_timm_weights_in_the_hub_cache_load_offline(offline):
+    native = timm.create_model(FIXED_SIZE).state_dict()
+    put_in_hub_cache(offline.parents[2] / "huggingface", f"timm/{FIXED_SIZE}.r160_in1k", native)
+    backbone = load_backbone(f"timm:{FIXED_SIZE}")
+    assert torch.equal(backbone.net.state_dict()["patch_embed.proj.weight"], native["patch_embed.proj.weight"])
+    assert embedded_at_224(backbone)
+
+
+def test_timm_weights_offline_are_one_line_after_one_connection_attempt(offline, monkeypatch, capsys):
+    attempts = []
+
+    def refuse(address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError("network blocked by the test")
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(WeightsUnavailable) as error:
+        load_backbone("timm:resnet18")
+    message = str(error.value)
+    assert "huggingface.co cannot be reached" in message and "--weights FILE" in message and "\n" not in message
+    assert [host for host, _ in attempts] == ["huggingface.co"]  # one look, no retries, no request
+    assert capsys.readouterr().err == ""
+
+
+def test_a_timm_model_without_pretrained_weights_says_so(offline):
+    with pytest.raises(WeightsUnavailable, match="timm test_maxvit has no pretrained weights: pass --no-pretrained"):
+        load_backbone("timm:test_maxvit")
+
+
+@pytest.mark.parametrize("model", ["tf_efficientnet_lite0", "tf_efficientnet_lite0.in1k"])
+def test_timm_names_of_the_installed_efficientnet_lites_load_the_package_weights(offline, model):
+    backbone = load_backbone(f"timm:{model}")
+    assert backbone.weights_source.endswith(BACKBONES["efficientnet_lite0"].weight_file)
+    assert backbone.weights_fingerprint() == load_backbone("efficientnet_lite0").weights_fingerprint()

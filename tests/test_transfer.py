@@ -220,16 +220,42 @@ def test_any_timm_model_with_a_weights_file_trains_and_predicts(data, tmp_path, 
         predict.main([str(out), str(data / "test"), "--weights", str(tmp_path / "other.pt")])
 
 
-def test_a_timm_model_is_named_or_refused_with_close_names(data, tmp_path, monkeypatch):
+def test_a_timm_model_is_named_or_refused_with_close_names(data, tmp_path, offline):
     with pytest.raises(UserError, match=r"--model resnet_18: no such timm model; close: resnet18"):
         task1_timm.main(["--model", "resnet_18", "--data", str(data), "--out", str(tmp_path / "o")])
-
-    def offline(name, pretrained=False, **kwargs):
-        if pretrained:
-            raise OSError("network blocked by the test")
-        return create_model(name, pretrained=False, **kwargs)
-    create_model = timm.create_model
-    monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(WeightsUnavailable, match=f"timm {SMALL_TIMM} weights are not in timm's cache .*--weights FILE"):
         task1_timm.main(["--model", SMALL_TIMM, "--data", str(data), "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("pretrained", [[], ["--no-pretrained"]])
+def test_a_bogus_pretrained_tag_is_one_line_naming_the_real_ones(data, tmp_path, pretrained):
+    with pytest.raises(UserError) as error:
+        task1_timm.main(["--model", "resnet18.no_such_tag", *pretrained, "--data", str(data), "--out", str(tmp_path)])
+    message = str(error.value)
+    assert "no pretrained tag no_such_tag" in message and "\n" not in message
+    assert all(name.split(".")[1] in message for name in timm.list_pretrained("resnet18.*"))
+
+
+def test_a_model_name_with_a_newline_stays_on_one_quoted_line(data, tmp_path):
+    with pytest.raises(UserError) as error:
+        task1_timm.main(["--model", "resnet18\nrm -rf ~", "--data", str(data), "--out", str(tmp_path / "o")])
+    assert str(error.value).startswith("--model 'resnet18\\nrm -rf ~': no such timm model")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["test_vit3", "test_maxvit"])  # trained at 160: a position embedding, windows
+def test_a_fixed_size_timm_model_trains_and_predicts_on_224_crops(data, tmp_path, model):
+    out = tmp_path / "run"
+    task1_timm.main(["--model", model, "--no-pretrained", "--data", str(data), "--out", str(out),
+                     "--epochs", "2", "--batch-size", "4", "--precision", "fp32"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    scores = predict.main([str(out), str(data / "test"), "--checkpoint", "last"])
+    assert scores[data / "test"]["top1"] == metrics["test"]["top1"]
+
+
+def test_a_model_that_cannot_run_on_224_crops_is_one_line_naming_its_size(data, tmp_path):
+    # BotNet builds for 224, but timm cannot resample its 256 x 256 weights' relative position tables
+    with pytest.raises(UserError, match=r"^--model botnet26t_256 needs 256 x 256 inputs \(.*\); this project feeds "
+                                        r"it 224 x 224 crops, and timm cannot build it for them: choose another model$"):
+        task1_timm.main(["--model", "botnet26t_256", "--no-pretrained", "--data", str(data), "--out", str(tmp_path)])
