@@ -170,11 +170,12 @@ def history(run, epochs):
 
 def plot_augmentation(path, folders, run_epochs):
     """Train and validation top-1 over epochs per config of each panel: the mean over seeds, and a
-    band of ± one sample standard deviation where there are several seeds. run_epochs: each config's."""
+    band of ± one sample standard deviation where there are several seeds. run_epochs: each config's.
+    Returns False, drawing nothing, where no panel has two configs with finished runs."""
     panels = [[name for name in panel if folders.get(name)] for panel in FIGURE_PANELS]
     panels = [panel for panel in panels if len(panel) > 1]
     if not panels:
-        return
+        return False
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for name, style in zip(panel, LINE_STYLES):
@@ -195,6 +196,7 @@ def plot_augmentation(path, folders, run_epochs):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     results.save_figure(fig, path)
+    return True
 
 
 def written_by_us(report, study):
@@ -270,8 +272,10 @@ def main(argv=None):
     atomic_write(out / "study.md", f"{args.study}: {schedule}, --gamma {args.gamma:g}\n\n{report}\n")
     print(report)
     if args.study == "augment":
-        plot_augmentation(out / "augment.png", folders, epochs)
-        print(f"wrote {out / 'augment.png'}")
+        if plot_augmentation(out / "augment.png", folders, epochs):
+            print(f"wrote {out / 'augment.png'}")
+        else:  # one config alone (--configs shallow) has nothing to compare with
+            print(f"no {out / 'augment.png'}: no config has finished runs beside its --augment or fine-tuned twin")
 
 
 if __name__ == "__main__":

@@ -91,11 +91,17 @@ def test_augment_figure_has_a_panel_per_task_and_bands_over_seeds(tmp_path, seed
         drawn["lines"] = [len(ax.lines) for ax in fig.axes]
         real_save(fig, path)
     monkeypatch.setattr(study.results, "save_figure", keep)
-    study.plot_augmentation(tmp_path / "augment.png", folders, {name: 3 for name in runs})
+    assert study.plot_augmentation(tmp_path / "augment.png", folders, {name: 3 for name in runs})
     assert Image.open(tmp_path / "augment.png").size[0] > 0
     assert drawn["lines"] == [4, 6]  # train and validation per config: shallow's two, Lite0's three
     assert drawn["bands"] == ([4, 6] if seeds > 1 else [0, 0])
     assert "lite0_finetuned" in drawn["axes"][1].get_title()
+
+
+def test_no_augment_figure_is_said_to_be_written_without_a_pair_to_draw(tmp_path):
+    folders = configs(tmp_path, {"shallow": [[1, 0]]})  # --configs shallow alone: no panel has two configs
+    assert study.plot_augmentation(tmp_path / "augment.png", folders, {"shallow": 3}) is False
+    assert not (tmp_path / "augment.png").exists()
 
 
 @pytest.mark.slow
