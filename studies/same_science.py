@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
 from bench.timing import TASK_ARGV, checkout, cpu_flags  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
+from common.errors import shown  # noqa: E402
 from common.run_folder import check_folder_writable  # noqa: E402
 from common.split import default_data  # noqa: E402
 
@@ -61,7 +62,7 @@ def baseline_commit(name):
     found = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"],
                            capture_output=True, text=True)
     if found.returncode != 0:
-        raise UserError(f"--baseline {name}: no such commit in {REPO}")
+        raise UserError(f"--baseline {shown(name)}: no such commit in {shown(REPO)}")
     return found.stdout.strip()
 
 

@@ -21,6 +21,12 @@ def test_an_unknown_baseline_commit_is_one_line_and_creates_nothing(tmp_path, ca
     assert not (tmp_path / "work").exists()
 
 
+def test_a_baseline_holding_a_newline_is_shown_quoted_on_one_line(tmp_path, capsys):
+    argv = ["--work", str(tmp_path / "work"), "--data", str(tmp_path), "--baseline", "HEAD\ntouch x"]
+    err = refused(argv, capsys)
+    assert err.count("\n") == 1 and "'HEAD\\ntouch x'" in err, err
+
+
 def test_a_work_path_that_is_a_file_is_one_line_and_left_alone(tmp_path, capsys):
     work = tmp_path / "work"
     work.write_text("mine\n")
