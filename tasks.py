@@ -12,6 +12,7 @@ from common.paths import REPO
 from common.task import Task
 
 SCRIPT_NAME = re.compile(r"task\d+_\w+")
+DECLARES_TASK = re.compile(rb"^TASK\s*[:=]", re.M)  # a task script's own line, as docs/adding-a-task.md shows
 warned = set()  # the skipped scripts already named: one warning each, however often the tasks are listed
 
 
@@ -31,8 +32,11 @@ def first_line(error):
 
 def load_script(name):
     """The Task that REPO/name.py declares, or one line saying why it declares none."""
-    if not (REPO / f"{name}.py").is_file():
+    script = REPO / f"{name}.py"
+    if not script.is_file():
         raise UserError(f"{name}.py is not a file, so not a task script")
+    if not DECLARES_TASK.search(script.read_bytes()):  # notes or a scratch file: its code never runs here
+        raise UserError(f"{name}.py declares no TASK named {name!r}: see docs/adding-a-task.md")
     try:
         task = getattr(importlib.import_module(name), "TASK", None)
     except KeyboardInterrupt:

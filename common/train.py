@@ -146,7 +146,8 @@ STOPPED_EXIT_CODES = tuple(128 + signum for signum in STOP_SIGNALS)  # 130, 143,
 
 class StopAfterEpoch:
     """First Ctrl-C, SIGTERM (Slurm's time limit, `kill`) or SIGHUP (a closed terminal): finish the
-    epoch, save a checkpoint, exit 128 + the signal's number. A second signal quits at once. A signal
+    epoch, save a checkpoint, exit 128 + the signal's number. A second Ctrl-C quits at once; a second
+    SIGTERM or SIGHUP is the same request again (reproduce.py forwards the one Slurm also sends). A signal
     ignored when the process started stays ignored: nohup's SIGHUP, a background job's SIGINT."""
 
     def __enter__(self):
@@ -160,11 +161,13 @@ class StopAfterEpoch:
 
     def handle(self, signum, frame):
         if self.signum is not None:
+            if signum != signal.SIGINT:  # Slurm signals the job and each of its processes: the same request twice
+                return
             self.signum = signum
             raise KeyboardInterrupt
         self.signum = signum
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(f"\n{name}: stopping after this epoch to save a checkpoint ({name} again quits at once)",
+        print(f"\n{name}: stopping after this epoch to save a checkpoint (Ctrl-C again quits at once)",
               file=sys.stderr)
 
     @property

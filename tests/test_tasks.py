@@ -46,7 +46,7 @@ def test_the_title_says_what_the_options_change():
 
 
 def test_a_script_that_cannot_be_imported_is_one_line(tmp_path, monkeypatch):
-    (tmp_path / "task9_broken.py").write_text("raise ValueError('half written')\n")
+    (tmp_path / "task9_broken.py").write_text("raise ValueError('half written')\nTASK = None\n")
     monkeypatch.setattr(tasks, "REPO", tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert tasks.task_names() == ["task9_broken"]
@@ -55,12 +55,12 @@ def test_a_script_that_cannot_be_imported_is_one_line(tmp_path, monkeypatch):
 
 
 STRAYS = {  # what users keep beside the task scripts: file name -> its text (None: a folder) and why it is skipped
-    "task2_shallow_old.py": ("from task2_shallow import TASK\n", "declares the TASK of 'task2_shallow', not its own"),
-    "task5_notes.py": ("# try a wider net\n", "declares no TASK named 'task5_notes'"),
-    "task5_scratch.py": ("import sys\nsys.exit(0)\n", r"cannot be loaded \(SystemExit: 0\)"),
+    "task2_shallow_old.py": ((REPO / "task2_shallow.py").read_text(), "declares the TASK of 'task2_shallow', not its own"),
+    "task5_notes.py": ("# try a wider net\nraise SystemExit('ran')\n", "declares no TASK named 'task5_notes'"),  # not run
+    "task5_scratch.py": ("import sys\nsys.exit(0)\nTASK = None\n", r"cannot be loaded \(SystemExit: 0\)"),
     "task6_dir.py": (None, "is not a file"),
-    "task7_typo.py": ("def (\n", r"cannot be loaded \(SyntaxError: "),
-    "task8_imports.py": ("import no_such_module_here\n", r"cannot be loaded \(ModuleNotFoundError: "),
+    "task7_typo.py": ("def (\nTASK = None\n", r"cannot be loaded \(SyntaxError: "),
+    "task8_imports.py": ("import no_such_module_here\nTASK = None\n", r"cannot be loaded \(ModuleNotFoundError: "),
 }
 
 

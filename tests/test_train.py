@@ -12,7 +12,7 @@ from common.cli import UserError
 from common.data import model_input
 from common.run import train_and_report
 from common.task import Task
-from common.train import topk_correct
+from common.train import StopAfterEpoch, topk_correct
 from conftest import REPO, start_test_run, with_signals
 
 
@@ -158,6 +158,18 @@ def test_ctrl_c_finishes_the_epoch_saves_and_resumes_to_the_same_metrics(data, t
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 2
     resumed = run(data, tmp_path / "cut", "--epochs", "4", "--resume")
     assert resumed == whole
+
+
+def test_a_repeated_sigterm_is_the_same_request_and_a_second_ctrl_c_quits(default_signals):
+    # Slurm signals the job and each of its processes, and reproduce.py forwards its own SIGTERM too:
+    # a run must not take the second as "quit at once" and lose the epochs since its last checkpoint.
+    with StopAfterEpoch() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.exit_code == 143
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
 
 
 def start_task2(data, out, *argv, env=None, ignored=()):
