@@ -29,7 +29,9 @@ import tasks
 from common.cli import UserError, run_main
 from common.errors import shown
 from common.cache import check_cache_outside
+from common.cub import CUB_CLASSES, cub_images
 from common.data import MANIFEST, SPLITS, UNFINISHED_MANIFEST
+from common.manifest import manifest_rows
 from common.options import as_argv, parse_run_config
 from common.paths import DEMO_IMAGES, REPO, RESULTS, is_inside
 from common.report import REPORT_TITLE, Reproduction, TaskResult, summarise, write_report
@@ -37,7 +39,7 @@ from common.reuse import planned_argv
 from common.runs import PlannedRun, run_plans
 from common.run_folder import check_folder_writable, lock, make_folder
 from common.runtime import COMPILE_MODES, pick_device
-from common.split import CUB_CLASSES, check_ratios, cub_images, find_classes, manifest_rows, source_listing, split_dataset
+from common.split import check_ratios, find_classes, source_listing, split_dataset
 
 MAX_SEEDS = 1000
 MAX_JOBS = 1000  # runs at a time; more would only share the same cores

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
 from bench.timing import TASK_ARGV, checkout, cpu_flags, epoch_seconds, timed  # noqa: E402
 from common.data import load_splits  # noqa: E402
-from common.split import default_data  # noqa: E402
+from common.demo import default_data  # noqa: E402
 
 
 def late_slowdown(seconds):

@@ -31,7 +31,7 @@ from common.options import parse_run_config  # noqa: E402
 from common.runtime import autocast, flush_denormals, keep_freed_memory  # noqa: E402
 from common.task import Prepared  # noqa: E402
 from common.train import Run  # noqa: E402
-from common.split import default_data  # noqa: E402
+from common.demo import default_data  # noqa: E402
 
 TASKS = ("task2_shallow", "task3_netvlad")
 

@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
 from bench.timing import TASK_ARGV, checkout, cpu_flags  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
+from common.demo import default_data  # noqa: E402
 from common.run_folder import check_folder_writable  # noqa: E402
-from common.split import default_data  # noqa: E402
 
 METRICS = (("top1", "test top-1 %", 2), ("top3", "test top-3 %", 2), ("loss", "test logloss", 4))
 
