@@ -16,7 +16,8 @@ from pathlib import Path
 
 from common.cli import UserError, run_main
 from common.paths import CUB_SPLIT, DEMO_IMAGES, DEMO_SPLIT, REPO
-from common.split import CUB_CLASSES, DEFAULT_RATIOS, cub_images, has_cub_classes, split_dataset
+from common.cub import CUB_CLASSES, cub_images, has_cub_classes
+from common.split import DEFAULT_RATIOS, split_dataset
 
 
 def main(argv=None):

@@ -217,7 +217,7 @@ def named_file(path):
     return False
 
 
-def gather(paths, classes):
+def images_to_predict(paths, classes):
     """[(name, [(file, label or None)])]: each labelled folder (one with class sub-folders) as its
     own set, in the task scripts' order (common.data.list_images) so that its batches are the run's;
     everything else as one set."""
@@ -349,7 +349,7 @@ def main(argv=None):
     task, config, saved = run_config(args.run_dir, args.batch_size)
     classes, title = saved["classes"], saved.get("title", task.name)
     weights = checkpoint_weights(args.run_dir, args.checkpoint)
-    sets = gather(args.paths, classes)
+    sets = images_to_predict(args.paths, classes)
     pictures = confusion_pictures(sets, args)  # every check before any image is predicted
     backbone, model, forward, run = model_for(args, task, config, saved, weights)
     rows, scores = [], {}

@@ -29,7 +29,11 @@ import tasks
 from common.cli import UserError, run_main
 from common.errors import shown
 from common.cache import check_cache_outside
+from common.config import MAX_SEEDS
+from common.cub import CUB_CLASSES, cub_images
 from common.data import MANIFEST, SPLITS, UNFINISHED_MANIFEST
+from common.files import atomic_files
+from common.manifest import manifest_rows
 from common.options import as_argv, parse_run_config
 from common.paths import DEMO_IMAGES, REPO, RESULTS, is_inside
 from common.report import REPORT_TITLE, Reproduction, TaskResult, summarise, write_report
@@ -37,18 +41,10 @@ from common.reuse import planned_argv
 from common.runs import PlannedRun, run_plans
 from common.run_folder import check_folder_writable, lock, make_folder
 from common.runtime import COMPILE_MODES, pick_device
-from common.split import CUB_CLASSES, check_ratios, cub_images, find_classes, manifest_rows, source_listing, split_dataset
+from common.split import check_ratios, find_classes, source_listing, split_dataset
 
-MAX_SEEDS = 1000
 MAX_JOBS = 1000  # runs at a time; more would only share the same cores
 DEFAULT_SEEDS = 3  # mean ± std by default: 8.0 minutes measured for the demo data on 2 CPU cores (README)
-
-
-def atomic_files(*names):
-    """A pattern for these file names and the temporary .NAME.PID.tmp beside each that an atomic
-    write (results.temp_path) killed midway leaves."""
-    names = "|".join(map(re.escape, names))
-    return rf"{names}|\.(?:{names})\.\d+\.tmp"
 
 
 def own_entries():

@@ -18,9 +18,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
-from bench.timing import cpu_flags, epoch_seconds, timed  # noqa: E402
+from bench.timing import epoch_seconds, timed  # noqa: E402
 from common.data import load_splits  # noqa: E402
-from common.split import default_data  # noqa: E402
+from common.demo import default_data  # noqa: E402
+from common.runtime import cpu_flags  # noqa: E402
 
 
 def run(script, argv, out, env):

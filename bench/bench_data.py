@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the r
 from bench.tutorial import tutorial_dataset  # noqa: E402
 from common.cli import run_main  # noqa: E402
 from common.data import load_splits, normalize  # noqa: E402
-from common.split import default_data  # noqa: E402
+from common.demo import default_data  # noqa: E402
 
 
 def plain_epoch(root, batch_size, workers):

@@ -22,8 +22,10 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
-from bench.timing import checkout, cpu_flags, timed  # noqa: E402
+from bench.timing import timed  # noqa: E402
+from common.baseline import checkout  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
+from common.runtime import cpu_flags  # noqa: E402
 
 CLASSES = 7
 

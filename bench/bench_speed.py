@@ -27,9 +27,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
-from bench.timing import TASK_ARGV, checkout, cpu_flags, epoch_seconds, timed  # noqa: E402
+import tasks  # noqa: E402
+from bench.timing import epoch_seconds, timed  # noqa: E402
+from common.baseline import COMPARED_TASKS, checkout  # noqa: E402
 from common.data import load_splits  # noqa: E402
-from common.split import default_data  # noqa: E402
+from common.demo import default_data  # noqa: E402
+from common.runtime import cpu_flags  # noqa: E402
 
 
 def late_slowdown(seconds):
@@ -45,7 +48,7 @@ def compile_seconds(seconds):
 def run(version, code, task, precision, args, scratch, env):
     out = scratch / f"{version.replace(' ', '-')}-{task}-{precision}"
     command = [sys.executable, str(code / f"{task}.py"), "--data", str(args.data), "--out", str(out),
-               "--epochs", str(args.epochs), "--seed", str(args.seed), "--precision", precision, *TASK_ARGV[task]]
+               "--epochs", str(args.epochs), "--seed", str(args.seed), "--precision", precision, *tasks.load(task).reproduce_argv]
     run_env = dict(env)
     if version != "old" and args.cold:  # the cold run fills it, the warm one reuses it
         run_env["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / f"inductor-{task}-{precision}")
@@ -58,7 +61,7 @@ def run(version, code, task, precision, args, scratch, env):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", choices=list(TASK_ARGV), default=list(TASK_ARGV))
+    parser.add_argument("--tasks", nargs="+", choices=list(COMPARED_TASKS), default=list(COMPARED_TASKS))
     parser.add_argument("--precisions", nargs="+", choices=("fp32", "auto"), default=["fp32", "auto"])
     parser.add_argument("--epochs", type=int, default=100, help="epochs per run (default: 100, the tasks' own)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")

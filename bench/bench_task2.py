@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
 from bench.timing import in_fresh_process  # noqa: E402
 from bench.tutorial import tutorial_dataset, tutorial_evaluate, with_plain_layers  # noqa: E402
+from common.demo import default_data  # noqa: E402
 from common.models import ShallowConvNet  # noqa: E402
-from common.split import default_data  # noqa: E402
 from common.train import seed_everything  # noqa: E402
 
 BATCH = 50

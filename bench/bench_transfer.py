@@ -29,13 +29,14 @@ from torchvision.datasets import ImageFolder
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
-from bench.timing import cpu_flags, in_fresh_process  # noqa: E402
+from bench.timing import in_fresh_process  # noqa: E402
 from bench.tutorial import tutorial_dataset, tutorial_evaluate  # noqa: E402
 from common.backbones import BACKBONES, load_backbone  # noqa: E402
 from common.data import load_splits  # noqa: E402
-from common.split import default_data  # noqa: E402
+from common.demo import default_data  # noqa: E402
 from common.train import seed_everything  # noqa: E402
 from common.options import run_task  # noqa: E402
+from common.runtime import cpu_flags  # noqa: E402
 from common.transfer import linear_head, transfer_task  # noqa: E402
 
 EPOCHS, BATCH = 20, 100

@@ -24,14 +24,13 @@ from torch.profiler import ProfilerActivity, profile
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
 import tasks  # noqa: E402
-from bench.timing import cpu_flags  # noqa: E402
 from bench.tutorial import with_plain_layers  # noqa: E402
 from common.data import load_splits  # noqa: E402
 from common.options import parse_run_config  # noqa: E402
-from common.runtime import autocast, flush_denormals, keep_freed_memory  # noqa: E402
+from common.runtime import autocast, cpu_flags, flush_denormals, keep_freed_memory  # noqa: E402
 from common.task import Prepared  # noqa: E402
 from common.train import Run  # noqa: E402
-from common.split import default_data  # noqa: E402
+from common.demo import default_data  # noqa: E402
 
 TASKS = ("task2_shallow", "task3_netvlad")
 

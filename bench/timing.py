@@ -1,25 +1,11 @@
-"""What the benchmarks and studies share for running task scripts as whole processes and timing them:
-the tasks they train, the files of an earlier commit to compare with, one process's wall time and peak
-memory, a fresh process's measurement, a finished run's epoch times and the CPU features that explain them."""
+"""What the benchmarks share for running task scripts as whole processes and timing them: one process's
+wall time and peak memory, a fresh process's measurement and a finished run's epoch times."""
 import csv
 import json
 import os
 import subprocess
 import sys
 import time
-
-import tasks
-
-# the tasks the comparisons against an earlier commit train, with the options reproduce.py gives them
-TASK_ARGV = {name: list(tasks.load(name).reproduce_argv) for name in ("task2_shallow", "task3_netvlad")}
-
-
-def checkout(repo, commit, folder):
-    """The files of `commit` of the repository `repo` in `folder`, without touching its work tree."""
-    folder.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(repo), "archive", commit], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-    return folder
 
 
 def timed(command, cwd, env):
@@ -47,11 +33,3 @@ def epoch_seconds(out):
     """The seconds of every epoch of the run in `out`, from its history.csv."""
     with open(out / "history.csv", newline="") as f:
         return [float(row["seconds"]) for row in csv.DictReader(f)]
-
-
-def cpu_flags():
-    try:
-        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
-    except (OSError, StopIteration):
-        return "unknown"
-    return ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags) or "none of avx512/amx"

@@ -9,6 +9,7 @@ from common.errors import UserError
 
 MAX_BATCH = 2 ** 31 - 1
 SEEDS = 2 ** 32  # numpy's seed range, 0 .. 2**32 - 1
+MAX_SEEDS = 1000  # runs per task or study config, seeds 0..N-1 (reproduce.py and studies/study.py --seeds)
 # Settings that leave the experiment as it is: where the run goes, whether it resumes or replaces an
 # earlier one, how long it trains (a shorter run grows by resuming), and the device and compilation,
 # which change rounding only. The resume key and reuse compare every other setting.

@@ -67,7 +67,7 @@ class Evidence:
         return [(*mistake, seeds) for mistake, seeds in ranked]
 
 
-def gather(runs):
+def read_evidence(runs):
     """The Evidence of a task's run folders (seed 0, 1, ...); an OSError where a run has no
     test_predictions.csv (one made before runs wrote it), a ValueError where they do not fit together."""
     read = [results.read_predictions(run) for run in runs]

@@ -3,6 +3,7 @@ a split or the report writes goes through here."""
 import contextlib
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -64,6 +65,13 @@ def atomic_write(path, data):
     """Write text (UTF-8; a file name that is not valid UTF-8 keeps its own bytes) or bytes."""
     with replacing(path) as tmp, open(tmp, "wb") as f:  # never opens `path` itself: a FIFO there is replaced
         f.write(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data)
+
+
+def atomic_files(*names):
+    """A pattern for these file names and the temporary .NAME.PID.tmp beside each that an atomic
+    write (temp_path) killed midway leaves."""
+    names = "|".join(map(re.escape, names))
+    return rf"{names}|\.(?:{names})\.\d+\.tmp"
 
 
 def atomic_torch_save(obj, path):

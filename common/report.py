@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 from common import results, stats
 from common.errors import UserError, warn
-from common.evidence import Evidence, gather, plot_summary, plot_top_losses
+from common.evidence import Evidence, plot_summary, plot_top_losses, read_evidence
 from common.files import atomic_write
 from common.results import markdown_code, markdown_text
 from common.reuse import read_config
@@ -69,7 +69,7 @@ def task_evidence(folder, seeds, title):
     one line) or they are damaged or edited since the run wrote them (one warning): nothing of them
     enters the report."""
     try:
-        found = gather([folder / f"seed{seed}" for seed in range(seeds)])
+        found = read_evidence([folder / f"seed{seed}" for seed in range(seeds)])
     except (OSError, ValueError) as e:
         line = f"{folder.name}: no intervals, per-class accuracy or mistakes ({e}); --force trains its runs again"
         (print if isinstance(e, OSError) else warn)(line)  # missing: a run from before runs wrote them

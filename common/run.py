@@ -11,10 +11,10 @@ import torchvision
 from common import checkpoint, distributed, results
 from common.errors import UserError
 from common.data import load_splits
+from common.demo import default_data
 from common.paths import DEMO_IMAGES
 from common.run_folder import check_out, clear_previous, open_run_folder
 from common.runtime import CompiledOrEager, pick_compile, pick_device, pick_precision
-from common.split import default_data
 from common.train import Run, evaluate, fit, seed_everything
 
 

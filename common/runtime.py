@@ -54,6 +54,15 @@ def cpu_has_amx():
         return False
 
 
+def cpu_flags():
+    """The CPU features that explain a timing (AVX-512, bf16, AMX), for the benchmarks' and studies' printouts."""
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return "unknown"
+    return ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags) or "none of avx512/amx"
+
+
 def pick_device(name="auto"):
     """CUDA, then Apple MPS, then CPU, unless the user named one."""
     if name == "auto":

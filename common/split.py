@@ -1,20 +1,16 @@
-"""Splitting a folder of class sub-folders into train / validation / test folders that ImageFolder reads,
-and reading the report's 7 CUB-200-2011 classes; data_split.py is the command line over it.
+"""Splitting a folder of class sub-folders into train / validation / test folders that ImageFolder reads;
+data_split.py is the command line over it.
 
 DEST gets train/, validation/ and test/, each with every class folder, plus the manifest
-DEST/split.csv (path, source, class, split, sha256). The split is stratified per class and
-shuffled with a seed, so the same seed gives the same split anywhere. SRC is only read.
+DEST/split.csv (common/manifest.py). The split is stratified per class and shuffled with a seed,
+so the same seed gives the same split anywhere. SRC is only read.
 """
-import csv
 import hashlib
 import io
 import os
 import random
 import shutil
 import sys
-import tarfile
-import tempfile
-import zlib
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
@@ -22,28 +18,11 @@ from tqdm import tqdm
 from common.errors import UserError, warn
 from common.data import (MANIFEST, SPLITS, UNFINISHED_MANIFEST, class_folders, has_image_extension, is_image_file,
                          open_rgb, walk_files)
-from common.files import NotRegularFile, atomic_write, open_regular
-from common.paths import DEMO_IMAGES, DEMO_SPLIT, is_inside
+from common.manifest import read_manifest, recordable_name, write_manifest
+from common.paths import is_inside
 from common.run_folder import check_folder_writable, lock, make_folder
 
-CUB_CLASSES = ("015.Lazuli_Bunting", "038.Great_Crested_Flycatcher", "041.Scissor_tailed_Flycatcher",
-               "050.Eared_Grebe", "078.Gray_Kingbird", "099.Ovenbird", "114.Black_throated_Sparrow")
 DEFAULT_RATIOS = (0.7, 0.2, 0.1)  # the report's text; its code split 0.7 0.1 0.2
-MANIFEST_COLUMNS = ["path", "source", "class", "split", "sha256"]
-
-
-def recordable_name(path):
-    """False for names the manifest (UTF-8 CSV) cannot hold, which are left out: names that are not
-    valid UTF-8, and names with a carriage return (csv leaves it unquoted, so a reader splits the row)."""
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        warn(f"{ascii(str(path))}: the name is not valid UTF-8; left out (rename it to include it)")
-        return False
-    if "\r" in str(path):
-        warn(f"{ascii(str(path))}: the name holds a carriage return; left out (rename it to include it)")
-        return False
-    return True
 
 
 # -----------------------------------------------------------------------------
@@ -210,37 +189,6 @@ def check_dest(src, dest, force):
     return read_manifest(dest)
 
 
-def manifest_rows(manifest, remedy):
-    """A manifest's rows, or one error line ending in `remedy` where it is no regular file (a FIFO would
-    be waited on forever), has other columns, or is not CSV that the csv module reads."""
-    try:
-        with open_regular(manifest, newline="", encoding="utf-8", errors="replace") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames != MANIFEST_COLUMNS:
-                raise UserError(f"{manifest} was not written by data_split.py; {remedy}")
-            return list(reader)
-    except NotRegularFile as e:
-        raise UserError(f"{e}; {remedy}") from None
-    except csv.Error as e:  # e.g. a field over csv's 128 KB limit
-        raise UserError(f"{manifest} is damaged ({e}); {remedy}") from None
-
-
-def read_manifest(dest):
-    """Paths listed by DEST's previous manifests (a finished one, an interrupted one), after checking
-    each stays inside a split folder of DEST."""
-    listed_in = {}  # path -> the manifest listing it
-    for manifest in (dest / MANIFEST, dest / UNFINISHED_MANIFEST):
-        if os.path.lexists(manifest):
-            rows = manifest_rows(manifest, "move it away to use --force")
-            listed_in.update((row["path"], manifest) for row in rows)
-    for path, manifest in listed_in.items():
-        parts = PurePosixPath(path).parts
-        escapes = not parts or parts[0] not in SPLITS or ".." in parts or PurePosixPath(path).is_absolute()
-        if escapes or not is_inside((dest / path).parent, dest) or os.path.realpath((dest / path).parent) == os.path.realpath(dest):
-            raise UserError(f"{manifest} lists {path!r}, outside DEST's split folders; not touching it")
-    return set(listed_in)
-
-
 def remove_old_split(dest, old_paths):
     """Delete the files of the previous split and the folders they leave empty."""
     folders = set()
@@ -263,14 +211,6 @@ def place(source, target, link):
     except OSError:  # e.g. SRC and DEST on different file systems
         os.symlink(source.resolve(), target)
         return False
-
-
-def write_manifest(path, rows):
-    text = io.StringIO()
-    writer = csv.DictWriter(text, MANIFEST_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, text.getvalue())
 
 
 def write_split(src, dest, rows, classes, link, old_paths):
@@ -336,78 +276,3 @@ def split_dataset(src, dest, ratios=DEFAULT_RATIOS, seed=0, link=False, force=Fa
         print(f"kept {len(kept)} files in {dest} that no manifest lists, e.g. {kept[0].relative_to(dest)}")
     print(f"wrote {len(rows)} images to {dest} and the manifest {dest / MANIFEST}")
     return counts
-
-
-# -----------------------------------------------------------------------------
-# CUB-200-2011
-
-def cub_member_path(member):
-    """Where an archive member goes below the class cache, or None if it is not in the report's classes."""
-    for name in [member.name] + ([member.linkname] if member.issym() or member.islnk() else []):
-        if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
-            raise UserError(f"archive member {member.name!r} points outside the archive; refusing to extract")
-    parts = PurePosixPath(member.name).parts
-    parts = parts[1:] if parts[:1] == ("CUB_200_2011",) else parts
-    if len(parts) != 3 or parts[0] != "images" or parts[1] not in CUB_CLASSES:
-        return None
-    if not member.isfile():
-        raise UserError(f"archive member {member.name!r} is a link or special file; refusing to extract")
-    return PurePosixPath(*parts[1:])
-
-
-def has_cub_classes(folder):
-    return all((folder / name).is_dir() for name in CUB_CLASSES)
-
-
-def extract_classes(archive, target):
-    """The 7 classes' members of the archive into target/<class>/, in one pass over its 1.1 GB."""
-    with tarfile.open(archive, "r|*") as tar:  # a stream
-        for member in tqdm(tar, desc="reading archive", unit=" members", disable=None):
-            rel = cub_member_path(member)
-            if rel is None:
-                continue
-            (target / rel).parent.mkdir(parents=True, exist_ok=True)
-            with tar.extractfile(member) as f, open(target / rel, "wb") as out:
-                shutil.copyfileobj(f, out)
-
-
-def extract_cub(archive, work):
-    """Extract the report's 7 classes from a CUB_200_2011 tar archive into WORK/<class>/, kept as a cache."""
-    if has_cub_classes(work):
-        print(f"using the classes extracted before to {work} (delete it to extract again)", file=sys.stderr)
-        return work
-    if work.exists():
-        raise UserError(f"{work} exists but lacks some of the 7 classes; delete it or pick another --work")
-    make_folder(work.parent, "--work")
-    # a fresh folder of our own, renamed to WORK only once complete: nothing of the user's is touched
-    partial = Path(tempfile.mkdtemp(prefix=f".{work.name}.partial-", dir=work.parent))
-    try:
-        extract_classes(archive, partial)
-        missing = [name for name in CUB_CLASSES if not (partial / name).is_dir()]
-        if missing:
-            raise UserError(f"{archive} lacks the classes {' '.join(missing)}")
-        partial.rename(work)
-    except (tarfile.TarError, EOFError, zlib.error) as e:
-        raise UserError(f"cannot read {archive} as a tar archive: {e}")
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return work
-
-
-def cub_images(path, work):
-    """The folder holding the report's CUB classes: images/ of a CUB_200_2011 folder, or extracted from its archive."""
-    if not path.exists():
-        raise UserError(f"{path} does not exist")
-    if path.is_file():
-        return extract_cub(path, work)
-    for images in (path / "images", path / "CUB_200_2011" / "images"):
-        if images.is_dir():
-            return images
-    raise UserError(f"{path} has no images/ folder; give the CUB_200_2011 folder or CUB_200_2011.tgz")
-
-
-def default_data():
-    """The demo split, made from the embedded demo images the first time it is needed."""
-    if not (DEMO_SPLIT / MANIFEST).exists():
-        split_dataset(DEMO_IMAGES, DEMO_SPLIT, force=True)  # force: clears an interrupted demo split
-    return DEMO_SPLIT

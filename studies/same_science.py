@@ -20,11 +20,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
-from bench.timing import TASK_ARGV, checkout, cpu_flags  # noqa: E402
+import tasks  # noqa: E402
+from common.baseline import COMPARED_TASKS, checkout  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
+from common.demo import default_data  # noqa: E402
 from common.errors import shown  # noqa: E402
 from common.run_folder import check_folder_writable  # noqa: E402
-from common.split import default_data  # noqa: E402
+from common.runtime import cpu_flags  # noqa: E402
 
 METRICS = (("top1", "test top-1 %", 2), ("top3", "test top-3 %", 2), ("loss", "test logloss", 4))
 
@@ -34,7 +36,7 @@ def train(version, code, task, seed, args):
     out = args.work / version / task / f"seed{seed}"
     if not (out / "metrics.json").exists():
         command = [sys.executable, str(code / f"{task}.py"), "--data", str(args.data), "--out", str(out), "--force",
-                   "--epochs", str(args.epochs), "--seed", str(seed), "--precision", args.precision, *TASK_ARGV[task]]
+                   "--epochs", str(args.epochs), "--seed", str(seed), "--precision", args.precision, *tasks.load(task).reproduce_argv]
         print(f"{version} {task} seed {seed} ...", flush=True)
         log = args.work / version / task / f"seed{seed}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +72,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="folder for the runs; finished ones are reused")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default: 5)")
-    parser.add_argument("--tasks", nargs="+", choices=list(TASK_ARGV), default=list(TASK_ARGV))
+    parser.add_argument("--tasks", nargs="+", choices=list(COMPARED_TASKS), default=list(COMPARED_TASKS))
     parser.add_argument("--versions", nargs="+", choices=("old", "new"), default=["old", "new"],
                         help="train only these sides now (default: both); the summary needs both")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",

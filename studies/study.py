@@ -38,15 +38,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
 import tasks  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
-from common.evidence import gather  # noqa: E402
-from common.files import atomic_write  # noqa: E402
+from common.config import MAX_SEEDS  # noqa: E402
+from common.evidence import read_evidence  # noqa: E402
+from common.files import atomic_files, atomic_write  # noqa: E402
 from common.options import as_argv  # noqa: E402
 from common import results  # noqa: E402
 from common.report import run_history  # noqa: E402
 from common.reuse import finished_metrics, read_config, run_or_reuse  # noqa: E402
 from common.run_folder import check_folder_writable  # noqa: E402
 from common.stats import paired_difference, supported  # noqa: E402
-from reproduce import MAX_SEEDS, atomic_files  # noqa: E402
 
 # config -> (task, its options); each trains for its task's epochs
 STUDIES = {
@@ -139,7 +139,7 @@ def evidence_table(folders, comparisons):
     found = {}
     for name, runs in folders.items():
         try:
-            found[name] = gather(runs)
+            found[name] = read_evidence(runs)
         except (OSError, ValueError) as e:  # runs made before they wrote test_predictions.csv
             print(f"{name}: no interval or paired test ({e})")
     if not found:

@@ -23,7 +23,8 @@ from common.options import parse_run_config
 from common.reuse import planned_argv
 from common.run_folder import lock
 from conftest import COLORS, REPO, exit_code_and_output, make_image, make_split, with_signals
-from test_data_split import interrupt_after, make_cub, make_tgz
+from test_cub import make_cub, make_tgz
+from test_data_split import interrupt_after
 from test_tasks import STRAYS, stray_repo
 
 
