@@ -23,7 +23,7 @@ import torch
 
 import tasks
 from common import results
-from common.backbones import extract_features
+from common.features import extract_features
 from common.checkpoint import read_checkpoint
 from common.cli import run_main
 from common.errors import UserError, shown, warn

