@@ -103,7 +103,7 @@ def describe(title, config):
     return title
 
 
-def build_model(name, config, num_classes):
+def head_or_finetuned(name, config, num_classes):
     """What a task 1 checkpoint holds: the head alone (frozen), or backbone and head (fine-tuned)."""
     head = linear_head(spec_of(name).feature_dim, num_classes)
     if not config.options["finetune"]:
@@ -172,7 +172,7 @@ def transfer_task(name, backbone, description):
     spec = BACKBONES[backbone]
     return Task(
         name=name, title=spec.title, epochs=20, batch_size=100, description=description,
-        build_model=functools.partial(build_model, backbone),
+        build_model=functools.partial(head_or_finetuned, backbone),
         add_options=functools.partial(add_options, weights_from=default_weights(backbone)),
         check_options=check_options, prepare=functools.partial(prepare, backbone),
         input_network=functools.partial(frozen_backbone, backbone),
@@ -202,7 +202,7 @@ def timm_task(name, description):
     """Task 1 on any timm model (--model NAME), frozen or fine-tuned, with its own input normalisation."""
     return Task(
         name=name, title="timm", epochs=20, batch_size=100, description=description,
-        build_model=lambda config, num_classes: build_model(timm_backbone(config), config, num_classes),
+        build_model=lambda config, num_classes: head_or_finetuned(timm_backbone(config), config, num_classes),
         add_options=add_timm_options, check_options=check_timm_options,
         prepare=lambda run: prepare(timm_backbone(run.config), run),
         input_network=lambda saved, weights_file: frozen_backbone(saved["backbone"], saved, weights_file),
