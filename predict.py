@@ -23,7 +23,7 @@ import torch
 
 import tasks
 from common import results
-from common.backbones import extract_features
+from common.features import extract_features
 from common.checkpoint import read_checkpoint
 from common.cli import run_main
 from common.errors import UserError, shown, warn
@@ -196,7 +196,7 @@ def checkpoint_weights(run_dir, checkpoint):
     return weights
 
 
-def build_model(task, config, saved, weights_file):
+def rebuild_model(task, config, saved, weights_file):
     """(the network making the model's inputs from images or None, the model) for the run's task, with
     the run's classes and options."""
     model = task.build_model(config, len(saved["classes"]))
@@ -328,7 +328,7 @@ def score(metrics, labels, log_probs, classes, folder, title, picture):
 def model_for(args, task, config, saved, weights):
     """The run's model with its checkpoint's `weights`, ready on the device, and the Run to predict with:
     the run's batch size and precision (unless given), compiled where the run was, so its numbers repeat."""
-    backbone, model = build_model(task, config, saved, args.weights)
+    backbone, model = rebuild_model(task, config, saved, args.weights)
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:

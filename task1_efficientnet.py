@@ -3,7 +3,7 @@ from common.cli import run_main
 from common.options import run_task
 from common.transfer import transfer_task
 
-TASK = transfer_task("task1_efficientnet", "efficientnet_lite0", "EfficientNet-Lite0", __doc__)
+TASK = transfer_task("task1_efficientnet", "efficientnet_lite0", __doc__)
 
 
 def main(argv=None):

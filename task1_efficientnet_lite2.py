@@ -3,7 +3,7 @@ from common.cli import run_main
 from common.options import run_task
 from common.transfer import transfer_task
 
-TASK = transfer_task("task1_efficientnet_lite2", "efficientnet_lite2", "EfficientNet-Lite2", __doc__)
+TASK = transfer_task("task1_efficientnet_lite2", "efficientnet_lite2", __doc__)
 
 
 def main(argv=None):

@@ -8,7 +8,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
-from common.backbones import BACKBONES, load_backbone, run_backbone  # noqa: E402
+from common.backbones import BACKBONES  # noqa: E402
+from common.features import load_backbone, run_backbone  # noqa: E402
 from common.runtime import cpu_has_amx  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
 

@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
 from bench.timing import in_fresh_process  # noqa: E402
 from bench.tutorial import tutorial_dataset, tutorial_evaluate  # noqa: E402
-from common.backbones import BACKBONES, load_backbone  # noqa: E402
+from common.backbones import BACKBONES  # noqa: E402
+from common.features import load_backbone  # noqa: E402
 from common.data import load_splits  # noqa: E402
 from common.demo import default_data  # noqa: E402
 from common.train import seed_everything  # noqa: E402
@@ -88,7 +89,7 @@ def measure_project(name, root, seed, precision):
         if name == "resnet50":
             argv.append("--no-pretrained")
         start = time.perf_counter()
-        run_task(transfer_task(f"task1_{name}", name, name, ""), argv)
+        run_task(transfer_task(f"task1_{name}", name, ""), argv)
         seconds = time.perf_counter() - start
         test = json.loads((Path(out) / "metrics.json").read_text())["test"]
     print(json.dumps({"seconds": seconds, "test": test}))

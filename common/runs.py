@@ -17,7 +17,6 @@ import torch
 from tqdm import tqdm
 
 from common import results
-from common.backbones import WeightsUnavailable
 from common.errors import UserError
 from common.files import open_regular, read_json
 from common.options import as_argv, run_task
@@ -25,6 +24,7 @@ from common.paths import REPO
 from common.reuse import run_logged
 from common.run_folder import make_folder
 from common.train import STOPPED_EXIT_CODES
+from common.weights import WeightsUnavailable
 
 PROGRESS_EVERY_S = 2  # how often the bar shows the epochs of the runs under way
 

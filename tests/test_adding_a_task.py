@@ -1,5 +1,6 @@
 """docs/adding-a-task.md: its example script, copied into a copy of the repository with no other
-change, trains, runs under reproduce.py and predicts."""
+change, trains, runs under reproduce.py and predicts; its backbone example, a registry entry and a
+thin script, trains and predicts."""
 import json
 import os
 import re
@@ -8,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+import torchvision
 
 from common.paths import REPO
 from conftest import COLORS, make_image, make_split
@@ -15,10 +18,17 @@ from conftest import COLORS, make_image, make_split
 pytestmark = pytest.mark.slow
 
 
-def example_script():
-    """The document's first fenced python block."""
+def examples():
+    """The document's fenced python blocks: the example task, then the backbone's entry and script."""
     text = (REPO / "docs" / "adding-a-task.md").read_text()
-    return re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def copy_of_repository(tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(".git", ".venv*", ".cache", "results", "data",
+                                                              "__pycache__", ".pytest_cache"))
+    return repo
 
 
 def run(repo, script, *argv, cache):
@@ -29,10 +39,8 @@ def run(repo, script, *argv, cache):
 
 
 def test_the_documented_example_task_is_one_new_file(tmp_path):
-    repo = tmp_path / "repo"
-    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(".git", ".venv*", ".cache", "results", "data",
-                                                              "__pycache__", ".pytest_cache"))
-    (repo / "task4_example.py").write_text(example_script())
+    repo = copy_of_repository(tmp_path)
+    (repo / "task4_example.py").write_text(examples()[0])
     split, images, cache = make_split(tmp_path / "split"), tmp_path / "images", tmp_path / "cache"
     for i, (name, color) in enumerate(COLORS.items()):
         for j in range(8):
@@ -51,3 +59,22 @@ def test_the_documented_example_task_is_one_new_file(tmp_path):
 
     printed = run(repo, "predict.py", tmp_path / "run", split / "test", cache=cache)
     assert f"Small ConvNet (width 4) on {split / 'test'}: logloss" in printed
+
+
+def test_the_documented_backbone_is_one_registry_entry_and_one_thin_script(tmp_path):
+    repo = copy_of_repository(tmp_path)
+    _, entry, script = examples()
+    registry = repo / "common" / "backbones.py"
+    registry.write_text(registry.read_text().replace("BACKBONES = {\n", "BACKBONES = {\n" + entry, 1))
+    (repo / "task1_resnet18.py").write_text(script)
+    split, cache, weights = make_split(tmp_path / "split"), tmp_path / "cache", tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)  # ImageNet's are not downloaded here
+
+    run(repo, "task1_resnet18.py", "--data", split, "--out", tmp_path / "run", "--epochs", "2", "--device", "cpu",
+        "--weights", weights, cache=cache)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["task"] == "task1_resnet18" and config["backbone"] == "resnet18"
+    assert config["title"] == "ResNet18, frozen, linear head" and config["weights"] == str(weights)
+
+    printed = run(repo, "predict.py", tmp_path / "run", split / "test", cache=cache)
+    assert f"ResNet18, frozen, linear head on {split / 'test'}: logloss" in printed

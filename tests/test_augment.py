@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from common.augment import VIEWS, augment_batch, train_augmentation
-from common.backbones import run_backbone
+from common.features import run_backbone
 from common.cli import UserError
 from common.data import CROP, Split, model_input, normalize
 from common.reuse import run_or_reuse

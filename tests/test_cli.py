@@ -66,7 +66,7 @@ def test_other_exceptions_are_not_hidden():
 
 
 def test_unavailable_weights_exit_3_so_reproduce_can_tell_them_from_errors(capsys):
-    from common.backbones import WeightsUnavailable
+    from common.weights import WeightsUnavailable
     error = WeightsUnavailable("vgg16-397923af.pth is not in ~/.cache")
     code, _, err = exit_code_and_output(fail_with(error), capsys)
     assert (code, err) == (3, "error: vgg16-397923af.pth is not in ~/.cache\n")

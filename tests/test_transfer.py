@@ -14,7 +14,9 @@ import task1_googlenet
 import task1_resnet
 import task1_timm
 import timm
-from common.backbones import BACKBONES, WeightsUnavailable, load_backbone
+from common.backbones import BACKBONES
+from common.features import load_backbone
+from common.weights import WeightsUnavailable, package_weight_file
 from common.cli import UserError
 from common.run import count_parameters, train_and_report
 from common.transfer import linear_head
@@ -103,7 +105,7 @@ def test_bad_weights_file_is_one_line_and_exit_2(data, tmp_path, content, messag
 def test_resume_refuses_other_backbone_weights_or_no_pretrained(data, tmp_path):
     out = tmp_path / "run"
     run_cached(data, out, "--epochs", "1")
-    package = BACKBONES["efficientnet_lite0"].package_file()
+    package = package_weight_file("efficientnet_lite0", BACKBONES["efficientnet_lite0"])
     state = torch.load(package, weights_only=True)
     first = next(iter(state))
     state[first] = state[first] + 0.01
