@@ -25,13 +25,18 @@ def task_names():
     return sorted(p.stem for p in REPO.glob("task*.py") if SCRIPT_NAME.fullmatch(p.stem))
 
 
+def script(name):
+    """The task script `name` (a task's name is its script's module): REPO/<name>.py."""
+    return REPO / f"{name}.py"
+
+
 def first_line(error):
     return (str(error).splitlines() or [""])[0][:200]
 
 
 def load_script(name):
     """The Task that REPO/name.py declares, or one line saying why it declares none."""
-    if not (REPO / f"{name}.py").is_file():
+    if not script(name).is_file():
         raise UserError(f"{name}.py is not a file, so not a task script")
     try:
         task = getattr(importlib.import_module(name), "TASK", None)

@@ -9,9 +9,10 @@ import sys
 import time
 
 import tasks
+from common.options import as_argv
 
 # the tasks the comparisons against an earlier commit train, with the options reproduce.py gives them
-TASK_ARGV = {name: list(tasks.load(name).reproduce_argv) for name in ("task2_shallow", "task3_netvlad")}
+TASK_ARGV = {name: as_argv(**tasks.load(name).reproduce_with) for name in ("task2_shallow", "task3_netvlad")}
 
 
 def checkout(repo, commit, folder):
