@@ -14,6 +14,7 @@ typical commands:
 """
 import argparse
 import csv
+import dataclasses
 import io
 import os
 import reprlib
@@ -27,7 +28,7 @@ from common.features import extract_features
 from common.checkpoint import read_checkpoint
 from common.cli import run_main
 from common.errors import UserError, shown, warn
-from common.config import MAX_BATCH, RunConfig, is_bool, is_int_in
+from common.config import MAX_BATCH, RunConfig, declared, is_bool, misfit
 from common.cache import check_cache_outside
 from common.data import (IMAGE_EXTENSIONS, Split, class_folders, decode_images, decoded_cache, has_image_extension,
                          list_images, sub_folders)
@@ -99,14 +100,14 @@ def is_class_list(value):
             and len(set(value)) == len(value))
 
 
-# What predicting reads from config.json -> (check, what it must be): the command line's limits, so that
-# a hand-edited file is one line, not a traceback deep inside. Each task adds its own (Task.saved_fields).
+# What predicting reads from config.json beyond the settings -> (check, what it must be), so that a
+# hand-edited file is one line, not a traceback deep inside. Each task adds its own (Task.saved_fields);
+# the settings ("arguments") are checked as their declarations say (saved_settings).
 CONFIG_FIELDS = {
     "task": (lambda v: isinstance(v, str) and tasks.SCRIPT_NAME.fullmatch(v), "a task script's name, task<N>_<name>"),
     "classes": (is_class_list, "a list of 2 or more distinct class names"),
     "precision": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
     "compiled": (is_bool, "true or false"),
-    "arguments.batch_size": (is_int_in(1, MAX_BATCH), f"an integer from 1 to {MAX_BATCH}"),
 }
 
 
@@ -129,8 +130,29 @@ def check_fields(config, fields, file):
         if value is MISSING:
             raise older_version(file, name)
         if not fits(value):
-            raise UserError(f"{shown(file)} was not written by this project (or was edited): {name} is "
-                            f"{reprlib.repr(value)}, expected {expected}")  # reprlib: a huge value stays short
+            raise edited(file, name, value, expected)
+
+
+def edited(file, name, value, expected):
+    return UserError(f"{shown(file)} was not written by this project (or was edited): {name} is "
+                     f"{reprlib.repr(value)}, expected {expected}")  # reprlib: a huge value stays short
+
+
+def saved_settings(arguments, options, file, may_predate=False):
+    """config.json's "arguments" of the dataclass `options` (common.config.declared), each of its type
+    and in range, by name. may_predate: a setting with a default that the file lacks keeps its default."""
+    values = {}
+    for f, kind, optional in declared(options):
+        value = arguments.get(f.name, MISSING)
+        if value is MISSING:
+            if may_predate and f.default is not dataclasses.MISSING:
+                continue
+            raise older_version(file, f"arguments.{f.name}")
+        expected = misfit(f, kind, optional, value)
+        if expected:
+            raise edited(file, f"arguments.{f.name}", value, expected)
+        values[f.name] = Path(value) if kind is Path and value is not None else value
+    return values
 
 
 def read_as_made(saved, task):
@@ -166,19 +188,12 @@ def run_config(run_dir, batch_size=None):
     task = task_of(saved, file)
     read_as_made(saved, task)
     check_fields(saved, task.saved_fields, file)
+    config = task.config(**saved_settings(saved["arguments"], RunConfig, file, may_predate=True),
+                         **saved_settings(saved["arguments"], task.options, file))
     try:
-        config = RunConfig.from_arguments(task.name, saved["arguments"])
-        config = config.replace(batch_size=batch_size or config.batch_size)
-        if task.check_options:
-            task.check_options(config)
+        return task, task.checked(config.replace(batch_size=batch_size or config.batch_size)), saved
     except UserError as e:
         raise UserError(f"{shown(file)}: {e}") from None
-    except KeyError as e:  # an option the task has now, which its older runs lack
-        raise older_version(file, f"arguments.{e.args[0]}") from None
-    except (TypeError, ValueError) as e:  # an option of another type
-        raise UserError(f"{shown(file)} was not written by this project (or was edited): {type(e).__name__} {e}") \
-            from None
-    return task, config, saved
 
 
 def checkpoint_weights(run_dir, checkpoint):

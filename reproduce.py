@@ -34,11 +34,11 @@ from common.cub import CUB_CLASSES, cub_images
 from common.data import MANIFEST, SPLITS, UNFINISHED_MANIFEST
 from common.files import atomic_files
 from common.manifest import manifest_rows
-from common.options import as_argv, parse_run_config
-from common.paths import DEMO_IMAGES, REPO, RESULTS, is_inside
+from common.options import command_line
+from common.paths import DEMO_IMAGES, RESULTS, is_inside, task_script
 from common.report import REPORT_TITLE, Reproduction, TaskResult, summarise, write_report
-from common.reuse import planned_argv
-from common.runs import PlannedRun, run_plans
+from common.reuse import plan
+from common.runs import run_plans
 from common.run_folder import check_folder_writable, lock, make_folder
 from common.runtime import COMPILE_MODES, pick_device
 from common.split import check_ratios, find_classes, source_listing, split_dataset
@@ -232,9 +232,11 @@ def split_sizes(folder):
     return Counter(row["split"] for row in rows)
 
 
-def task_argv(task, data, seed, args):
-    return [*task.reproduce_argv, *as_argv(data=data, seed=seed, precision=args.precision,
-                                           compile=args.compile if task.compiles else None, augment=args.augment)]
+def run_config(task, data, seed, args):
+    """The task's run of this seed on its split, with the options reproduce.py gives it."""
+    return task.config(**task.reproduce_with, data=data, seed=seed, out=run_dir(task, seed, args),
+                       epochs=args.epochs or task.epochs, device=args.device, precision=args.precision,
+                       augment=args.augment, **({"compile": args.compile} if task.compiles else {}))
 
 
 def run_dir(task, seed, args):
@@ -243,18 +245,8 @@ def run_dir(task, seed, args):
 
 def plan_runs(chosen, splits, args):
     """Every task over every seed, in order: what is finished, what continues, what starts."""
-    plans = []
-    for task in chosen:
-        for seed, data in enumerate(splits):
-            out, epochs = run_dir(task, seed, args), args.epochs or task.epochs
-            plans.append(PlannedRun(task, seed, out, epochs,
-                                    planned_argv(task, task_argv(task, data, seed, args), out, epochs, args.force)))
-    return plans
-
-
-def title_of(task, split, args):
-    """The title the task's runs carry, with the options reproduce.py gives it."""
-    return task.title_for(parse_run_config(task, task_argv(task, split, 0, args)))
+    return [plan(task, run_config(task, data, seed, args), args.force)
+            for task in chosen for seed, data in enumerate(splits)]
 
 
 def unprintable(c):
@@ -274,10 +266,10 @@ def shell_word(word):
 def print_commands(plans, args):
     """Every unfinished run's command line, exactly one line each, every word quoted (eval runs none
     of what a path holds), runnable in any order or all at once."""
-    for plan in plans:
-        if plan.argv is not None:
-            print(" ".join(map(shell_word, [sys.executable, str(REPO / f"{plan.task.name}.py"),
-                                            *plan.command(args.device)])))
+    for planned in plans:
+        if not planned.reused:
+            print(" ".join(map(shell_word, [sys.executable, str(task_script(planned.task.name)),
+                                            *command_line(planned.task, planned.config)])))
 
 
 def main(argv=None):
@@ -299,11 +291,11 @@ def run_all(args):
         metrics, missing = run_plans(plans, args.devices, progress)  # the bar ends its line, whatever happens
     task_results = []
     for task in chosen:
-        title = title_of(task, splits[0], args)
+        title = task.title_for(run_config(task, splits[0], 0, args))
         if task in missing:
             task_results.append(TaskResult(task.name, title, task.course_report, missing=missing[task]))
         else:
-            runs = [metrics[plan] for plan in plans if plan.task is task]
+            runs = [metrics[planned] for planned in plans if planned.task is task]
             task_results.append(summarise(task.name, title, runs, args.out, args.epochs or task.epochs,
                                           task.course_report))
     how = Reproduction(args.command, description, ratios, split_sizes(splits[0]), args.seeds, args.resplit,

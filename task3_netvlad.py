@@ -6,11 +6,12 @@ descriptor's largest assignment weight is about 100x its second. --init random s
 2020 report did (random centres, alpha 0.5, no input normalisation).
 """
 import math
+from dataclasses import dataclass
 
 import torch
 
 from common.cli import UserError, run_main
-from common.config import is_int_in, is_one_of
+from common.config import option
 from common.data import CROP
 from common.distributed import is_main
 from common.models import DESCRIPTOR_DIM, ShallowNetVLAD, descriptor_count, set_alpha
@@ -21,27 +22,28 @@ from common.task import Prepared, Task, report_table
 INIT_NAMES = {"kmeans": "k-means init", "random": "the report's random init"}
 
 
-def add_options(parser):
-    parser.add_argument("--clusters", type=int, default=16, metavar="K",
-                        help="NetVLAD clusters K; the classifier sees K*16 values (default: 16; the report used 4)")
-    parser.add_argument("--init", choices=tuple(INIT_NAMES), default="kmeans",
-                        help="kmeans = the NetVLAD paper's initialisation; random = the report's (default: kmeans)")
-    parser.add_argument("--alpha", type=float, default=None,
-                        help="initial NetVLAD assignment sharpness (default: chosen from the descriptors "
-                             "for kmeans, the report's 0.5 for random)")
+@dataclass(frozen=True)
+class NetVLADOptions:
+    clusters: int = option(16, "NetVLAD clusters K; the classifier sees K*16 values (default: 16; the report used 4)",
+                           metavar="K")
+    init: str = option("kmeans", "kmeans = the NetVLAD paper's initialisation; random = the report's (default: kmeans)",
+                       choices=tuple(INIT_NAMES))
+    alpha: float | None = option(None, "initial NetVLAD assignment sharpness (default: chosen from the descriptors "
+                                       "for kmeans, the report's 0.5 for random)")
 
 
 def check_options(config):
-    clusters, alpha = config.options["clusters"], config.options["alpha"]
+    """K and alpha in range in NetVLAD's own words, and the layer's memory for a batch of --batch-size."""
+    clusters, alpha = config.options.clusters, config.options.alpha
     check_clusters(clusters)
-    if alpha is not None and not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+    if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
         raise UserError(f"--alpha must be a positive number, got {alpha}")
     check_fits(config.batch_size, clusters, DESCRIPTOR_DIM, descriptor_count(CROP))
 
 
 def build_model(config, num_classes):
-    model = ShallowNetVLAD(num_classes, config.options["clusters"])
-    model.netvlad.normalize_input = config.options["init"] != "random"  # the report's init does not normalise
+    model = ShallowNetVLAD(num_classes, config.options.clusters)
+    model.netvlad.normalize_input = config.options.init != "random"  # the report's init does not normalise
     return model
 
 
@@ -49,34 +51,32 @@ def prepare(run):
     """The NetVLAD layer's start: k-means on training descriptors, or the report's random centres."""
     options = run.config.options
     model = build_model(run.config, len(run.data.classes)).to(run.device)
-    init = {"init": options["init"], "clusters": options["clusters"]}
+    init = {"init": options.init, "clusters": options.clusters}
     generator = torch.Generator().manual_seed(run.config.seed)
-    if options["init"] == "kmeans":
+    if options.init == "kmeans":
         alpha, error = model.init_kmeans(run.data.train.inputs, generator)
         init.update(chosen_alpha=alpha, kmeans_error=error)
         if is_main():  # under torchrun every rank computes the same k-means; one says so
-            print(f"k-means on training descriptors: K={options['clusters']}, quantisation error {error:.4f}, "
+            print(f"k-means on training descriptors: K={options.clusters}, quantisation error {error:.4f}, "
                   f"chosen alpha {alpha:.2f}")
     else:
         init_like_report(model.netvlad, generator)
-    if options["alpha"] is not None:
-        set_alpha(model.netvlad, options["alpha"])
+    if options.alpha is not None:
+        set_alpha(model.netvlad, options.alpha)
     init["alpha"] = model.netvlad.alpha
     return Prepared(model, run, {"netvlad": init})
 
 
 TASK = Task(
     name="task3_netvlad", title="Shallow ConvNet + NetVLAD", epochs=100, batch_size=50, description=__doc__,
-    build_model=build_model, add_options=add_options, check_options=check_options, prepare=prepare,
-    describe=lambda config: f"Shallow ConvNet + NetVLAD (K={config.options['clusters']}, "
-                            f"{INIT_NAMES[config.options['init']]})",
-    saved_fields={"arguments.clusters": (is_int_in(1, math.inf), "a positive integer"),
-                  "arguments.init": (is_one_of(*INIT_NAMES), "kmeans or random")},
+    build_model=build_model, options=NetVLADOptions, check=check_options, prepare=prepare,
+    describe=lambda config: f"Shallow ConvNet + NetVLAD (K={config.options.clusters}, "
+                            f"{INIT_NAMES[config.options.init]})",
     compiles=True,
     # Measured (bench/bench_speed.py): on AMX CPUs bf16 autocast makes this model slower, not faster,
     # because its NetVLAD layer runs in fp32 anyway and the casts around it cost more than the convolutions gain.
     cpu_bf16=False,
-    reproduce_argv=("--clusters", "16"),
+    reproduce_with={"clusters": 16},
     course_report=report_table((1.9054, 26.00, 62.31), (1.9287, 30.95, 40.48), (1.9338, 29.24, 40.48)),
 )
 

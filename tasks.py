@@ -8,7 +8,7 @@ import os
 import re
 
 from common.errors import UserError, warn
-from common.paths import REPO
+from common.paths import REPO, task_script
 from common.task import Task
 
 SCRIPT_NAME = re.compile(r"task\d+_\w+")
@@ -32,10 +32,10 @@ def first_line(error):
 
 def load_script(name):
     """The Task that REPO/name.py declares, or one line saying why it declares none."""
-    script = REPO / f"{name}.py"
-    if not script.is_file():
+    path = task_script(name, REPO)  # REPO: tests point it at a folder of their own
+    if not path.is_file():
         raise UserError(f"{name}.py is not a file, so not a task script")
-    if not DECLARES_TASK.search(script.read_bytes()):  # notes or a scratch file: its code never runs here
+    if not DECLARES_TASK.search(path.read_bytes()):  # notes or a scratch file: its code never runs here
         raise UserError(f"{name}.py declares no TASK named {name!r}: see docs/adding-a-task.md")
     try:
         task = getattr(importlib.import_module(name), "TASK", None)

@@ -32,6 +32,7 @@ from bench.timing import epoch_seconds, timed  # noqa: E402
 from common.baseline import COMPARED_TASKS, checkout  # noqa: E402
 from common.data import load_splits  # noqa: E402
 from common.demo import default_data  # noqa: E402
+from common.options import as_argv  # noqa: E402
 from common.runtime import cpu_flags  # noqa: E402
 
 
@@ -48,7 +49,7 @@ def compile_seconds(seconds):
 def run(version, code, task, precision, args, scratch, env):
     out = scratch / f"{version.replace(' ', '-')}-{task}-{precision}"
     command = [sys.executable, str(code / f"{task}.py"), "--data", str(args.data), "--out", str(out),
-               "--epochs", str(args.epochs), "--seed", str(args.seed), "--precision", precision, *tasks.load(task).reproduce_argv]
+               "--epochs", str(args.epochs), "--seed", str(args.seed), "--precision", precision, *as_argv(**tasks.load(task).reproduce_with)]
     run_env = dict(env)
     if version != "old" and args.cold:  # the cold run fills it, the warm one reuses it
         run_env["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / f"inductor-{task}-{precision}")

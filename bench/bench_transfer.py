@@ -36,8 +36,8 @@ from common.features import load_backbone  # noqa: E402
 from common.data import load_splits  # noqa: E402
 from common.demo import default_data  # noqa: E402
 from common.train import seed_everything  # noqa: E402
-from common.options import run_task  # noqa: E402
 from common.runtime import cpu_flags  # noqa: E402
+from common.run import train  # noqa: E402
 from common.transfer import linear_head, transfer_task  # noqa: E402
 
 EPOCHS, BATCH = 20, 100
@@ -85,11 +85,10 @@ def measure_project(name, root, seed, precision):
     The decoded-image cache is filled first, untimed: all tasks share it, and bench/bench_data.py times it."""
     load_splits(root)
     with tempfile.TemporaryDirectory() as out:
-        argv = ["--data", str(root), "--out", out, "--seed", str(seed), "--precision", precision]
-        if name == "resnet50":
-            argv.append("--no-pretrained")
+        task = transfer_task(f"task1_{name}", name, "")
+        config = task.config(data=root, out=Path(out), seed=seed, precision=precision, no_pretrained=name == "resnet50")
         start = time.perf_counter()
-        run_task(transfer_task(f"task1_{name}", name, ""), argv)
+        train(task, config)
         seconds = time.perf_counter() - start
         test = json.loads((Path(out) / "metrics.json").read_text())["test"]
     print(json.dumps({"seconds": seconds, "test": test}))

@@ -26,7 +26,6 @@ sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the r
 import tasks  # noqa: E402
 from bench.tutorial import with_plain_layers  # noqa: E402
 from common.data import load_splits  # noqa: E402
-from common.options import parse_run_config  # noqa: E402
 from common.runtime import autocast, cpu_flags, flush_denormals, keep_freed_memory  # noqa: E402
 from common.task import Prepared  # noqa: E402
 from common.train import Run  # noqa: E402
@@ -39,7 +38,7 @@ def build(name, data):
     """The task's model as its script builds it with reproduce.py's options, seed 0 (task 3: K = 16,
     k-means init on the training images)."""
     task = tasks.load(name)
-    config = parse_run_config(task, list(task.reproduce_argv))
+    config = task.config(**task.reproduce_with)
     torch.manual_seed(0)
     run = Run(config, data, torch.device("cpu"), "fp32")
     return (task.prepare(run) if task.prepare else Prepared(task.build_model(config, len(data.classes)), run)).model

@@ -2,7 +2,7 @@
 compare this checkout with: the tasks they train on both sides, and that commit's files."""
 import subprocess
 
-# trained by both sides, each with the options reproduce.py gives it (its Task's reproduce_argv)
+# trained by both sides, each with the options reproduce.py gives it (its Task's reproduce_with)
 COMPARED_TASKS = ("task2_shallow", "task3_netvlad")
 
 

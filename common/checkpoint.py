@@ -18,11 +18,11 @@ from common.results import HISTORY_FIELDS
 KEYED_OTHERWISE = {"precision", "data", "weights"}
 
 
-def run_key(run):
+def run_key(run, extra):
     """Every setting that changes a run's result; a resumed run must share all of them.
 
     The task's own options (--clusters, --init, --alpha, --no-pretrained, ...) come in with the
-    shared ones; `run.identity` adds what the task knows only after loading (weights fingerprint).
+    shared ones; `extra` (Prepared.key) adds what the task knows only after loading (weights fingerprint).
     The number of torchrun processes counts (they draw other dropout masks), named only above 1, so
     the checkpoints of one process made before it was keyed still resume.
     """
@@ -30,7 +30,7 @@ def run_key(run):
                for name, value in run.config.experiment().items() if name not in KEYED_OTHERWISE}  # plain data only
     processes = {"torchrun processes": distributed.world()} if distributed.world() > 1 else {}
     return {"task": run.config.task, **options, "--precision": run.precision, "classes": list(run.data.classes),
-            "data (image content)": run.data.fingerprint(), **processes, **run.identity}
+            "data (image content)": run.data.fingerprint(), **processes, **extra}
 
 
 def key_differences(saved, now):
@@ -105,9 +105,9 @@ def load_checkpoint(path):
     return state
 
 
-def check_resumable(state, run):
-    differences = key_differences(state["key"], run_key(run))
-    out, epochs = run.config.out, run.config.epochs
+def check_resumable(state, config, key):
+    differences = key_differences(state["key"], key)
+    out, epochs = config.out, config.epochs
     if differences:
         raise UserError(f"--resume: {out} was made with other settings: {'; '.join(differences)}")
     if state["epoch"] > epochs:

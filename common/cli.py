@@ -1,13 +1,30 @@
 """Every script's entry point: process set-up, stop signals, and one clear line on bad input."""
 import contextlib
+import json
+import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import torch
 
 from common.errors import UserError
+from common.files import atomic_write
 from common.runtime import flush_denormals, keep_freed_memory
+
+
+# The environment variable by which a parent process (common/runs.py) names the file where its child
+# script says why it failed: {"exit_code": N, "error": "..."}, data rather than a line of its log.
+OUTCOME = "REPRO_OUTCOME"
+
+
+def fail(error, exit_code):
+    """One `error: ...` line on stderr, the same in the outcome file where a parent asked for one; exit."""
+    print(f"error: {error}", file=sys.stderr)
+    if os.environ.get(OUTCOME):
+        atomic_write(Path(os.environ[OUTCOME]), json.dumps({"exit_code": exit_code, "error": error}))
+    sys.exit(exit_code)
 
 
 def run_main(main):
@@ -21,19 +38,16 @@ def run_main(main):
         with signals_as_ctrl_c():
             main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        fail(str(e), e.exit_code)
     except OSError as e:  # the file system said no where no check of ours did (a name too long, a loop, ...)
-        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
-        sys.exit(2)
+        fail(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}", 2)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
     except RuntimeError as e:
         if not lost_peer(e):
             raise
-        print("error: another process of this torchrun job stopped; its error, if any, is above", file=sys.stderr)
-        sys.exit(2)
+        fail("another process of this torchrun job stopped; its error, if any, is above", 2)
 
 
 LIKE_CTRL_C = (signal.SIGTERM, signal.SIGHUP)  # a scheduler's kill, a closed terminal: both stop like Ctrl-C

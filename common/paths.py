@@ -10,6 +10,11 @@ CUB_SPLIT = REPO / "data" / "cub_split"
 RESULTS = REPO / "results"
 
 
+def task_script(name, repo=REPO):
+    """The task script `name` (a task's name is its script's module): <repo>/<name>.py."""
+    return repo / f"{name}.py"
+
+
 def is_inside(path, folder):
     """True if `path` is `folder` or below it, links followed (realpath: a symlink loop is no error)."""
     path, folder = os.path.realpath(path), os.path.realpath(folder)

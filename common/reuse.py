@@ -1,13 +1,13 @@
 """Reuse by reproduce.py and the studies: a finished run is read back, an interrupted or shorter one
 continued, and one made with other settings refused, so that stopping them loses no finished work."""
 import contextlib
-import functools
+from dataclasses import dataclass
 from pathlib import Path
 
-from common.config import NOT_EXPERIMENT, is_number
+from common.config import NOT_EXPERIMENT, RunConfig, is_number
 from common.errors import UserError
 from common.files import open_regular, read_json
-from common.options import as_argv, parse_run_config, run_task
+from common.run import train
 from common.results import COLUMNS, ROWS
 from common.run_folder import make_folder
 
@@ -45,16 +45,16 @@ def same(recorded, asked):
     return recorded == asked
 
 
-def setting_differences(task, config, planned):
+def setting_differences(task, saved, planned):
     """Where a run's config.json and the planned RunConfig differ in what defines the experiment
     (RunConfig.experiment: every setting, given or left at its default), as readable strings.
 
     Task 1's backbone weights are compared by --model, --no-pretrained and --weights, not by the
     fingerprint config.json holds: computing it loads the whole backbone (for a timm model perhaps
     a download) for every run reused. --resume, which loads it anyway, compares the fingerprint."""
-    differences = [] if config.get("task") in (task.name, *task.former_names) else \
-        [f"task {config.get('task')} there, {task.name} asked"]
-    recorded, asked = config["arguments"], planned.experiment()
+    differences = [] if saved.get("task") in (task.name, *task.former_names) else \
+        [f"task {saved.get('task')} there, {task.name} asked"]
+    recorded, asked = saved["arguments"], planned.experiment()
     names = [*asked, *(name for name in recorded if name not in asked and name not in NOT_EXPERIMENT)]
     for name in names:
         had, wanted = recorded.get(name, "unset"), asked.get(name, "unset")
@@ -63,49 +63,63 @@ def setting_differences(task, config, planned):
     return differences
 
 
-def check_continuable(task, config, argv, out, epochs):
-    """The run in out may be reused or continued by the task script's argv (which names --epochs):
-    the same experiment, trained for no more than `epochs`."""
-    differences = setting_differences(task, config, parse_run_config(task, argv))
+def check_continuable(task, saved, config):
+    """The run whose config.json is `saved` may be reused or continued as `config`: the same
+    experiment, trained for no more than config.epochs."""
+    differences = setting_differences(task, saved, config)
     if differences:  # reusing or resuming it would report another experiment under these settings
-        raise UserError(f"{out} holds a run with other settings ({'; '.join(differences)}): "
+        raise UserError(f"{config.out} holds a run with other settings ({'; '.join(differences)}): "
                         "use --force or another folder")
-    recorded = config["arguments"]["epochs"]
-    if recorded > epochs:
-        raise UserError(f"{out} holds a {recorded}-epoch run, more than the {epochs} epochs asked for: "
-                        "use --force or another folder")
+    recorded = saved["arguments"]["epochs"]
+    if recorded > config.epochs:
+        raise UserError(f"{config.out} holds a {recorded}-epoch run, more than the {config.epochs} epochs asked "
+                        "for: use --force or another folder")
 
 
-def planned_argv(task, argv, out, epochs, force=False):
-    """What the task script needs to train `epochs` into `out` with the options argv: None when out
-    holds that finished run (reuse it), else argv plus --epochs, --out and --resume (an interrupted
-    or shorter run continues from its checkpoint) or --force (`force`, or nothing to continue from).
-    A run with another setting, whether argv names it or leaves it at its default, is refused."""
-    argv = [*argv, *as_argv(epochs=epochs, out=out)]
-    config = None if force else read_config(out)
-    if config is not None:
-        check_continuable(task, config, argv, out, epochs)
-        if config["arguments"]["epochs"] == epochs and finished_metrics(out) is not None:
-            return None
-    resume = not force and (out / "last.pt").exists()
-    return [*argv, *as_argv(resume=resume, force=not resume)]
+@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, to key dicts
+class PlannedRun:
+    """One run of a task, planned once: its configuration, resuming (--resume) or replacing (--force)
+    what its folder holds; or reused, where its folder holds that run finished. In this process or in
+    a process of its own, it is the same run; each way sets the device it runs on."""
+    task: object  # common.task.Task
+    config: RunConfig
+    reused: bool = False
+
+    @property
+    def label(self):
+        return f"{self.task.name} seed {self.config.seed}"
 
 
-def run_logged(main, argv, out):
-    """main(argv) with its printed output appended to out/log.txt."""
-    make_folder(out, "run folder")
-    with open_regular(out / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        main(argv)
+def plan(task, config, force=False):
+    """The run of `config` (checked) into config.out: reused when config.out holds it finished; else
+    continued from its checkpoint (an interrupted or shorter run) or started afresh (`force`, or
+    nothing to continue from). A run with another setting, given or left at its default, is refused."""
+    task.checked(config)
+    saved = None if force else read_config(config.out)
+    if saved is not None:
+        check_continuable(task, saved, config)
+        if saved["arguments"]["epochs"] == config.epochs and finished_metrics(config.out) is not None:
+            return PlannedRun(task, config, reused=True)
+    resume = not force and (config.out / "last.pt").exists()
+    return PlannedRun(task, config.replace(resume=resume, force=not resume))
 
 
-def run_or_reuse(task, argv, out, epochs, force=False):
-    """Run the task with the options argv for `epochs` into `out`, its printed output in out/log.txt,
-    unless out holds that finished run (see planned_argv). Returns the run's metrics.
+def train_logged(task, config):
+    """train(task, config) with its printed output appended to its run folder's log.txt."""
+    make_folder(config.out, "run folder")
+    with open_regular(config.out / "log.txt", "a") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        return train(task, config)
+
+
+def run_or_reuse(task, config, force=False):
+    """The run of `config`, its printed output in its log.txt, unless config.out holds it finished
+    (see plan). Returns its metrics.
 
     The studies build on this, so that stopping and restarting them loses no finished work.
     (metrics.json exists only while it describes the run in config.json: a resumed run removes it first.)
     """
-    argv = planned_argv(task, argv, out, epochs, force)
-    if argv is not None:
-        run_logged(functools.partial(run_task, task), argv, out)
-    return read_json(out / "metrics.json")
+    planned = plan(task, config, force)
+    if not planned.reused:
+        train_logged(task, planned.config)
+    return read_json(config.out / "metrics.json")

@@ -15,6 +15,7 @@ from common.demo import default_data
 from common.paths import DEMO_IMAGES
 from common.run_folder import check_out, clear_previous, open_run_folder
 from common.runtime import CompiledOrEager, pick_compile, pick_device, pick_precision
+from common.task import Prepared
 from common.train import Run, evaluate, fit, seed_everything
 
 
@@ -62,28 +63,28 @@ def config_of(run, model, title, extra):
 
 
 def record_eager(run, config, error):
-    """torch.compile failed and the run went on in eager mode: config.json says so, and why."""
-    run.compiled = False
+    """torch.compile failed and the run went on in eager mode (CompiledOrEager says so from then on):
+    config.json says so, and why."""
     config.update(compiled=False, compile_error=error)
     if distributed.is_main():
         results.write_config(run.out, config)
 
 
-def begin(run, config):
-    """Rank 0, holding the run folder's lock: the checkpoint to resume (checked before config.json is
-    rewritten with this run's settings), the earlier run's files cleared, config.json written."""
+def begin(run, config, key):
+    """Rank 0, holding the run folder's lock: the checkpoint to resume (its key checked before
+    config.json is rewritten with this run's settings), the earlier run's files cleared, config.json written."""
     resumed = None
     if run.config.resume:
         resumed = checkpoint.load_checkpoint(run.out / "last.pt")
-        checkpoint.check_resumable(resumed, run)
+        checkpoint.check_resumable(resumed, run.config, key)
     clear_previous(run.out, run.config.force)
     results.write_config(run.out, config)
     return resumed
 
 
-def keeper(run):
+def keeper(run, key):
     """fit's save and epoch_done: rank 0 writes last.pt, best.pt and history.csv; the others nothing."""
-    key, main = checkpoint.run_key(run), distributed.is_main()
+    main = distributed.is_main()
 
     def save(state, best):
         if main:
@@ -109,9 +110,11 @@ def write_results(run, metrics, history, test_log_probs, title, config):
                            whole_matrix=run.out / "confusion.csv")
 
 
-def train_and_report(model, run, title, extra_config=None):
-    """Train, evaluate every split in eval mode, and write the table, plots and config."""
+def train_and_report(model, run, title, extra_config=None, extra_key=None):
+    """Train, evaluate every split in eval mode, and write the table, plots and config. extra_key:
+    what the resume key adds to the settings (Prepared.key)."""
     config = config_of(run, model, title, extra_config or {})
+    key = checkpoint.run_key(run, extra_key or {})
     main = distributed.is_main()
     if main:
         trainable, total = config["parameters"].values()
@@ -119,12 +122,12 @@ def train_and_report(model, run, title, extra_config=None):
               f"{results.trained_by(config)}; "
               f"train/validation/test = {'/'.join(str(n) for n in config['split_sizes'].values())} images")
     with open_run_folder(run.out, run.config.resume, run.config.force) if main else contextlib.nullcontext():
-        resumed = distributed.broadcast(begin(run, config) if main else None)
+        resumed = distributed.broadcast(begin(run, config, key) if main else None)
         model.to(run.device, memory_format=torch.channels_last)
         forward = distributed.wrap(model, run.device)
         if run.compiled:  # compiles at its first call
             forward = CompiledOrEager(forward, run.config.compile, lambda error: record_eager(run, config, error))
-        history = fit(model, forward, run, *keeper(run), resumed)
+        history = fit(model, forward, run, *keeper(run, key), resumed)
         metrics, log_probs = {}, None
         for name, split in run.data.splits().items():
             metrics[name], log_probs = evaluate(model, split, run, forward)  # test comes last
@@ -134,3 +137,11 @@ def train_and_report(model, run, title, extra_config=None):
         print(f"\n{title} ({run.out}; {results.trained_by(config)})\n{results.format_table(metrics)}")
     distributed.finish()  # under torchrun: the last collective was the test split's
     return metrics
+
+
+def train(task, config):
+    """The one way a configuration runs, in this process or in a child's script: the task's model
+    prepared (and its inputs), trained, the results written. Returns the metrics."""
+    run = start_run(task.checked(config), cpu_bf16=task.cpu_bf16)
+    prepared = task.prepare(run) if task.prepare else Prepared(task.build_model(config, len(run.data.classes)), run)
+    return train_and_report(prepared.model, prepared.run, task.title_for(config), prepared.extra_config, prepared.key)

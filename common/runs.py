@@ -1,6 +1,6 @@
-"""Planned runs (a task with a seed, its folder and its command line) run to the end: one at a time
-in this process, or N at a time in processes of their own, one per device; either way one progress
-bar shows how far each run under way is, read from its history.csv."""
+"""Planned runs (common.reuse.PlannedRun) run to the end: one at a time in this process, or N at a
+time in processes of their own, one per device; either way one progress bar shows how far each run
+under way is, read from its history.csv."""
 import contextlib
 import functools
 import os
@@ -8,44 +8,26 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from common import results
+from common.cli import OUTCOME
 from common.errors import UserError
 from common.files import open_regular, read_json
-from common.options import as_argv, run_task
-from common.paths import REPO
-from common.reuse import run_logged
+from common.options import command_line
+from common.paths import task_script
+from common.reuse import train_logged
 from common.run_folder import make_folder
 from common.train import STOPPED_EXIT_CODES
 from common.weights import WeightsUnavailable
 
 PROGRESS_EVERY_S = 2  # how often the bar shows the epochs of the runs under way
-
-
-@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, to key dicts
-class PlannedRun:
-    """One task with one seed, planned once: its folder and the task script's command line (argv),
-    or argv None where the run finished there is reused. In this process or in a process of its
-    own, it is the same run; each way adds the device it runs on."""
-    task: object  # common.task.Task
-    seed: int
-    out: Path
-    epochs: int
-    argv: list = None
-
-    @property
-    def label(self):
-        return f"{self.task.name} seed {self.seed}"
-
-    def command(self, device):
-        return [*self.argv, *as_argv(device=device)]
 
 
 def runs_under_way(running):
@@ -71,12 +53,12 @@ class Running:
     @contextlib.contextmanager
     def track(self, plan):
         with self.lock:
-            self.runs[plan.out] = (plan.label, plan.epochs)
+            self.runs[plan.config.out] = (plan.label, plan.config.epochs)
         try:
             yield
         finally:
             with self.lock:
-                self.runs.pop(plan.out)
+                self.runs.pop(plan.config.out)
 
     def show(self):
         with self.lock:
@@ -101,46 +83,53 @@ class Running:
 
 def run_here(plan, device, running):
     """A planned run in this process, its printed output in its log.txt; returns its metrics."""
-    if plan.argv is not None:
+    if not plan.reused:
         with running.track(plan):
-            run_logged(functools.partial(run_task, plan.task), plan.command(device), plan.out)
-    return read_json(plan.out / "metrics.json")
+            train_logged(plan.task, plan.config.replace(device=device))
+    return read_json(plan.config.out / "metrics.json")
 
 
 def run_as_process(plan, devices, jobs, children, running):
     """A planned run as a process of its own, on a device taken from the queue `devices` while it
     trains; returns its metrics. The process is in `children` while it runs: in a session of its
     own, so that a Ctrl-C reaches it once, forwarded by run_concurrently as SIGTERM, and it saves a
-    checkpoint before it stops."""
-    if plan.argv is None:
-        return read_json(plan.out / "metrics.json")
-    device, log = devices.get(), plan.out / "log.txt"
+    checkpoint before it stops. Why it failed, it writes to an outcome file (common.cli.OUTCOME)."""
+    out = plan.config.out
+    if plan.reused:
+        return read_json(out / "metrics.json")
+    device, log = devices.get(), out / "log.txt"
     try:
-        make_folder(plan.out, "run folder")
-        env = dict(os.environ)
-        if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))  # the jobs share the cores
-        with open_regular(log, "a") as f, running.track(plan):  # in our folder: its argv's relative paths are ours
-            child = subprocess.Popen([sys.executable, str(REPO / f"{plan.task.name}.py"), *plan.command(device)],
+        make_folder(out, "run folder")
+        with tempfile.TemporaryDirectory() as folder, open_regular(log, "a") as f, running.track(plan):
+            outcome = Path(folder) / "outcome.json"
+            env = {**os.environ, OUTCOME: str(outcome)}
+            if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))  # the jobs share the cores
+            # in our folder: its command line's relative paths are ours
+            child = subprocess.Popen([sys.executable, str(task_script(plan.task.name)),
+                                      *command_line(plan.task, plan.config.replace(device=device))],
                                      stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             children.add(child)
             code = child.wait()
             children.discard(child)
+            error = child_error(outcome)
     finally:
         devices.put(device)
     if code == WeightsUnavailable.exit_code:
-        raise WeightsUnavailable(last_error(log))
+        raise WeightsUnavailable(error)
     if code in STOPPED_EXIT_CODES:  # it saved a checkpoint on Ctrl-C, SIGTERM or SIGHUP
         raise UserError(f"{plan.label} was stopped (see {log}); run reproduce.py again to continue")
     if code != 0:
-        raise UserError(f"{plan.label} failed (exit code {code}): {last_error(log)} (see {log})")
-    return read_json(plan.out / "metrics.json")
+        raise UserError(f"{plan.label} failed (exit code {code}): {error} (see {log})")
+    return read_json(out / "metrics.json")
 
 
-def last_error(log):
-    with open_regular(log, errors="replace") as f:
-        lines = [line for line in f.read().splitlines() if line.startswith("error: ")]
-    return lines[-1][len("error: "):] if lines else "no error message"
+def child_error(outcome):
+    """Why a child script failed, as its run_main wrote it; one that ended before it could say, has no message."""
+    try:
+        return read_json(outcome)["error"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no error message"
 
 
 def collect(plan, result, metrics, missing):
@@ -177,7 +166,7 @@ def run_here_or_say_stopped(plan, device, running, metrics, missing):
     try:
         collect(plan, functools.partial(run_here, plan, device, running), metrics, missing)
     except SystemExit:  # Ctrl-C inside the run: it said so in its log.txt; say it here too
-        tqdm.write(f"{plan.label}: stopped (see {plan.out / 'log.txt'}); run reproduce.py again to continue")
+        tqdm.write(f"{plan.label}: stopped (see {plan.config.out / 'log.txt'}); run reproduce.py again to continue")
         raise
 
 

@@ -3,6 +3,9 @@ the studies read these declarations (tasks.py finds them); the script itself onl
 from dataclasses import dataclass, field
 from typing import Callable
 
+from common.config import NoOptions, RunConfig, declared
+from common.paths import RESULTS
+
 
 def report_table(train, validation, test):
     """The 2020 report's table for a task, each row (logloss, top-1, top-3)."""
@@ -12,11 +15,13 @@ def report_table(train, validation, test):
 
 @dataclass(frozen=True)
 class Prepared:
-    """What a task trains: its model, the run it trains on (task 1's frozen runs train on features)
-    and what config.json records beyond the settings."""
+    """What a task trains: its model, the run it trains on (task 1's frozen runs train on features),
+    what config.json records beyond the settings and what the resume key adds to them (what is known
+    only once loaded, e.g. task 1's weights fingerprint)."""
     model: object
     run: object
     extra_config: dict = field(default_factory=dict)
+    key: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, to key dicts
@@ -28,19 +33,38 @@ class Task:
     # (RunConfig, number of classes) -> the network its checkpoints hold, freshly initialised (after seeding)
     build_model: Callable
     description: str = ""    # --help's text
-    add_options: Callable = None    # (argparse parser) -> None: the task's own options
-    check_options: Callable = None  # (RunConfig) -> None, raises UserError: on the command line and in predict.py
-    saved_fields: dict = field(default_factory=dict)  # config.json field -> (check, what it must be), for predict.py
+    options: type = NoOptions  # its own options: a frozen dataclass of common.config.option fields
+    check: Callable = None   # (RunConfig) -> None, raises UserError: what spans several settings; on the
+                             # command line, in plans and in predict.py
+    saved_fields: dict = field(default_factory=dict)  # config.json field beyond the settings -> (check, what
+                                                      # it must be), for predict.py
     prepare: Callable = None        # (run) -> Prepared; default: build_model on the run's classes
     input_network: Callable = None  # predict.py: (config.json, --weights) -> the network making the model's
                                     # inputs from images (task 1's frozen backbone), or None
     describe: Callable = None       # (RunConfig) -> the title with what its options change
     compiles: bool = False   # offers --compile (long enough training to repay compilation)
     cpu_bf16: bool = True    # --precision auto may pick bf16 on a CPU (False where bf16 slows the model)
-    reproduce_argv: tuple = ()  # the options reproduce.py runs it with (task 3: --clusters 16)
+    reproduce_with: dict = field(default_factory=dict)  # the options reproduce.py gives it (task 3: clusters=16)
     course_report: dict = None  # the 2020 report's table (report_table), where it has one
     former_names: tuple = ()    # the "task" its earlier runs' config.json may hold
     in_reproduction: bool = True  # reproduce.py runs it by default (else only when --tasks names it)
+
+    def config(self, **settings):
+        """A RunConfig of this task: its defaults (its epochs and batch size, results/<name>, --compile
+        auto where it compiles) changed by `settings`, the shared ones and its own options by name."""
+        own = {f.name for f, _, _ in declared(self.options)}
+        shared = {"epochs": self.epochs, "batch_size": self.batch_size, "out": RESULTS / self.name,
+                  "compile": "auto" if self.compiles else "off",
+                  **{name: value for name, value in settings.items() if name not in own}}
+        return RunConfig(task=self.name, options=self.options(**{k: v for k, v in settings.items() if k in own}),
+                         **shared)
+
+    def checked(self, config):
+        """config, every setting in range and the task's own check passed; else one UserError line."""
+        config.check()
+        if self.check:
+            self.check(config)
+        return config
 
     def title_for(self, config):
         """The title every output of a run carries."""

@@ -31,7 +31,6 @@ class Run:
     device: torch.device
     precision: str
     compiled: bool = False  # forward passes through torch.compile
-    identity: dict = field(default_factory=dict)  # settings known only after loading, e.g. a weights fingerprint
     train_source: Split = None  # training batches come from here instead of data.train (task 1's augmented views)
 
     @property

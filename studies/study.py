@@ -41,46 +41,45 @@ from common.cli import UserError, run_main  # noqa: E402
 from common.config import MAX_SEEDS  # noqa: E402
 from common.evidence import read_evidence  # noqa: E402
 from common.files import atomic_files, atomic_write  # noqa: E402
-from common.options import as_argv  # noqa: E402
 from common import results  # noqa: E402
 from common.report import run_history  # noqa: E402
 from common.reuse import finished_metrics, read_config, run_or_reuse  # noqa: E402
 from common.run_folder import check_folder_writable  # noqa: E402
 from common.stats import paired_difference, supported  # noqa: E402
 
-# config -> (task, its options); each trains for its task's epochs
+# config -> (task, its settings by name: shared ones and its own); each trains for its task's epochs
 STUDIES = {
     "netvlad": {
-        "shallow": ("task2_shallow", []),
-        "netvlad_k4": ("task3_netvlad", ["--clusters", "4"]),
-        "netvlad_k16": ("task3_netvlad", ["--clusters", "16"]),
-        "netvlad_k64": ("task3_netvlad", ["--clusters", "64"]),
-        "netvlad_k4_report_init": ("task3_netvlad", ["--clusters", "4", "--init", "random"]),
+        "shallow": ("task2_shallow", {}),
+        "netvlad_k4": ("task3_netvlad", {"clusters": 4}),
+        "netvlad_k16": ("task3_netvlad", {"clusters": 16}),
+        "netvlad_k64": ("task3_netvlad", {"clusters": 64}),
+        "netvlad_k4_report_init": ("task3_netvlad", {"clusters": 4, "init": "random"}),
     },
     "augment": {
-        "shallow": ("task2_shallow", []),
-        "shallow_augment": ("task2_shallow", ["--augment"]),
-        "netvlad_k16": ("task3_netvlad", ["--clusters", "16"]),
-        "netvlad_k16_augment": ("task3_netvlad", ["--clusters", "16", "--augment"]),
-        "lite0_frozen": ("task1_efficientnet", []),
-        "lite0_frozen_augment": ("task1_efficientnet", ["--augment"]),
-        "lite0_finetuned": ("task1_efficientnet", ["--finetune"]),
+        "shallow": ("task2_shallow", {}),
+        "shallow_augment": ("task2_shallow", {"augment": True}),
+        "netvlad_k16": ("task3_netvlad", {"clusters": 16}),
+        "netvlad_k16_augment": ("task3_netvlad", {"clusters": 16, "augment": True}),
+        "lite0_frozen": ("task1_efficientnet", {}),
+        "lite0_frozen_augment": ("task1_efficientnet", {"augment": True}),
+        "lite0_finetuned": ("task1_efficientnet", {"finetune": True}),
     },
     "precision": {  # "auto" is bf16 on CPUs with AMX and on bf16 GPUs, else fp32 (config.json says which)
-        "shallow": ("task2_shallow", []),
-        "shallow_fp32": ("task2_shallow", ["--precision", "fp32"]),
-        "shallow_bf16": ("task2_shallow", ["--precision", "bf16"]),
-        "lite0_frozen": ("task1_efficientnet", []),
-        "lite0_frozen_fp32": ("task1_efficientnet", ["--precision", "fp32"]),
-        "lite0_frozen_bf16": ("task1_efficientnet", ["--precision", "bf16"]),
+        "shallow": ("task2_shallow", {}),
+        "shallow_fp32": ("task2_shallow", {"precision": "fp32"}),
+        "shallow_bf16": ("task2_shallow", {"precision": "bf16"}),
+        "lite0_frozen": ("task1_efficientnet", {}),
+        "lite0_frozen_fp32": ("task1_efficientnet", {"precision": "fp32"}),
+        "lite0_frozen_bf16": ("task1_efficientnet", {"precision": "bf16"}),
     },
     "backbones": {
-        "lite0_frozen": ("task1_efficientnet", []),
-        "lite1_frozen": ("task1_efficientnet_lite1", []),
-        "lite2_frozen": ("task1_efficientnet_lite2", []),
-        "lite0_finetuned": ("task1_efficientnet", ["--finetune"]),
-        "lite1_finetuned": ("task1_efficientnet_lite1", ["--finetune"]),
-        "lite2_finetuned": ("task1_efficientnet_lite2", ["--finetune"]),
+        "lite0_frozen": ("task1_efficientnet", {}),
+        "lite1_frozen": ("task1_efficientnet_lite1", {}),
+        "lite2_frozen": ("task1_efficientnet_lite2", {}),
+        "lite0_finetuned": ("task1_efficientnet", {"finetune": True}),
+        "lite1_finetuned": ("task1_efficientnet_lite1", {"finetune": True}),
+        "lite2_finetuned": ("task1_efficientnet_lite2", {"finetune": True}),
     },
 }
 # the questions each study asks: (A, B) prints B minus A, paired on the same test images and seeds
@@ -261,9 +260,9 @@ def main(argv=None):
     configs, out = STUDIES[args.study], args.out
     jobs = [(seed, name) for seed in range(args.seeds) for name in args.configs or configs]  # a whole seed first
     for seed, name in tqdm(jobs, desc="runs", unit="run"):
-        task, argv = tasks.load(configs[name][0]), configs[name][1]
-        run_or_reuse(task, [*argv, *as_argv(data=args.data, gamma=args.gamma, seed=seed)], out / name / f"seed{seed}",
-                     args.epochs or task.epochs)
+        task, settings = tasks.load(configs[name][0]), configs[name][1]
+        run_or_reuse(task, task.config(**settings, data=args.data, gamma=args.gamma, seed=seed,
+                                       out=out / name / f"seed{seed}", epochs=args.epochs or task.epochs))
     epochs = {name: args.epochs or tasks.load(task).epochs for name, (task, _) in configs.items()}
     folders = {name: finished_runs(out / name, epochs[name]) for name in configs}
     report = tables({name: [finished_metrics(f) for f in runs] for name, runs in folders.items() if runs})

@@ -11,7 +11,7 @@ from common.reuse import run_or_reuse
 from common.run import train_and_report
 from conftest import start_test_run
 from test_run_folder import ctrl_c_at_epoch
-from test_train import TINY, run, tiny_model
+from test_train import TINY, run, tiny_config, tiny_model
 
 
 SPLIT_COUNTS = (4, 2, 2)  # images per class in the data fixture's train, validation and test
@@ -101,9 +101,9 @@ def test_augment_changes_training_batches_never_evaluation_inputs(data, tmp_path
 def test_an_augmented_run_resumes_into_the_same_stream(data, tmp_path):
     whole = run(data, tmp_path / "whole", "--augment")
     with ctrl_c_at_epoch(2):
-        run_or_reuse(TINY, ["--data", str(data), "--augment"], tmp_path / "cut", epochs=4)
-    assert run_or_reuse(TINY, ["--data", str(data), "--augment"], tmp_path / "cut", epochs=4) == \
-        run_or_reuse(TINY, ["--data", str(data), "--augment"], tmp_path / "whole2", epochs=4)
+        run_or_reuse(TINY, tiny_config(data, tmp_path / "cut", 4, augment=True))
+    assert run_or_reuse(TINY, tiny_config(data, tmp_path / "cut", 4, augment=True)) == \
+        run_or_reuse(TINY, tiny_config(data, tmp_path / "whole2", 4, augment=True))
     assert whole != run(data, tmp_path / "plain")  # augmentation changed what was learnt
 
 

@@ -1,4 +1,5 @@
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -6,7 +7,7 @@ import sys
 
 import pytest
 
-from common.cli import UserError, run_main, signals_as_ctrl_c
+from common.cli import OUTCOME, UserError, run_main, signals_as_ctrl_c
 from conftest import REPO, exit_code_and_output
 
 
@@ -70,6 +71,14 @@ def test_unavailable_weights_exit_3_so_reproduce_can_tell_them_from_errors(capsy
     error = WeightsUnavailable("vgg16-397923af.pth is not in ~/.cache")
     code, _, err = exit_code_and_output(fail_with(error), capsys)
     assert (code, err) == (3, "error: vgg16-397923af.pth is not in ~/.cache\n")
+
+
+def test_a_failure_is_also_written_to_the_outcome_file_a_parent_names(tmp_path, monkeypatch, capsys):
+    from common.backbones import WeightsUnavailable
+    monkeypatch.setenv(OUTCOME, str(tmp_path / "outcome.json"))
+    code, _, _ = exit_code_and_output(fail_with(WeightsUnavailable("vgg16-397923af.pth is missing")), capsys)
+    assert code == 3 and json.loads((tmp_path / "outcome.json").read_text()) == \
+        {"exit_code": 3, "error": "vgg16-397923af.pth is missing"}
 
 
 @pytest.mark.slow

@@ -1,22 +1,35 @@
 """common/config.py: a RunConfig is built directly or from a command line's or config.json's
 arguments, reads back the same, and refuses settings out of range in the options' own words."""
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from common.cli import UserError
-from common.config import RunConfig
+from common.config import RunConfig, option
+from common.options import command_line, parse_run_config
+from common.task import Task
+from predict import saved_settings
 from common.run import train_and_report, start_run
 from conftest import make_split, start_test_run
 from test_train import tiny_model
 
 
+@dataclass(frozen=True)
+class Clusters:
+    clusters: int = option(16, "K")
+    alpha: float | None = option(None, "sharpness")
+
+
 def test_arguments_round_trip_with_the_tasks_own_options():
-    config = RunConfig(task="t", out=Path("o"), epochs=3, batch_size=5, lr=0.05, options={"clusters": 4})
+    task = Task("t", "t", 3, 5, build_model=None, options=Clusters)
+    config = task.config(out=Path("-o"), lr=0.05, clusters=4)
     arguments = config.arguments()
     assert arguments["batch_size"] == 5 and arguments["clusters"] == 4 and "task" not in arguments
+    assert parse_run_config(task, command_line(task, config)) == config  # as a child process reads it
     saved = {k: str(v) if isinstance(v, Path) else v for k, v in arguments.items()}  # as config.json holds them
-    assert RunConfig.from_arguments("t", saved) == config
+    assert task.config(**saved_settings(saved, RunConfig, Path("config.json")),
+                       **saved_settings(saved, Clusters, Path("config.json"))) == config  # as predict.py reads it
 
 
 @pytest.mark.parametrize("change, message", [

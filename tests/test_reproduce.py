@@ -20,7 +20,7 @@ import reproduce
 import tasks
 from common import report, results, runs
 from common.options import parse_run_config
-from common.reuse import planned_argv
+from common.reuse import PlannedRun, plan
 from common.run_folder import lock
 from conftest import COLORS, REPO, exit_code_and_output, make_image, make_split, with_signals
 from test_cub import make_cub, make_tgz
@@ -570,9 +570,33 @@ def test_a_run_process_stopped_by_a_signal_is_reported_as_stopped_not_failed(tmp
     monkeypatch.setattr(runs.subprocess, "Popen", Stopped)
     devices = queue.Queue()
     devices.put("cpu")
-    plan = runs.PlannedRun(tasks.load("task3_netvlad"), 0, tmp_path / "r" / "run", 100, ["--epochs", "100"])
+    task = tasks.load("task3_netvlad")
+    plan = PlannedRun(task, task.config(out=tmp_path / "r" / "run", epochs=100))
     with pytest.raises(reproduce.UserError, match="task3_netvlad seed 0 was stopped .*run reproduce.py again"):
         runs.run_as_process(plan, devices, 1, set(), runs.Running(None))
+
+
+@pytest.mark.parametrize("code, error", [(2, "UserError"), (3, "WeightsUnavailable")])
+def test_a_run_process_says_why_it_failed_in_its_outcome_file_not_its_log(tmp_path, monkeypatch, code, error):
+    import queue
+
+    class Failed:
+        def __init__(self, argv, env, **kwargs):
+            self.outcome = Path(env[common.cli.OUTCOME])
+
+        def wait(self):
+            self.outcome.write_text(json.dumps({"exit_code": code, "error": "no weights here"}))
+            return code
+    monkeypatch.setattr(runs.subprocess, "Popen", Failed)
+    devices = queue.Queue()
+    devices.put("cpu")
+    task = tasks.load("task3_netvlad")
+    plan = PlannedRun(task, task.config(out=tmp_path / "run", epochs=100))
+    with pytest.raises(Exception) as raised:
+        runs.run_as_process(plan, devices, 1, set(), runs.Running(None))
+    assert type(raised.value).__name__ == error
+    assert str(raised.value) == ("no weights here" if code == 3 else
+                                 f"task3_netvlad seed 0 failed (exit code 2): no weights here (see {tmp_path / 'run' / 'log.txt'})")
 
 
 def finished_run(out, task, argv):
@@ -607,10 +631,11 @@ def test_a_finished_run_with_other_settings_is_refused_for_reuse(images, tmp_pat
 
 
 def test_a_run_of_another_task_is_refused_for_reuse(tmp_path):
+    task3 = tasks.load("task3_netvlad")
     finished_run(tmp_path / "run", tasks.load("task2_shallow"), [])
     with pytest.raises(reproduce.UserError, match=r"holds a run with other settings \(task task2_shallow there, "
                                                   r"task3_netvlad asked; --clusters unset there, 16 asked; "):
-        planned_argv(tasks.load("task3_netvlad"), [], tmp_path / "run", 100)
+        plan(task3, task3.config(out=tmp_path / "run", epochs=100))
 
 
 def test_paths_beginning_with_a_dash_reach_the_task_as_paths(images, tmp_path, monkeypatch):

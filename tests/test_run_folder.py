@@ -12,12 +12,12 @@ import torch
 from common.cli import UserError
 from common import distributed
 import common.train
-from common.checkpoint import check_resumable, load_checkpoint
+from common.checkpoint import check_resumable, load_checkpoint, run_key
 from common.paths import is_inside
 from common.reuse import finished_metrics, read_config, run_or_reuse
 from common.run_folder import lock
 from conftest import REPO, CreatesFile, flip_byte_in_largest_tensor, start_test_run
-from test_train import run, TINY
+from test_train import run, TINY, tiny_config
 
 
 def test_resume_refuses_a_checkpoint_that_would_run_code(data, tmp_path):
@@ -147,34 +147,33 @@ def test_a_second_process_is_refused_while_a_run_holds_the_folder(data, tmp_path
 
 
 def test_run_or_reuse_reuses_extends_and_refuses_shorter(data, tmp_path):
-    whole = run_or_reuse(TINY, ["--data", str(data)], tmp_path / "whole", epochs=3)
+    whole = run_or_reuse(TINY, tiny_config(data, tmp_path / "whole", 3))
     out = tmp_path / "grown"
-    run_or_reuse(TINY, ["--data", str(data)], out, epochs=1)
+    run_or_reuse(TINY, tiny_config(data, out, 1))
     finished = (out / "metrics.json").stat().st_mtime_ns
-    run_or_reuse(TINY, ["--data", str(data)], out, epochs=1)  # finished: reused, not retrained
+    run_or_reuse(TINY, tiny_config(data, out, 1))  # finished: reused, not retrained
     assert (out / "metrics.json").stat().st_mtime_ns == finished
-    assert run_or_reuse(TINY, ["--data", str(data)], out, epochs=3) == whole  # extended by resuming
+    assert run_or_reuse(TINY, tiny_config(data, out, 3)) == whole  # extended by resuming
     assert "resuming" in (out / "log.txt").read_text()
     with pytest.raises(UserError, match="holds a 3-epoch run, more than the 2 epochs"):
-        run_or_reuse(TINY, ["--data", str(data)], out, epochs=2)
+        run_or_reuse(TINY, tiny_config(data, out, 2))
     (out / "config.json").write_text("{not json")
     with pytest.raises(UserError, match="config.json is unreadable.*--force"):
-        run_or_reuse(TINY, ["--data", str(data)], out, epochs=3)
+        run_or_reuse(TINY, tiny_config(data, out, 3))
 
 
 def test_run_or_reuse_never_reuses_a_run_made_with_other_options(data, tmp_path):
     out = tmp_path / "run"
-    first = run_or_reuse(TINY, ["--data", str(data), "--gamma", "0.5", "--seed", "3"], out, epochs=1)
-    assert run_or_reuse(TINY, ["--data", str(data), "--gamma", "0.50", "--seed", "3"], out, epochs=1) == first
-    for other in (["--gamma", "1"], ["--seed", "4"], ["--data", str(tmp_path)]):
-        argv = ["--data", str(data), "--gamma", "0.5", "--seed", "3"]
-        argv[argv.index(other[0]) + 1] = other[1]
-        with pytest.raises(UserError, match=f"holds a run with other settings \\({other[0]} .* there, .* asked\\)"):
-            run_or_reuse(TINY, argv, out, epochs=2)  # neither reused nor resumed
+    first = run_or_reuse(TINY, tiny_config(data, out, 1, gamma=0.5, seed=3))
+    assert run_or_reuse(TINY, tiny_config(data, out, 1, gamma=0.50, seed=3)) == first
+    for name, value in (("gamma", 1.0), ("seed", 4), ("data", tmp_path)):
+        settings = {"data": data, "gamma": 0.5, "seed": 3, name: value}
+        with pytest.raises(UserError, match=f"holds a run with other settings \\(--{name} .* there, .* asked\\)"):
+            run_or_reuse(TINY, tiny_config(out=out, epochs=2, **settings))  # neither reused nor resumed
     with pytest.raises(UserError, match=r"\(--gamma 0.5 there, 0.9 asked; --seed 3 there, 0 asked\): use --force"):
-        run_or_reuse(TINY, ["--data", str(data)], out, epochs=1)  # before: options left at their defaults went unseen
+        run_or_reuse(TINY, tiny_config(data, out, 1))  # before: options left at their defaults went unseen
     assert json.loads((out / "config.json").read_text())["arguments"]["epochs"] == 1
-    assert run_or_reuse(TINY, ["--data", str(data), "--gamma", "1"], out, epochs=1, force=True) != first
+    assert run_or_reuse(TINY, tiny_config(data, out, 1, gamma=1), force=True) != first
 
 
 def test_out_holding_other_files_is_refused_unless_forced(data, tmp_path):
@@ -206,13 +205,13 @@ def ctrl_c_at_epoch(n):
 
 
 def test_an_interrupted_longer_run_is_not_reported_with_the_shorter_runs_metrics(data, tmp_path):
-    whole = run_or_reuse(TINY, ["--data", str(data)], tmp_path / "whole", epochs=3)
+    whole = run_or_reuse(TINY, tiny_config(data, tmp_path / "whole", 3))
     out = tmp_path / "out"
-    run_or_reuse(TINY, ["--data", str(data)], out, epochs=1)
+    run_or_reuse(TINY, tiny_config(data, out, 1))
     with ctrl_c_at_epoch(2):
-        run_or_reuse(TINY, ["--data", str(data)], out, epochs=3)
+        run_or_reuse(TINY, tiny_config(data, out, 3))
     assert not (out / "metrics.json").exists()  # the 1-epoch table no longer describes the folder
-    assert run_or_reuse(TINY, ["--data", str(data)], out, epochs=3) == whole
+    assert run_or_reuse(TINY, tiny_config(data, out, 3)) == whole
 
 
 def test_a_failed_forced_run_leaves_no_table_of_the_earlier_run(data, tmp_path):
@@ -315,7 +314,7 @@ def test_a_fifo_in_place_of_metrics_json_counts_as_missing_not_a_wait(data, tmp_
 
 def test_json_nested_too_deeply_is_one_error_or_missing(data, tmp_path):
     out = tmp_path / "run"
-    run_or_reuse(TINY, ["--data", str(data)], out, epochs=1)
+    run_or_reuse(TINY, tiny_config(data, out, 1))
     deep = "[" * 100_000 + "]" * 100_000  # json.loads raises RecursionError
     (out / "metrics.json").write_text(deep)
     assert finished_metrics(out) is None
@@ -323,7 +322,7 @@ def test_json_nested_too_deeply_is_one_error_or_missing(data, tmp_path):
     with pytest.raises(UserError, match="config.json is unreadable.*--force"):
         read_config(out)
     with pytest.raises(UserError, match="config.json is unreadable.*--force"):
-        run_or_reuse(TINY, ["--data", str(data)], out, epochs=1)
+        run_or_reuse(TINY, tiny_config(data, out, 1))
 
 
 @pytest.mark.slow
@@ -338,7 +337,8 @@ def test_a_fifo_in_place_of_the_log_is_refused_before_the_run_not_waited_on(data
         from common.reuse import run_or_reuse
         from common.task import Task
         try:
-            run_or_reuse(Task("test", "test", 1, 1, build_model=None), [], Path({str(out)!r}), epochs=1)
+            task = Task("test", "test", 1, 1, build_model=None)
+            run_or_reuse(task, task.config(out=Path({str(out)!r})))
         except OSError as e:
             print(e)
         """)], capture_output=True, text=True, timeout=60)  # before: open() waited for a reader forever
@@ -359,7 +359,7 @@ def test_a_checkpoint_of_one_process_does_not_resume_under_torchrun(data, tmp_pa
     run(data, out, "--epochs", "1")
     state = load_checkpoint(out / "last.pt")
     r = start_test_run(["--data", str(data), "--out", str(out), "--lr", "0.05", "--precision", "fp32", "--resume"])
-    check_resumable(state, r)  # the same settings in one process
+    check_resumable(state, r.config, run_key(r, {}))  # the same settings in one process
     monkeypatch.setattr(distributed, "world", lambda: 2)
     with pytest.raises(UserError, match="torchrun processes unset in the checkpoint, 2 now"):
-        check_resumable(state, r)
+        check_resumable(state, r.config, run_key(r, {}))

@@ -11,7 +11,6 @@ from PIL import Image
 
 import tasks
 from common import results, stats
-from common.options import parse_run_config
 from conftest import REPO, exit_code_and_output, make_split
 
 spec = importlib.util.spec_from_file_location("studies_study", REPO / "studies" / "study.py")
@@ -108,7 +107,7 @@ def test_no_augment_figure_is_said_to_be_written_without_a_pair_to_draw(tmp_path
 def test_a_study_reads_relative_paths_beginning_with_a_dash_as_paths(tmp_path, monkeypatch):
     make_split(tmp_path / "-x")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(study.STUDIES["netvlad"], "netvlad_k4", ("task3_netvlad", ["--clusters=4", "--compile=off"]))
+    monkeypatch.setitem(study.STUDIES["netvlad"], "netvlad_k4", ("task3_netvlad", {"clusters": 4, "compile": "off"}))
     study.main(["netvlad", "--data", "./-x", "--out", "./-o", "--configs", "netvlad_k4", "--seeds", "1",
                 "--epochs", "1"])  # before: the run's --data -x read as an option, "expected one argument"
     config = json.loads((tmp_path / "-o" / "netvlad_k4" / "seed0" / "config.json").read_text())
@@ -119,8 +118,8 @@ def finished(folder, study_name, config_name):
     """fake_run plus the config.json and metrics.json by which the study reuses it as the finished 3-epoch
     seed-0 run of that config."""
     fake_run(folder, [1, 0, 1, 0])
-    task, argv = study.STUDIES[study_name][config_name]
-    arguments = parse_run_config(tasks.load(task), [*argv, "--epochs=3", f"--out={folder}"]).arguments()
+    task, settings = study.STUDIES[study_name][config_name]
+    arguments = tasks.load(task).config(**settings, epochs=3, out=folder).arguments()
     results.write_config(folder, {"task": task, "arguments": arguments, "parameters": {"trainable": 1}})
     metrics = {split: {"loss": 1.0, "top1": 50.0, "top3": 100.0} for split in ("train", "validation", "test")}
     (folder / "metrics.json").write_text(json.dumps(metrics))

@@ -228,13 +228,13 @@ def test_a_compiler_that_fails_on_real_code_falls_back_to_eager_and_is_recorded(
     assert config["compiled"] is False and config["compile_error"] and "\n" not in config["compile_error"]
 
 
-def tiny_defaults(parser):
-    parser.set_defaults(lr=0.05, precision="fp32")  # as run() trains
-
-
 # A task around the tiny model, for run_or_reuse
-TINY = Task("test", "tiny", 4, 5, build_model=lambda config, num_classes: tiny_model(num_classes),
-            add_options=tiny_defaults)
+TINY = Task("test", "tiny", 4, 5, build_model=lambda config, num_classes: tiny_model(num_classes))
+
+
+def tiny_config(data, out, epochs, **settings):
+    """A TINY run's configuration, trained as run() trains."""
+    return TINY.config(data=data, out=out, epochs=epochs, lr=0.05, precision="fp32", **settings)
 
 
 @pytest.mark.slow
