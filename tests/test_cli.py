@@ -74,7 +74,7 @@ def test_unavailable_weights_exit_3_so_reproduce_can_tell_them_from_errors(capsy
 
 
 def test_a_failure_is_also_written_to_the_outcome_file_a_parent_names(tmp_path, monkeypatch, capsys):
-    from common.backbones import WeightsUnavailable
+    from common.weights import WeightsUnavailable
     monkeypatch.setenv(OUTCOME, str(tmp_path / "outcome.json"))
     code, _, _ = exit_code_and_output(fail_with(WeightsUnavailable("vgg16-397923af.pth is missing")), capsys)
     assert code == 3 and json.loads((tmp_path / "outcome.json").read_text()) == \
