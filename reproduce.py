@@ -39,6 +39,7 @@ from common.paths import DEMO_IMAGES, RESULTS, is_inside, task_script
 from common.report import REPORT_TITLE, Reproduction, TaskResult, summarise, write_report
 from common.reuse import plan
 from common.runs import run_plans
+from common import run_folder
 from common.run_folder import check_folder_writable, lock, make_folder
 from common.runtime import COMPILE_MODES, pick_device
 from common.split import check_ratios, find_classes, source_listing, split_dataset
@@ -155,15 +156,8 @@ def check_results_folder(args):
 
 
 def foreign_entry(out):
-    """The first entry of `out` that reproduce.py did not write, or None. A REPORT.md counts as ours
-    only if it opens with our title: the name alone is a common one."""
-    for name, pattern in own_entries().items():
-        if (out / name).is_dir():
-            entry = next((p for p in sorted((out / name).iterdir()) if not re.fullmatch(pattern, p.name)), None)
-            if entry:
-                return entry
-    report = out / "REPORT.md"
-    return report if os.path.lexists(report) and not written_by_us(report) else None
+    """The first entry of `out` that reproduce.py did not write, or None."""
+    return run_folder.foreign_entry(out, own_entries(), "REPORT.md", lambda line: line.startswith(REPORT_TITLE))
 
 
 def foreign_message(out, entry):
@@ -175,13 +169,6 @@ def foreign_message(out, entry):
                 f"put the script back, or move {shown(entry)} away")
     return (f"--out {shown(out)} holds {shown(entry.relative_to(out))}, which reproduce.py did not write: "
             "pick a new folder, or one reproduce.py made")
-
-
-def written_by_us(report):
-    if not report.is_file():  # a folder, or a FIFO whose reading would wait forever
-        return False
-    with open(report, "rb") as f:
-        return f.read(len(REPORT_TITLE.encode())) == REPORT_TITLE.encode()
 
 
 def check_run_files(out):

@@ -2,6 +2,7 @@
 import contextlib
 import fcntl
 import os
+import re
 from pathlib import Path
 
 from common.errors import UserError
@@ -21,6 +22,29 @@ def check_folder_writable(path, label):
     existing = next(p for p in [path.absolute(), *path.absolute().parents] if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to {label} {path} ({existing} is not a writable folder)")
+
+
+def first_line(path, limit=400):
+    """The first line of a regular file (at most `limit` bytes), or None: a folder, or a FIFO whose
+    reading would wait forever, is no file of ours."""
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        return f.readline(limit).decode("utf-8", "replace")
+
+
+def foreign_entry(out, own, report, opens_report):
+    """The first entry of `out` that its maker (reproduce.py, a study) did not write, or None: `own`
+    maps each folder of out ("." for out itself) to a pattern of the names the maker writes there, and
+    the `report` it writes (REPORT.md, study.md) counts as its own only where opens_report(its first
+    line) holds, the name alone being a common one. Anything else would be replaced or mixed with ours."""
+    for name, pattern in own.items():
+        if (out / name).is_dir():
+            entry = next((p for p in sorted((out / name).iterdir()) if not re.fullmatch(pattern, p.name)), None)
+            if entry:
+                return entry
+    report = out / report
+    return report if os.path.lexists(report) and not opens_report(first_line(report) or "") else None
 
 
 def make_folder(path, label):

@@ -24,7 +24,6 @@ OUT is a new folder or one the same study made: one holding anything else is ref
     python studies/study.py precision --configs shallow shallow_bf16   # bf16 where auto is fp32
 """
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
@@ -44,6 +43,7 @@ from common.files import atomic_files, atomic_write  # noqa: E402
 from common import results  # noqa: E402
 from common.report import run_history  # noqa: E402
 from common.reuse import finished_metrics, read_config, run_or_reuse  # noqa: E402
+from common import run_folder  # noqa: E402
 from common.run_folder import check_folder_writable  # noqa: E402
 from common.stats import paired_difference, supported  # noqa: E402
 
@@ -198,28 +198,14 @@ def plot_augmentation(path, folders, run_epochs):
     return True
 
 
-def written_by_us(report, study):
-    """study.md counts as ours only if it opens with the line this study writes: the name alone is common."""
-    if not report.is_file():  # a folder, or a FIFO whose reading would wait forever
-        return False
-    with open(report, "rb") as f:
-        first = f.readline(200).decode("utf-8", "replace")
-    return re.fullmatch(rf"{study}: (\d+ epochs|each task's epochs), --gamma \S+\n", first) is not None
-
-
 def foreign_entry(out, study):
     """The first entry of `out` that the study did not write, or None (as reproduce.py's): study.md
-    and augment.png would replace the user's own, and their folders would mix with the runs."""
+    counts as ours only if it opens with the line this study writes."""
     configs = STUDIES[study]
     own = {".": "|".join([*map(re.escape, configs), atomic_files("study.md", "augment.png")]),
            **{name: r"seed\d+" for name in configs}}
-    for name, pattern in own.items():
-        if (out / name).is_dir():
-            entry = next((p for p in sorted((out / name).iterdir()) if not re.fullmatch(pattern, p.name)), None)
-            if entry:
-                return entry
-    report = out / "study.md"
-    return report if os.path.lexists(report) and not written_by_us(report, study) else None
+    header = re.compile(rf"{study}: (\d+ epochs|each task's epochs), --gamma \S+\n")
+    return run_folder.foreign_entry(out, own, "study.md", header.fullmatch)
 
 
 def parse_args(argv):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from common.cli import UserError
-from common import distributed
+from common import distributed, run_folder
 import common.train
 from common.checkpoint import check_resumable, load_checkpoint, run_key
 from common.paths import is_inside
@@ -363,3 +363,15 @@ def test_a_checkpoint_of_one_process_does_not_resume_under_torchrun(data, tmp_pa
     monkeypatch.setattr(distributed, "world", lambda: 2)
     with pytest.raises(UserError, match="torchrun processes unset in the checkpoint, 2 now"):
         check_resumable(state, r.config, run_key(r, {}))
+
+
+def test_foreign_entry_is_what_the_maker_writes_nowhere(tmp_path):
+    own = {".": "runs|report.md", "runs": r"seed\d+"}
+    (tmp_path / "runs" / "seed0").mkdir(parents=True)
+    assert run_folder.foreign_entry(tmp_path, own, "report.md", lambda line: line == "# ours\n") is None
+    (tmp_path / "report.md").write_text("# ours\nmore\n")
+    assert run_folder.foreign_entry(tmp_path, own, "report.md", lambda line: line == "# ours\n") is None
+    (tmp_path / "report.md").write_text("# my notes\n")  # the name alone does not make it ours
+    assert run_folder.foreign_entry(tmp_path, own, "report.md", lambda line: line == "# ours\n") == tmp_path / "report.md"
+    (tmp_path / "runs" / "notes.txt").write_text("")
+    assert run_folder.foreign_entry(tmp_path, own, "report.md", lambda line: True) == tmp_path / "runs" / "notes.txt"
