@@ -159,8 +159,10 @@ def read_as_made(saved, task):
     """An older run's config.json with the fields added since where their value is certain: task 1
     could only freeze its backbone before --finetune (and "finetuned") came."""
     if "finetuned" in task.saved_fields and "finetuned" not in saved:
+        declared_defaults = task.options()  # what the options added with --finetune default to: frozen
         saved["finetuned"] = False
-        saved["arguments"] = {"finetune": False, "backbone_lr_factor": 0.1, **saved["arguments"]}
+        saved["arguments"] = {"finetune": declared_defaults.finetune,
+                              "backbone_lr_factor": declared_defaults.backbone_lr_factor, **saved["arguments"]}
 
 
 def task_of(saved, file):
