@@ -12,10 +12,18 @@ test images drawn (47 in the demo: one image is 2.1 points) and the training run
   difference in accuracy with the same kind of interval (images and seeds drawn once for both),
   and the exact p-value of a paired sign-flip permutation test on each image's difference
   averaged over seeds. With one seed it is the exact McNemar test.
+
+Under K-fold cross-validation repeated R times every image is tested once per repetition, by the
+model of its fold, and the unit is the fold's accuracy (docs/statistics.md, "Under cross-validation"):
+
+- fold_accuracies: the R x K per-fold accuracies from per-image correctness and each image's fold.
+- cv_interval, cv_paired_difference: the corrected repeated k-fold t-test (Nadeau & Bengio 2003;
+  Bouckaert & Frank 2004) on the R*K per-fold values, for an interval and a paired comparison.
 """
 import math
 
 import numpy as np
+from scipy.stats import t as student_t
 
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
@@ -93,3 +101,58 @@ def paired_difference(correct_a, correct_b, resamples=RESAMPLES, seed=0):
     p = sign_flip_p(differences.mean(axis=0), scale=runs)
     return 100 * float(differences.mean()), low, high, p
 
+
+
+def fold_accuracies(correct, fold_of, folds):
+    """R x K accuracies in %: fold k's mean of `correct` (R x N, 0/1) over the images that `fold_of`
+    (R x N) puts in fold k, repetition by repetition."""
+    correct, fold_of = as_runs(correct), np.asarray(fold_of)
+    if fold_of.ndim == 1:
+        fold_of = fold_of[None]
+    if correct.shape != fold_of.shape:
+        raise ValueError(f"correctness has shape {correct.shape}, the folds {fold_of.shape}")
+    if not np.issubdtype(fold_of.dtype, np.integer) or fold_of.min() < 0 or fold_of.max() >= folds:
+        raise ValueError(f"fold numbers must be integers from 0 to {folds - 1}")
+    offsets = fold_of + folds * np.arange(len(fold_of))[:, None]  # one bin per (repetition, fold)
+    tested = np.bincount(offsets.ravel(), minlength=folds * len(fold_of)).reshape(-1, folds)
+    if (tested == 0).any():
+        raise ValueError("a fold tested no image in some repetition: its accuracy is undefined")
+    right = np.bincount(offsets.ravel(), weights=correct.ravel(), minlength=tested.size).reshape(-1, folds)
+    return 100 * right / tested
+
+
+def corrected_t(fold_values, test_train_ratio):
+    """(mean, standard error, degrees of freedom) of the R*K per-fold values under the corrected
+    repeated k-fold t-test: Var(mean) = (1/(R*K) + n2/n1) s^2. The n2/n1 term stands for the
+    correlation that the folds' overlapping training sets give their values, which s^2 misses."""
+    values = np.asarray(fold_values, dtype=np.float64).ravel()
+    if len(values) < 2:
+        raise ValueError(f"{len(values)} per-fold value(s): the variance needs at least 2")
+    if not (math.isfinite(test_train_ratio) and test_train_ratio >= 0):
+        raise ValueError(f"test_train_ratio {test_train_ratio}: give a fold's test-to-training size ratio, >= 0")
+    spread = (1 / len(values) + test_train_ratio) * values.var(ddof=1)
+    return float(values.mean()), math.sqrt(spread), len(values) - 1
+
+
+def cv_interval(fold_values, test_train_ratio):
+    """(mean, low, high) in %: the mean of the per-fold accuracies (R x K, or flat) and its 95 % t
+    interval with the corrected variance. test_train_ratio: a fold's test images over its training
+    images (1 / (K - 1) where the other K - 1 folds all train)."""
+    mean, error, freedom = corrected_t(fold_values, test_train_ratio)
+    half = student_t.ppf((1 + CONFIDENCE) / 2, freedom) * error
+    return mean, mean - half, mean + half
+
+
+def cv_paired_difference(fold_a, fold_b, test_train_ratio):
+    """A's per-fold accuracies minus B's (same shape; fold j of both tested on the same images), in
+    points: (difference, low, high, p), the 95 % interval and the two-sided p-value of the
+    corrected repeated k-fold t-test."""
+    a, b = np.asarray(fold_a, dtype=np.float64), np.asarray(fold_b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"the per-fold accuracies have shapes {a.shape} and {b.shape}: pair them fold by fold")
+    difference, error, freedom = corrected_t(a - b, test_train_ratio)
+    if error == 0:  # every fold differs by the same amount: no spread to scale by, so no chance either
+        return difference, difference, difference, 1.0 if difference == 0 else 0.0
+    half = student_t.ppf((1 + CONFIDENCE) / 2, freedom) * error
+    p = 2 * student_t.sf(abs(difference) / error, freedom)
+    return difference, difference - half, difference + half, float(p)

@@ -3,6 +3,7 @@ that behave as intervals must."""
 import math
 
 import numpy as np
+import scipy.stats
 import pytest
 
 from common import stats
@@ -61,3 +62,76 @@ def test_a_test_set_too_large_for_the_exact_test_gets_its_normal_limit(monkeypat
     monkeypatch.setattr(stats, "EXACT_WORK", 0)  # as for tens of thousands of test images
     approximate = stats.paired_difference(a, b)[3]
     assert exact == pytest.approx(mcnemar_exact(60, 40)) and approximate == pytest.approx(exact, abs=0.01)
+
+
+# cross-validation: the corrected repeated k-fold t-test (Nadeau & Bengio 2003)
+
+def test_the_corrected_t_statistic_matches_a_hand_computation():
+    a = [[80, 90], [85, 75]]  # 2 repetitions x 2 folds
+    b = [[78, 86], [85, 71]]  # differences 2, 4, 0, 4: mean 2.5, s^2 = 11/3
+    error = math.sqrt((1 / 4 + 0.5) * 11 / 3)  # (1/(R*K) + n2/n1) s^2
+    difference, low, high, p = stats.cv_paired_difference(a, b, test_train_ratio=0.5)
+    half = 3.182446305284263 * error  # t quantile at 0.975 with 3 degrees of freedom
+    assert difference == 2.5 and (low, high) == pytest.approx((2.5 - half, 2.5 + half))
+    angle = math.atan(2.5 / error / math.sqrt(3))  # t = 1.508; with 3 degrees of freedom the tail is closed-form:
+    assert p == pytest.approx(1 - 2 / math.pi * (angle + math.sin(angle) * math.cos(angle)))  # p = 0.229
+
+
+def test_without_the_correction_it_is_the_ordinary_one_sample_t_test():
+    rng = np.random.default_rng(3)
+    a, b = 80 + 5 * rng.standard_normal((3, 5)), 78 + 5 * rng.standard_normal((3, 5))
+    difference, low, high, p = stats.cv_paired_difference(a, b, test_train_ratio=0)
+    ordinary = scipy.stats.ttest_1samp((a - b).ravel(), 0)
+    assert p == pytest.approx(ordinary.pvalue) and difference == pytest.approx((a - b).mean())
+    assert (low, high) == pytest.approx(tuple(ordinary.confidence_interval(0.95)))
+
+
+def test_a_cv_interval_holds_the_mean_and_widens_with_the_test_train_ratio():
+    accuracies = [[70, 75, 80, 72, 78], [74, 71, 79, 76, 73]]
+    mean, low, high = stats.cv_interval(accuracies, test_train_ratio=0)
+    assert mean == pytest.approx(74.8) and low < mean < high
+    widths = [high - low for _, low, high in (stats.cv_interval(accuracies, r) for r in (0, 0.25, 1))]
+    assert widths[0] < widths[1] < widths[2]
+    assert stats.cv_interval(np.ravel(accuracies), 0.25) == stats.cv_interval(accuracies, 0.25)  # flat or R x K
+
+
+def test_folds_that_all_differ_alike_give_a_point_interval():
+    same = [[80, 70, 90]]
+    assert stats.cv_paired_difference(same, same, 0.5) == (0, 0, 0, 1.0)  # no difference at all
+    assert stats.cv_paired_difference([[82, 72, 92]], same, 0.5) == (2, 2, 2, 0.0)  # 2 points on every fold
+    assert stats.cv_interval(same[0][:1] * 4, 0.25) == (80, 80, 80)
+
+
+@pytest.mark.parametrize("a, b, ratio", [([[80, 70]], [[80, 70, 60]], 0.25), ([[80, 70]], [80, 70, 60, 50], 0.25),
+                                         ([80], [70], 0.25), ([80, 70], [70, 60], -0.1),
+                                         ([80, 70], [70, 60], float("nan"))])
+def test_misshapen_or_too_few_fold_values_are_refused(a, b, ratio):
+    with pytest.raises(ValueError):
+        stats.cv_paired_difference(a, b, ratio)
+
+
+def test_null_comparisons_are_rejected_at_most_about_5_percent_of_the_time():
+    # per-fold differences with no real difference, correlated as overlapping training sets make
+    # them: a share 1/K of their variance common to all folds, the model the correction assumes
+    rng = np.random.default_rng(0)
+    data_sets, repetitions, folds = 400, 10, 5
+    shared = rng.standard_normal((data_sets, 1, 1)) * math.sqrt(1 / folds)
+    noise = rng.standard_normal((data_sets, repetitions, folds)) * math.sqrt(1 - 1 / folds)
+    differences = shared + noise
+    zeros = np.zeros((repetitions, folds))
+    corrected = np.mean([stats.cv_paired_difference(d, zeros, 1 / (folds - 1))[3] < 0.05 for d in differences])
+    uncorrected = np.mean(scipy.stats.ttest_1samp(differences.reshape(data_sets, -1), 0, axis=1).pvalue < 0.05)
+    assert corrected <= 0.07
+    assert uncorrected > 0.3  # the ordinary t-test, blind to the correlation: what the check exists to catch
+
+
+def test_fold_accuracies_are_each_folds_mean_over_its_images():
+    correct = [[1, 0, 1, 1, 0, 1], [1, 1, 1, 0, 0, 0]]
+    fold_of = [[0, 0, 1, 1, 2, 2], [2, 1, 0, 0, 1, 2]]  # each repetition its own folds
+    assert stats.fold_accuracies(correct, fold_of, 3).tolist() == [[50, 100, 50], [50, 50, 50]]
+    with pytest.raises(ValueError):
+        stats.fold_accuracies(correct, fold_of, 4)  # fold 3 tests no image
+    with pytest.raises(ValueError):
+        stats.fold_accuracies(correct, [[0, 0, 1, 1, 2]] * 2, 3)  # shapes differ
+    with pytest.raises(ValueError):
+        stats.fold_accuracies(correct, [[0, 0, 1, 1, 2, 3]] * 2, 3)  # no fold 3 of 3
