@@ -1,18 +1,25 @@
-"""Reproduce the whole report: split the data, run every task over N seeds, write results/reproduce/REPORT.md.
+"""Reproduce the whole report: cross-validate every task, write results/reproduce/REPORT.md.
 
-    python reproduce.py                      # the embedded demo data, 3 seeds (mean ± std)
+    python reproduce.py                      # the embedded demo data, 5-fold cross-validation
     python reproduce.py --data MY_IMAGES     # any folder with one sub-folder per class
-    python reproduce.py --cub CUB_200_2011.tgz --seeds 5
+    python reproduce.py --cub CUB_200_2011.tgz --seeds 3    # 3 repetitions of 5-fold CV
+    python reproduce.py --folds 1 --seeds 3  # one train/validation/test split, 3 seeds
+
+By default the data are split into 5 stratified folds: run i tests on fold i and trains and validates
+on the others (70 / 10 / 20 % train / validation / test), so every image is a test image once, and
+REPORT.md pools the test predictions of all folds. --seeds N repeats that N times, the folds drawn
+anew by each repetition's seed.
 
 Finished runs are reused: run it again after an interruption, or with more --seeds, and only
 what is missing is trained. --force trains everything again.
 
-Runs are independent (task x seed): --jobs N trains N at a time, each on a GPU of its own, and
+Runs are independent (task x fold x repetition): --jobs N trains N at a time, each on a GPU of its own, and
 --print-commands prints every unfinished run's command line instead, for a cluster scheduler (a
 Slurm job array, say) to run; reproduce.py then reuses them and writes the report.
 """
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -42,10 +49,13 @@ from common.runs import run_plans
 from common import run_folder
 from common.run_folder import check_folder_writable, lock, make_folder
 from common.runtime import COMPILE_MODES, pick_device
+from common.folds import FOLDS, MAX_FOLDS, fold_folders, split_folds
 from common.split import check_ratios, find_classes, source_listing, split_dataset
 
 MAX_JOBS = 1000  # runs at a time; more would only share the same cores
-DEFAULT_SEEDS = 3  # mean ± std by default: 8.0 minutes measured for the demo data on 2 CPU cores (README)
+DEFAULT_FOLDS = 5  # every image a test image once; 70 / 10 / 20 % as the report's own code split
+DEFAULT_SEEDS = {True: 1, False: 3}  # cross-validated: one repetition; one split: mean ± std over 3 seeds
+RUN_FOLDER = r"seed\d+|rep\d+"  # a task's runs: seed<S> on one split, rep<R>/fold<K> cross-validated
 
 
 def own_entries():
@@ -56,8 +66,8 @@ def own_entries():
     return {
         ".": "|".join(["splits", "cub_7classes", r"\.cub_7classes\.partial-\w+", *names,
                        atomic_files("REPORT.md", "summary.png")]),
-        "splits": r"(?s).*-[0-9a-f]{8}-seed\d+",  # make_splits' names: split_name's, or an earlier version's (any)
-        **{name: rf"seed\d+|{atomic_files('loss.png', 'accuracy.png', 'metrics.md', 'confusion.png', 'top_losses.png')}"
+        "splits": r"(?s).*-[0-9a-f]{8}-(seed|rep)\d+",  # make_splits' names: split_name's, or an earlier version's
+        **{name: rf"{RUN_FOLDER}|{atomic_files('loss.png', 'accuracy.png', 'metrics.md', 'confusion.png', 'top_losses.png')}"
            for name in names},
     }
 
@@ -71,14 +81,22 @@ def parse_args(argv):
     parser.add_argument("--out", type=Path, default=RESULTS / "reproduce",
                         help="results folder: a new one, or one reproduce.py made before, whose finished runs it "
                              "reuses (default: results/reproduce)")
-    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
-                        help=f"runs per task, seeds 0..N-1 (different initialisation and batch order); with N > 1 "
-                             f"every table shows mean ± std, 1 to {MAX_SEEDS} (default: {DEFAULT_SEEDS}: about 8-10 minutes "
-                             f"for the demo data on 2 CPU cores)")
-    parser.add_argument("--resplit", action="store_true", help="draw a new train/validation/test split for every seed")
+    parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS, metavar="K",
+                        help=f"stratified K-fold cross-validation: run i tests on fold i and trains and validates on "
+                             f"the rest, so every image is a test image once; 1 = one train/validation/test split "
+                             f"(--ratios), 1 to {MAX_FOLDS} (default: {DEFAULT_FOLDS}: 70 / 10 / 20 %% train / "
+                             f"validation / test)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help=f"seeds 0..N-1 (initialisation and batch order): with folds, N repetitions of the K "
+                             f"folds, each drawn anew by its seed (K x N runs per task); with --folds 1, N runs on "
+                             f"one split; 1 to {MAX_SEEDS} (default: {DEFAULT_SEEDS[True]} with folds, "
+                             f"{DEFAULT_SEEDS[False]} with --folds 1)")
+    parser.add_argument("--resplit", action="store_true",
+                        help="with --folds 1: draw a new train/validation/test split for every seed")
     parser.add_argument("--ratios", type=float, nargs=3, metavar="R",
-                        help="train, validation, test fractions (default: 0.7 0.2 0.1 as the report's text says; "
-                             "with --cub 0.7 0.1 0.2 as its code did, so the test set is the report's 84 images)")
+                        help="with --folds 1: train, validation, test fractions (default: 0.7 0.2 0.1 as the report's "
+                             "text says; with --cub 0.7 0.1 0.2 as its code did, so the test set is the report's 84 "
+                             "images)")
     names = tasks.task_names()
     parser.add_argument("--tasks", nargs="+", choices=names, default=None, metavar="TASK",
                         help=f"run only these tasks, from {', '.join(names)} (default: all but task1_timm, "
@@ -100,6 +118,7 @@ def parse_args(argv):
     parser.add_argument("--force", action="store_true", help="redo finished splits and runs instead of reusing them")
     args = parser.parse_args(argv)
     args.command = sys.argv[1:] if argv is None else argv
+    args.seeds = DEFAULT_SEEDS[args.folds != 1] if args.seeds is None else args.seeds
     args.tasks = args.tasks or [task.name for task in tasks.all_tasks() if task.in_reproduction]
     check_numbers(args)
     check_source(args)
@@ -108,7 +127,14 @@ def parse_args(argv):
 
 
 def check_numbers(args):
-    """--seeds, --epochs, --ratios, --device and --jobs in range; --jobs N gets its N devices."""
+    """--folds, --seeds, --epochs, --ratios, --device and --jobs in range and consistent; --jobs N gets
+    its N devices."""
+    if not 1 <= args.folds <= MAX_FOLDS:
+        raise UserError(f"--folds {args.folds}: give 1 (one split) to {MAX_FOLDS}")
+    if args.folds > 1 and (args.resplit or args.ratios):
+        option = "--resplit" if args.resplit else "--ratios"
+        raise UserError(f"{option} is for one split (--folds 1): with --folds {args.folds} every repetition draws "
+                        "its folds anew, and the folds fix the proportions")
     if not 1 <= args.seeds <= MAX_SEEDS:
         raise UserError(f"--seeds {args.seeds}: give 1 to {MAX_SEEDS}")
     if args.epochs is not None and args.epochs < 1:
@@ -151,8 +177,8 @@ def check_results_folder(args):
         raise UserError(foreign_message(args.out, entry))
     if not args.force:  # --force replaces the runs' files without reading them
         for task in map(tasks.load, args.tasks):
-            for seed in range(args.seeds):
-                check_run_files(run_dir(task, seed, args))
+            for _, part in run_parts(args):
+                check_run_files(args.out / task.name / part)
 
 
 def foreign_entry(out):
@@ -164,7 +190,7 @@ def foreign_message(out, entry):
     """Why `out` is refused: an entry of someone else's, or runs of a task whose script is gone
     (its folder is ours, but reproduce.py no longer knows the task)."""
     if entry.parent == out and tasks.SCRIPT_NAME.fullmatch(entry.name) and entry.is_dir() and \
-            any(re.fullmatch(r"seed\d+", p.name) for p in entry.iterdir()):
+            any(re.fullmatch(RUN_FOLDER, p.name) for p in entry.iterdir()):
         return (f"--out {shown(out)} holds runs of {entry.name}, whose script {entry.name}.py is no longer here: "
                 f"put the script back, or move {shown(entry)} away")
     return (f"--out {shown(out)} holds {shown(entry.relative_to(out))}, which reproduce.py did not write: "
@@ -195,23 +221,39 @@ def split_name(src):
 
 
 def make_splits(args):
-    """One split folder per seed (--resplit) or one shared by all; made once, then reused. Its name
-    holds a hash of what the split is made of, the source's file listing included: an image or class
-    added to (or changed in) the source makes a new split, never a silently reused old one."""
+    """The data folder of every run of a task, in run_parts' order, made once and then reused: with
+    folds, repetition r's K fold folders (drawn by seed r); with --folds 1, one split folder per seed
+    (--resplit) or one shared by all. A folder's name holds a hash of what it is made of, the source's
+    file listing included: an image or class added to (or changed in) the source makes new folds,
+    never silently reused old ones."""
     src, classes, description = source_images(args)
-    ratios = tuple(args.ratios or ((0.7, 0.1, 0.2) if args.cub else (0.7, 0.2, 0.1)))
-    key = f"{src.resolve()}|{ratios}|{classes}|{source_listing(src, classes)}"
-    tag = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    ratios = None if args.folds > 1 else tuple(args.ratios or ((0.7, 0.1, 0.2) if args.cub else (0.7, 0.2, 0.1)))
+    kind = f"folds={args.folds}" if args.folds > 1 else str(ratios)
+    key = f"{src.resolve()}|{kind}|{classes}|{source_listing(src, classes)}"
+    stem = args.out / "splits" / f"{split_name(src)}-{hashlib.sha1(key.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
     folders = []
-    for seed in range(args.seeds):
-        split_seed = seed if args.resplit else 0
-        folder = args.out / "splits" / f"{split_name(src)}-{tag}-seed{split_seed}"
-        if args.force or not os.path.lexists(folder / MANIFEST):
-            with contextlib.redirect_stdout(sys.stderr):
-                split_dataset(src, folder, ratios, seed=split_seed, force=True, classes=classes)
-        split_sizes(folder)  # a reused split's manifest must read back, before any run starts
-        folders.append(folder)
+    with contextlib.redirect_stdout(sys.stderr):  # the splits' tables, beside the progress bar
+        for seed in range(args.seeds):
+            if args.folds > 1:
+                folders += make_folds(src, Path(f"{stem}-rep{seed}"), seed, classes, args)
+            else:
+                folders.append(make_split(src, Path(f"{stem}-seed{seed if args.resplit else 0}"), ratios,
+                                          seed if args.resplit else 0, classes, args.force))
     return folders, ratios, description
+
+
+def make_folds(src, folder, seed, classes, args):
+    """Repetition `seed`'s fold folders, drawn by its seed; an edited or unfinished set is refused or redrawn."""
+    if args.force or not os.path.lexists(folder / FOLDS):
+        split_folds(src, folder, args.folds, seed=seed, force=True, classes=classes)
+    return fold_folders(folder)  # a reused set must read back whole, before any run starts
+
+
+def make_split(src, folder, ratios, seed, classes, force):
+    if force or not os.path.lexists(folder / MANIFEST):
+        split_dataset(src, folder, ratios, seed=seed, force=True, classes=classes)
+    split_sizes(folder)  # a reused split's manifest must read back, before any run starts
+    return folder
 
 
 def split_sizes(folder):
@@ -219,21 +261,26 @@ def split_sizes(folder):
     return Counter(row["split"] for row in rows)
 
 
-def run_config(task, data, seed, args):
-    """The task's run of this seed on its split, with the options reproduce.py gives it."""
-    return task.config(**task.reproduce_with, data=data, seed=seed, out=run_dir(task, seed, args),
+def run_parts(args):
+    """(seed, folder under the task's) of every run of a task, in order: repetition r's fold k
+    (rep<r>/fold<k>, seed r) cross-validated, else seed s on its split (seed<s>)."""
+    if args.folds == 1:
+        return [(seed, Path(f"seed{seed}")) for seed in range(args.seeds)]
+    return [(seed, Path(f"rep{seed}") / f"fold{fold}") for seed in range(args.seeds) for fold in range(args.folds)]
+
+
+def run_config(task, data, seed, part, args):
+    """The task's run on `data` with this seed, into OUT/<task>/<part>, with the options reproduce.py gives it."""
+    return task.config(**task.reproduce_with, data=data, seed=seed, out=args.out / task.name / part,
                        epochs=args.epochs or task.epochs, device=args.device, precision=args.precision,
                        augment=args.augment, **({"compile": args.compile} if task.compiles else {}))
 
 
-def run_dir(task, seed, args):
-    return args.out / task.name / f"seed{seed}"
-
-
 def plan_runs(chosen, splits, args):
-    """Every task over every seed, in order: what is finished, what continues, what starts."""
-    return [plan(task, run_config(task, data, seed, args), args.force)
-            for task in chosen for seed, data in enumerate(splits)]
+    """Every task's runs (run_parts) on their data folders, in order: what is finished, what continues, what starts."""
+    return [plan(task, run_config(task, data, seed, part, args), args.force,
+                 part=" ".join(part.parts) if args.folds > 1 else "")
+            for task in chosen for (seed, part), data in zip(run_parts(args), splits)]
 
 
 def unprintable(c):
@@ -260,7 +307,7 @@ def print_commands(plans, args):
 
 
 def main(argv=None):
-    """Every task over every seed, then REPORT.md."""
+    """Every task's runs, then REPORT.md."""
     args = parse_args(argv)
     make_folder(args.out, "--out")
     with lock(args.out, "--out"):  # two reproductions into one folder would replace each other's files
@@ -276,17 +323,18 @@ def run_all(args):
         return print_commands(plans, args)
     with tqdm(total=len(plans), desc="reproduce", unit="run", dynamic_ncols=True) as progress:
         metrics, missing = run_plans(plans, args.devices, progress)  # the bar ends its line, whatever happens
+    how = Reproduction(args.command, description, ratios, split_sizes(splits[0]), args.seeds, args.resplit,
+                       args.epochs, args.augment, bool(args.cub), folds=args.folds)
     task_results = []
     for task in chosen:
-        title = task.title_for(run_config(task, splits[0], 0, args))
+        own = [planned for planned in plans if planned.task is task]
+        title = task.title_for(own[0].config)
         if task in missing:
             task_results.append(TaskResult(task.name, title, task.course_report, missing=missing[task]))
         else:
-            runs = [metrics[planned] for planned in plans if planned.task is task]
-            task_results.append(summarise(task.name, title, runs, args.out, args.epochs or task.epochs,
-                                          task.course_report))
-    how = Reproduction(args.command, description, ratios, split_sizes(splits[0]), args.seeds, args.resplit,
-                       args.epochs, args.augment, bool(args.cub), (time.perf_counter() - began) / 60)
+            task_results.append(summarise(task.name, title, [p.config.out for p in own], [metrics[p] for p in own],
+                                          args.out, how, args.epochs or task.epochs, task.course_report))
+    how = dataclasses.replace(how, minutes=(time.perf_counter() - began) / 60)
     write_report(args.out, how, task_results, {t.name: t.epochs for t in chosen})
     print(f"wrote {args.out / 'REPORT.md'}")
 

@@ -1,29 +1,77 @@
 """Benchmark: wall time and peak memory of the whole reproduction (reproduce.py in a child process).
 
-Arguments after the options go to reproduce.py unchanged, e.g.
+With no --compare, arguments after `--` go to reproduce.py unchanged and it runs once:
 
     python bench/bench_reproduce.py -- --out /tmp/fresh_results --force
+
+With --compare it runs twice, side by side in one benchmark run, each time on empty caches (a new
+decoded-image and feature cache, REPRO_CACHE_DIR, and a new torch.compile cache,
+TORCHINDUCTOR_CACHE_DIR) into a new results folder, as on a fresh clone: the default design
+(5-fold cross-validation, one repetition) against one split over 3 seeds (--folds 1 --seeds 3):
+
+    python bench/bench_reproduce.py --compare
+    python bench/bench_reproduce.py --compare -- --jobs 2      # both with --jobs 2
 """
 import argparse
+import os
+import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
+from common.runtime import cpu_flags  # noqa: E402
+
+DESIGNS = {"5-fold cross-validation, 1 repetition (default)": [],
+           "one split, 3 seeds (--folds 1 --seeds 3)": ["--folds", "1", "--seeds", "3"]}
+
+
+def reproduce(arguments, env=None):
+    """(wall minutes, peak RSS in GiB of the largest process) of reproduce.py with `arguments`."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(REPO / "reproduce.py"), *arguments], check=True, env=env)
+    minutes = (time.perf_counter() - start) / 60
+    return minutes, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
+
+
+def on_empty_caches(arguments, scratch):
+    """reproduce.py with `arguments` as on a fresh clone: every cache and the results folder new."""
+    for name in ("cache", "inductor", "out"):
+        (scratch / name).mkdir()
+    env = {**os.environ, "REPRO_CACHE_DIR": str(scratch / "cache"), "TORCHINDUCTOR_CACHE_DIR": str(scratch / "inductor")}
+    return reproduce(["--out", str(scratch / "out"), *arguments], env)
+
+
+def compare(forwarded):
+    print(f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), flags: {cpu_flags()}")
+    rows = []
+    for design, arguments in DESIGNS.items():
+        with tempfile.TemporaryDirectory(prefix="bench_reproduce_") as scratch:
+            minutes, _ = on_empty_caches([*arguments, *forwarded], Path(scratch))
+        rows.append((design, minutes))
+        print(f"{design}: {minutes:.1f} minutes", flush=True)
+    print("\n| design | wall time on empty caches | ratio |\n|---|---:|---:|")
+    for design, minutes in rows:
+        print(f"| {design} | {minutes:.1f} min | {minutes / rows[-1][1]:.2f}x |")
+    print(f"\nreproduce.py arguments of both: {' '.join(forwarded) or '(none)'}; peak memory of the largest process: "
+          f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20:.2f} GiB (max RSS)")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compare", action="store_true",
+                        help="run the default cross-validation and one split over 3 seeds, each on empty caches")
     parser.add_argument("reproduce_args", nargs=argparse.REMAINDER, help="arguments for reproduce.py (after --)")
     args = parser.parse_args()
     forwarded = [a for a in args.reproduce_args if a != "--"]
-    start = time.perf_counter()
-    subprocess.run([sys.executable, str(REPO / "reproduce.py"), *forwarded], check=True)
-    seconds = time.perf_counter() - start
-    peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
-    print(f"reproduce.py {' '.join(forwarded)}: {seconds / 60:.1f} minutes wall, peak memory {peak_gib:.2f} GiB (max RSS)")
+    if args.compare:
+        return compare(forwarded)
+    minutes, peak = reproduce(forwarded)
+    print(f"reproduce.py {' '.join(forwarded)}: {minutes:.1f} minutes wall, peak memory {peak:.2f} GiB (max RSS)")
 
 
 if __name__ == "__main__":

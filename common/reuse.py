@@ -84,13 +84,14 @@ class PlannedRun:
     task: object  # common.task.Task
     config: RunConfig
     reused: bool = False
+    part: str = ""  # which of the task's runs it is, e.g. "rep0 fold3"; "" names it by its seed
 
     @property
     def label(self):
-        return f"{self.task.name} seed {self.config.seed}"
+        return f"{self.task.name} {self.part or f'seed {self.config.seed}'}"
 
 
-def plan(task, config, force=False):
+def plan(task, config, force=False, part=""):
     """The run of `config` (checked) into config.out: reused when config.out holds it finished; else
     continued from its checkpoint (an interrupted or shorter run) or started afresh (`force`, or
     nothing to continue from). A run with another setting, given or left at its default, is refused."""
@@ -99,9 +100,9 @@ def plan(task, config, force=False):
     if saved is not None:
         check_continuable(task, saved, config)
         if saved["arguments"]["epochs"] == config.epochs and finished_metrics(config.out) is not None:
-            return PlannedRun(task, config, reused=True)
+            return PlannedRun(task, config, reused=True, part=part)
     resume = not force and (config.out / "last.pt").exists()
-    return PlannedRun(task, config.replace(resume=resume, force=not resume))
+    return PlannedRun(task, config.replace(resume=resume, force=not resume), part=part)
 
 
 def train_logged(task, config):

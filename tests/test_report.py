@@ -28,9 +28,13 @@ def trained(title, top1, course_top1=None):
                              config={"parameters": {"trainable": 1234}})
 
 
+ONE_SPLIT = report.Reproduction([], "demo", (0.7, 0.2, 0.1), {}, seeds=1, resplit=False)
+
+
 def test_the_summary_ranks_by_mean_test_top1_and_lists_unavailable_weights():
     missing = report.TaskResult("missing", "missing", {"test": {"top1": 86.9}}, missing="offline")
-    lines = report.summary_lines([trained("low", (30.0, 2.0)), missing, trained("high", (60.0, 3.0), 47.62)])
+    lines = report.summary_lines([trained("low", (30.0, 2.0)), missing, trained("high", (60.0, 3.0), 47.62)],
+                                 ONE_SPLIT)
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| model")]
     assert [row.split(" | ")[0] for row in rows] == ["| high", "| low", "| missing"]
     assert "60.00 ± 3.00 %" in rows[0] and "47.62 %" in rows[0] and "1,234" in rows[0]
@@ -55,11 +59,11 @@ def test_the_epochs_line_names_each_tasks_own_epochs_or_the_quick_look():
 def test_predictions_edited_since_the_run_leave_the_task_out_with_one_warning(tmp_path, capsys):
     run = small_run(tmp_path / "task" / "seed0")
     edit_predictions(run, lambda rows: rows[1].__setitem__(2, "c"))  # one true class changed
-    evidence, why = report.task_evidence(tmp_path / "task", 1, "A model")
+    evidence, why = report.task_evidence(tmp_path / "task", [run], "A model", ONE_SPLIT)
     assert evidence is None and "SHA-256" in why and not (tmp_path / "task" / "confusion.png").exists()
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "seed0/test_predictions.csv" in warnings[0]
-    lines = report.task_lines(report.TaskResult("task", "A model", stats=full_stats(), no_evidence=why), 1)
+    lines = report.task_lines(report.TaskResult("task", "A model", stats=full_stats(), no_evidence=why), ONE_SPLIT)
     assert any(line.startswith("No intervals, comparisons, per-class accuracy or mistakes: ") for line in lines)
 
 
@@ -72,7 +76,7 @@ def test_report_tables_keep_their_cells_and_hold_no_html_whatever_the_names(tmp_
     hand_made_run(out / "task_a" / "seed0", HOSTILE_CLASSES, [0, 1, 2, 3, 4],
                   [[0.6 if j == (i + 1) % 5 else 0.1 for j in range(5)] for i in range(5)])
     titles = ["<script>alert(1)</script>", "a|b *x* $\\undefined$"]
-    evidence, _ = report.task_evidence(out / "task_a", 1, titles[0])  # confusion.png and top_losses.png
+    evidence, _ = report.task_evidence(out / "task_a", [out / "task_a" / "seed0"], titles[0], ONE_SPLIT)  # its figures
     trained = [report.TaskResult(f"task_{c}", title, stats=full_stats(), evidence=evidence,
                                  config={"parameters": {"trainable": 10}, "device": "cpu"})
                for c, title in zip("ab", titles)]
