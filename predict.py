@@ -2,15 +2,18 @@
 
 RUN_DIR is any task's output folder (results/task2_shallow, results/task1_efficientnet/seed0, ...).
 The model is rebuilt from its config.json and best.pt (--checkpoint last: the final weights, those
-metrics.json reports). PATH is an image or a folder, searched recursively. A folder with one
-sub-folder per class of the run is also scored: logloss, top-1, top-3 and a confusion matrix
-(a picture in --pictures DIR, else beside --out, else none).
+metrics.json reports). RUN_DIR may also be a cross-validated repetition's folder, which holds the
+fold runs fold0, fold1, ... (results/reproduce/task2_shallow/rep0): the ensemble of the fold models
+predicts, each image's class probabilities averaged over them. PATH is an image or a folder, searched
+recursively. A folder with one sub-folder per class of the run is also scored: logloss, top-1, top-3
+and a confusion matrix (a picture in --pictures DIR, else beside --out, else none).
 
 typical commands:
   python predict.py results/task2_shallow photo.jpg
   python predict.py results/task2_shallow data/demo_split/test --checkpoint last   # = metrics.json's test row
   python predict.py results/task2_shallow data/demo_split/test --pictures results/pictures  # + its confusion matrix
   python predict.py results/task1_efficientnet ~/new_photos --top 1 --out predictions.csv
+  python predict.py results/reproduce/task2_shallow/rep0 ~/new_photos   # the ensemble of the fold runs
 """
 import argparse
 import csv
@@ -19,6 +22,7 @@ import io
 import os
 import reprlib
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -29,6 +33,7 @@ from common.checkpoint import read_checkpoint
 from common.cli import run_main
 from common.errors import UserError, shown, warn
 from common.config import MAX_BATCH, RunConfig, declared, is_bool, misfit
+from common.ensemble import check_alike, combined, run_folders
 from common.cache import check_cache_outside
 from common.data import (IMAGE_EXTENSIONS, Split, class_folders, decode_images, decoded_cache, has_image_extension,
                          list_images, sub_folders)
@@ -37,12 +42,15 @@ from common.paths import is_inside
 from common.reuse import read_config
 from common.run_folder import check_folder_writable, make_folder
 from common.runtime import PRECISIONS, CompiledOrEager, pick_compile, pick_device, pick_precision
+from common.task import Task
 from common.train import Run, evaluate
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run's folder (holds config.json)")
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                        help="a finished run's folder (holds config.json), or a cross-validated repetition's "
+                             "(holds the fold runs fold0, fold1, ...): the ensemble of its fold models predicts")
     parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders (recursive)")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
                         help="best = lowest validation loss (best.pt); last = the final weights (default: best)")
@@ -185,7 +193,8 @@ def run_config(run_dir, batch_size=None):
     except UserError:
         raise UserError(f"{shown(file)} is unreadable or was not written by this project") from None
     if saved is None:
-        raise UserError(f"{shown(run_dir)} holds no config.json: not a run folder of this project")
+        raise UserError(f"{shown(run_dir)} holds no config.json: not a run folder of this project, nor a "
+                        "cross-validated repetition's (with fold runs fold0, fold1, ...)")
     check_fields(saved, CONFIG_FIELDS, file)
     task = task_of(saved, file)
     read_as_made(saved, task)
@@ -213,13 +222,33 @@ def checkpoint_weights(run_dir, checkpoint):
     return weights
 
 
+class SavedRun(NamedTuple):
+    """A finished run as read from its folder, checked, before its model is built."""
+    folder: Path
+    task: Task
+    config: RunConfig
+    saved: dict  # its config.json
+    weights: dict  # its checkpoint's
+
+
+def read_runs(args):
+    """The SavedRun of RUN_DIR, or of each of its fold runs, all checked before any work is done."""
+    runs = []
+    for folder in run_folders(args.run_dir):
+        task, config, saved = run_config(folder, args.batch_size)
+        runs.append(SavedRun(folder, task, config, saved, checkpoint_weights(folder, args.checkpoint)))
+    check_alike([(run.folder, run.task.name, run.saved["classes"]) for run in runs])
+    if args.weights is not None and runs[0].task.input_network is None:
+        warn(f"--weights {shown(args.weights)} is not used: a {runs[0].task.name} run's checkpoint holds its "
+             "whole model")
+    return runs
+
+
 def rebuild_model(task, config, saved, weights_file):
     """(the network making the model's inputs from images or None, the model) for the run's task, with
     the run's classes and options."""
     model = task.build_model(config, len(saved["classes"]))
     if task.input_network is None:
-        if weights_file is not None:
-            warn(f"--weights {shown(weights_file)} is not used: a {task.name} run's checkpoint holds its whole model")
         return None, model
     return task.input_network(saved, weights_file), model
 
@@ -342,14 +371,15 @@ def score(metrics, labels, log_probs, classes, folder, title, picture):
     print(f"wrote {picture}")
 
 
-def model_for(args, task, config, saved, weights):
-    """The run's model with its checkpoint's `weights`, ready on the device, and the Run to predict with:
+def model_for(args, saved_run):
+    """The run's model with its checkpoint's weights, ready on the device, and the Run to predict with:
     the run's batch size and precision (unless given), compiled where the run was, so its numbers repeat."""
+    task, config, saved = saved_run.task, saved_run.config, saved_run.saved
     backbone, model = rebuild_model(task, config, saved, args.weights)
     try:
-        model.load_state_dict(weights)
+        model.load_state_dict(saved_run.weights)
     except RuntimeError as e:
-        raise UserError(f"{shown(args.run_dir / (args.checkpoint + '.pt'))} does not fit the run's {task.name} "
+        raise UserError(f"{shown(saved_run.folder / (args.checkpoint + '.pt'))} does not fit the run's {task.name} "
                         f"model ({str(e).splitlines()[0][:160]})") from None
     device = pick_device(args.device)
     run = Run(config, data=None, device=device, precision=pick_precision(args.precision or saved["precision"], device),
@@ -360,29 +390,46 @@ def model_for(args, task, config, saved, weights):
     return backbone, model, forward, run
 
 
+def decoded_sets(sets):
+    """[(folder, items, images, labels)] of each set with images that decode (0 stands for no label)."""
+    decoded = []
+    for folder, items in sets:
+        images, kept, _ = decode_images([f for f, _ in items], decoded_cache())
+        if kept:
+            items = [items[i] for i in kept]
+            decoded.append((folder, items, images, torch.tensor([label or 0 for _, label in items])))
+    if not decoded:
+        raise UserError("none of the images can be read (see the warnings above)")
+    return decoded
+
+
+def predicted_sets(args, runs, sets):
+    """[(folder, items, labels, metrics, N x C log-probabilities)] of each set with images that decode:
+    the run's prediction, or the ensemble's of the fold runs, whose models are built one after another."""
+    decoded = decoded_sets(sets)
+    outputs = [[] for _ in decoded]
+    for saved_run in runs:
+        backbone, model, forward, run = model_for(args, saved_run)
+        for output, (_, _, images, labels) in zip(outputs, decoded):
+            output.append(predict(backbone, model, forward, images, labels, run))
+    return [(folder, items, labels, *combined(output, labels))
+            for (folder, items, _, labels), output in zip(decoded, outputs)]
+
+
 def main(argv=None):
     args = parse_args(argv)
     check_cache_outside(*args.paths)
-    task, config, saved = run_config(args.run_dir, args.batch_size)
-    classes, title = saved["classes"], saved.get("title", task.name)
-    weights = checkpoint_weights(args.run_dir, args.checkpoint)
+    runs = read_runs(args)
+    saved, classes = runs[0].saved, runs[0].saved["classes"]
+    title = saved.get("title", runs[0].task.name) + (f", ensemble of {len(runs)} fold runs" if len(runs) > 1 else "")
     sets = images_to_predict(args.paths, classes)
     pictures = confusion_pictures(sets, args)  # every check before any image is predicted
-    backbone, model, forward, run = model_for(args, task, config, saved, weights)
     rows, scores = [], {}
-    for folder, items in sets:
-        images, kept, _ = decode_images([f for f, _ in items], decoded_cache())
-        if not kept:
-            continue
-        items = [items[i] for i in kept]
-        labels = torch.tensor([label if label is not None else 0 for _, label in items])
-        metrics, log_probs = predict(backbone, model, forward, images, labels, run)
+    for folder, items, labels, metrics, log_probs in predicted_sets(args, runs, sets):
         rows += print_predictions(items, log_probs, classes, min(args.top, len(classes)))
         if folder is not None:
             scores[folder] = metrics
             score(metrics, labels, log_probs, classes, folder, title, pictures.get(folder))
-    if not rows:
-        raise UserError("none of the images can be read (see the warnings above)")
     if scores and not pictures:
         print("\nno confusion-matrix picture written: --pictures DIR (or --out FILE) writes one per labelled folder")
     if args.out:

@@ -1,6 +1,6 @@
 """Shared code for the task scripts, in layers, each importing only those below it:
-- run management (options, run, run_folder, checkpoint, results, reuse, report, split, manifest, cub, demo) reads the
-  command line and writes;
+- run management (options, run, run_folder, checkpoint, results, reuse, report, split, manifest, cub, demo,
+  ensemble) reads the command line and writes;
 - the core (data, models, netvlad, backbones, weights, features, augment, train: the loop) does neither;
   transfer is task 1's shared part;
 - foundations: errors, paths, files, config, task, runtime, distributed, cli, baseline. Nothing here imports a script

@@ -1,6 +1,7 @@
 """predict.py: the same numbers as the run's own test row, top-k, CSV, and bad input."""
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -448,3 +449,73 @@ def test_a_compiled_run_whose_compilation_fails_here_predicts_in_eager_mode(shal
     scores = predict.main([str(run), str(data / "test")])
     assert scores[data / "test"] == predict.main([str(shallow_run), str(data / "test")])[data / "test"]
     assert capsys.readouterr().err.count("warning: torch.compile failed (RuntimeError: C++ compile error)") == 1
+
+
+# --- a cross-validated repetition: the ensemble of its fold runs --------------------------------
+
+def linked_copy(run, to, doctor=lambda config: None):
+    """`run`'s files hard-linked into `to` (its checkpoints are not copied), config.json edited by `doctor`."""
+    shutil.copytree(run, to, copy_function=os.link)
+    config = json.loads((to / "config.json").read_text())
+    doctor(config)
+    (to / "config.json").unlink()  # a hard link: writing into it would edit `run`'s too
+    (to / "config.json").write_text(json.dumps(config))
+    return to
+
+
+@pytest.fixture(scope="module")
+def repetition(data, tmp_path_factory):
+    """A repetition's folder of two fold runs, barely trained (a tiny learning rate): their probabilities
+    are far from 0 and 1, and differ, so that their mean shows in the CSV's 6 decimals."""
+    rep = tmp_path_factory.mktemp("cv") / "rep0"
+    for fold in (0, 1):
+        train(task2_shallow.main, data, rep / f"fold{fold}", "--compile", "off", "--seed", str(fold), "--lr", "1e-7")
+    return rep
+
+
+def probabilities(rows):
+    return {(r["path"], r["class"]): float(r["probability"]) for r in rows}
+
+
+def test_the_ensemble_predicts_the_mean_of_the_fold_models_probabilities(repetition, data, tmp_path, capsys):
+    def predicted(run_dir, *argv):
+        out = tmp_path / f"{run_dir.name}.csv"
+        scores = predict.main([str(run_dir), str(data / "test"), "--out", str(out), *argv])
+        with open(out, newline="") as f:
+            return scores, list(csv.DictReader(f))
+    folds = [probabilities(predicted(repetition / f"fold{k}")[1]) for k in (0, 1)]
+    scores, rows = predicted(repetition, "--pictures", str(tmp_path))
+    ensemble = probabilities(rows)
+    assert ensemble.keys() == folds[0].keys() and len(ensemble) == 9 * 3
+    assert all(p == pytest.approx((folds[0][key] + folds[1][key]) / 2, abs=2e-6) for key, p in ensemble.items())
+    assert ensemble != folds[0] and ensemble != folds[1]
+    # its row is scored on the averaged probabilities: the logloss of the true classes, top-1 of the first ranks
+    true = [p for (path, name), p in ensemble.items() if Path(path).parent.name == name]
+    top1 = [r["class"] == Path(r["path"]).parent.name for r in rows if r["rank"] == "1"]
+    assert scores[data / "test"]["loss"] == pytest.approx(-sum(map(math.log, true)) / 9, rel=1e-4)
+    assert scores[data / "test"]["top1"] == pytest.approx(100 * sum(top1) / 9)
+    assert "ensemble of 2 fold runs on" in capsys.readouterr().out and (tmp_path / "test-confusion.png").exists()
+
+
+def test_one_fold_run_alone_predicts_as_its_run_did(repetition, data):
+    metrics = json.loads((repetition / "fold1" / "metrics.json").read_text())
+    scores = predict.main([str(repetition / "fold1"), str(data / "test"), "--checkpoint", "last"])
+    assert scores == {data / "test": metrics["test"]}
+
+
+@pytest.mark.parametrize("folds, message", [
+    ({"fold0": "shallow", "fold1": "other classes"}, r"fold1 has other classes than .*fold0 \(or in another order\)"),
+    ({"fold0": "shallow", "fold1": "netvlad"}, r"fold1 is a run of task3_netvlad, .*fold0 of task2_shallow"),
+    ({"fold0": "shallow", "fold2": "shallow"}, r"rep0 has no fold run fold1: "),
+    ({"fold0": "shallow"}, r"rep0 has no fold run fold1: "),  # cross-validation has 2 folds or more
+    ({"fold0": "shallow", "fold1": "unfinished"}, r"fold1 is not a finished run \(no metrics.json\)"),
+])
+def test_fold_runs_that_make_no_ensemble_are_refused(folds, message, shallow_run, netvlad_run, data, tmp_path):
+    make = {"shallow": lambda fold: fold.symlink_to(shallow_run), "netvlad": lambda fold: fold.symlink_to(netvlad_run),
+            "other classes": lambda fold: linked_copy(shallow_run, fold, lambda c: c["classes"].reverse()),
+            "unfinished": lambda fold: (linked_copy(shallow_run, fold) / "metrics.json").unlink()}
+    (tmp_path / "rep0").mkdir()
+    for fold, kind in folds.items():
+        make[kind](tmp_path / "rep0" / fold)
+    with pytest.raises(UserError, match=message):
+        predict.main([str(tmp_path / "rep0"), str(data / "test")])
