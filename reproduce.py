@@ -49,8 +49,8 @@ from common.runs import run_plans
 from common import run_folder
 from common.run_folder import check_folder_writable, lock, make_folder
 from common.runtime import COMPILE_MODES, pick_device
-from common.folds import FOLDS, MAX_FOLDS, fold_folders, split_folds
-from common.split import check_ratios, find_classes, source_listing, split_dataset
+from common.folds import FOLDS, MAX_FOLDS, UNFINISHED_FOLDS, check_class_sizes, fold_folders, split_folds
+from common.split import check_ratios, find_classes, list_files, source_listing, split_dataset
 
 MAX_JOBS = 1000  # runs at a time; more would only share the same cores
 DEFAULT_FOLDS = 5  # every image a test image once; 70 / 10 / 20 % as the report's own code split
@@ -158,10 +158,13 @@ def check_source(args):
     if not args.data.is_dir():
         raise UserError(f"--data {shown(args.data)}: no such folder")
     classes = find_classes(args.data)
-    if set(SPLITS) <= set(classes) or any((args.data / name).exists() for name in (MANIFEST, UNFINISHED_MANIFEST)):
-        raise UserError(f"--data {shown(args.data)} is a split folder (train/, validation/, test/): reproduce.py "
+    made = (MANIFEST, UNFINISHED_MANIFEST, FOLDS, UNFINISHED_FOLDS)  # by data_split.py
+    if set(SPLITS) <= set(classes) or any((args.data / name).exists() for name in made):
+        raise UserError(f"--data {shown(args.data)} is a split or folds folder (data_split.py's): reproduce.py "
                         "--data takes a folder of class folders and splits it itself; the task scripts take a split "
                         "folder")
+    if args.folds > 1:  # each fold's test needs an image of every class: said before anything is written
+        check_class_sizes({name: list_files(args.data, {name: folder}) for name, folder in classes.items()}, args.folds)
 
 
 def check_results_folder(args):
@@ -246,7 +249,7 @@ def make_folds(src, folder, seed, classes, args):
     """Repetition `seed`'s fold folders, drawn by its seed; an edited or unfinished set is refused or redrawn."""
     if args.force or not os.path.lexists(folder / FOLDS):
         split_folds(src, folder, args.folds, seed=seed, force=True, classes=classes)
-    return fold_folders(folder)  # a reused set must read back whole, before any run starts
+    return fold_folders(folder, "use --force to draw them again, or another --out")  # whole, before any run starts
 
 
 def make_split(src, folder, ratios, seed, classes, force):

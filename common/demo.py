@@ -18,4 +18,4 @@ def default_folds(folds):
     folder = DEMO_SPLIT.parent / f"demo_folds{folds}"
     if not (folder / FOLDS).exists():
         split_folds(DEMO_IMAGES, folder, folds, force=True)  # force: clears an interrupted set
-    return fold_folders(folder)
+    return fold_folders(folder, f"delete {folder} to draw them again")

@@ -215,11 +215,11 @@ def check_fold(folder, fold, table, remedy):
                         f"another split: {remedy}")
 
 
-def fold_folders(dest):
+def fold_folders(dest, remedy="make the folds again with data_split.py SRC DEST --folds K --force"):
     """[DEST/fold0, ..., DEST/fold{K-1}] of a complete fold set, after checking its CSVs agree: each fold
-    tests its fold of folds.csv, so every image is a test image exactly once. Cheap: no image is read."""
+    tests its fold of folds.csv, so every image is a test image exactly once. Cheap: no image is read.
+    `remedy`: what each refusal tells the user to do (the maker of the folds knows)."""
     dest = Path(dest)
-    remedy = "make the folds again with data_split.py SRC DEST --folds K --force"
     table = read_folds(dest, remedy)
     folders = [dest / f"fold{i}" for i in range(table[0]["k"])]
     for fold, folder in enumerate(folders):

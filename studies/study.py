@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the r
 import tasks  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
 from common.config import MAX_SEEDS  # noqa: E402
-from common.demo import default_data, default_folds  # noqa: E402
+from common.demo import default_folds  # noqa: E402
 from common.evidence import read_evidence  # noqa: E402
 from common.files import atomic_files, atomic_write  # noqa: E402
 from common import results  # noqa: E402
@@ -112,7 +112,7 @@ DEFAULT_FOLDS = 5
 DEFAULT_SEEDS = {True: 1, False: 5}  # cross-validated: one seed on every fold; one split: seeds 0-4
 
 
-def run_folder(out, name, seed, fold):
+def run_path(out, name, seed, fold):
     """Where a config's run of `seed` on fold `fold` (None: on one split) goes."""
     folder = out / name / f"seed{seed}"
     return folder if fold is None else folder / f"fold{fold}"
@@ -123,7 +123,7 @@ def finished_runs(folder, epochs, folds=None):
     seed's run, or (`folds`: the fold count) each seed's runs on every fold, in fold order."""
     runs = []
     for seed in range(MAX_SEEDS):
-        seed_runs = [run_folder(folder.parent, folder.name, seed, fold) for fold in (range(folds) if folds else [None])]
+        seed_runs = [run_path(folder.parent, folder.name, seed, fold) for fold in (range(folds) if folds else [None])]
         if not all(finished(run, epochs) for run in seed_runs):
             return runs
         runs += seed_runs
@@ -282,12 +282,11 @@ def parse_args(argv):
 
 
 def data_folders(args):
-    """The folders the runs train on, one per fold (their index) or the one split (None)."""
-    if args.data is None:
-        folders = default_folds(args.folds or DEFAULT_FOLDS) if args.cross_validated else [default_data()]
-    else:
-        folders = fold_folders(args.data) if args.cross_validated else [args.data]
-    return dict(enumerate(folders)) if args.cross_validated else {None: folders[0]}
+    """The folders the runs train on: one per fold, by its index; or the one split, by None (the
+    demo split where --data is not given, as the task scripts default to)."""
+    if not args.cross_validated:
+        return {None: args.data}
+    return dict(enumerate(fold_folders(args.data) if args.data else default_folds(args.folds or DEFAULT_FOLDS)))
 
 
 def main(argv=None):
@@ -299,7 +298,7 @@ def main(argv=None):
     for seed, name, fold in tqdm(jobs, desc="runs", unit="run"):  # a whole seed first, a config's folds together
         task, settings = tasks.load(configs[name][0]), configs[name][1]
         run_or_reuse(task, task.config(**settings, data=data[fold], gamma=args.gamma, seed=seed,
-                                       out=run_folder(out, name, seed, fold), epochs=args.epochs or task.epochs))
+                                       out=run_path(out, name, seed, fold), epochs=args.epochs or task.epochs))
     epochs = {name: args.epochs or tasks.load(task).epochs for name, (task, _) in configs.items()}
     folders = {name: finished_runs(out / name, epochs[name], folds) for name in configs}
     folders = {name: runs for name, runs in folders.items() if runs}

@@ -170,7 +170,13 @@ def test_an_interrupted_split_is_redone_not_reused(images, tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize("argv, message", [(["--device", "nonsense"], "not a device name"),
-                                           (["--ratios", "0.5", "0.5", "0.5"], "summing to 1"),
+                                           (["--folds", "1", "--ratios", "0.5", "0.5", "0.5"], "summing to 1"),
+                                           (["--folds", "0"], "--folds 0: give 1 .one split. to 100"),
+                                           (["--folds", "-1"], "--folds -1: give 1 .one split. to 100"),
+                                           (["--folds", str(10 ** 20)], "give 1 .one split. to 100"),
+                                           (["--resplit"], "--resplit is for one split .--folds 1.: with --folds 5"),
+                                           (["--folds", "3", "--ratios", "0.7", "0.1", "0.2"],
+                                            "--ratios is for one split .--folds 1.: with --folds 3"),
                                            (["--seeds", str(10 ** 20)], "give 1 to 1000"),
                                            (["--jobs", str(2 ** 62)], "--jobs 4611686018427387904: give 1 to 1000"),
                                            (["--jobs", str(2 ** 63)], "give 1 to 1000"),
@@ -196,7 +202,7 @@ def test_a_damaged_finished_run_is_redone_or_refused(images, tmp_path):
         reproduce.main(argv)
 
 
-QUICK = ("--epochs", "1", "--seeds", "1", "--tasks", "task3_netvlad", "--compile", "off")  # if it is not refused
+QUICK = ("--folds", "1", "--epochs", "1", "--seeds", "1", "--tasks", "task3_netvlad", "--compile", "off")  # if not refused
 
 
 @pytest.fixture
@@ -295,12 +301,19 @@ def with_manifest(images):
     return images
 
 
+def with_folds_list(images):
+    """Class folders holding data_split.py --folds' list: a set of folds, whatever its folders are called."""
+    (images / "folds.csv").write_text("source,class,sha256,fold,k,seed\n")
+    return images
+
+
 @pytest.mark.parametrize("make_data", [lambda tmp_path, images: make_split(tmp_path / "split"),
-                                       lambda tmp_path, images: with_manifest(images)])
+                                       lambda tmp_path, images: with_manifest(images),
+                                       lambda tmp_path, images: with_folds_list(images)])
 def test_a_split_folder_as_data_is_refused_before_anything_is_created(images, tmp_path, refused, make_data):
     data = make_data(tmp_path, images)
     code, err = refused("--data", data, "--out", tmp_path / "new", *QUICK)
-    assert code == 2 and err == [f"error: --data {data} is a split folder (train/, validation/, test/): reproduce.py "
+    assert code == 2 and err == [f"error: --data {data} is a split or folds folder (data_split.py's): reproduce.py "
                                  "--data takes a folder of class folders and splits it itself; the task scripts take "
                                  "a split folder"]
     assert not (tmp_path / "new").exists()
@@ -654,3 +667,84 @@ def test_a_run_process_reads_relative_paths_beginning_with_a_dash_as_reproduce_d
     reproduce.main(["--data", "./-x", "--out", "./-o", *QUICK, "--jobs", "2", "--device", "cpu"])
     assert (tmp_path / "-o" / "task3_netvlad" / "seed0" / "metrics.json").is_file()  # not under the repository
     assert " Testing " in (tmp_path / "-o" / "REPORT.md").read_text()
+
+
+# -----------------------------------------------------------------------------
+# k-fold cross-validation, the default
+
+CROSS_VALIDATED = ("--folds", "3", "--epochs", "1", "--tasks", "task3_netvlad", "task2_shallow", "--compile", "off")
+
+
+def pooled_test_images(out, task, rep=0, folds=3):
+    """Every fold's test images of a repetition, as source paths (class/file), from their predictions."""
+    pooled = []
+    for fold in range(folds):
+        run = out / task / f"rep{rep}" / f"fold{fold}"
+        data = Path(json.loads((run / "config.json").read_text())["arguments"]["data"])
+        pooled += [Path(path).relative_to(data / "test").as_posix() for path in results.read_predictions(run)[0]]
+    return pooled
+
+
+@pytest.mark.slow
+def test_cross_validation_tests_every_image_once_and_the_report_says_how(images, tmp_path):
+    out = tmp_path / "r"
+    reproduce.main(["--data", str(images), "--out", str(out), *CROSS_VALIDATED])
+    sources = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))
+    for task in ("task2_shallow", "task3_netvlad"):
+        assert sorted(pooled_test_images(out, task)) == sources  # every image once
+    text = (out / "REPORT.md").read_text()
+    assert "split into 3 stratified folds, one repetition" in text and "every image is a test image once" in text
+    assert "mean ± sample std over the 3 folds" in text and "corrected repeated k-fold t-test" in text
+    comparison = text.split("## Which differences the data support")[1].split("\n## ")[0]
+    assert len(re.findall(r"p = [\d.e-]+: the data (?:do not )?support", comparison)) == 1
+    assert "Runs: `task2_shallow/rep*/fold*/`" in text and not (out / "task2_shallow" / "seed0").exists()
+
+
+@pytest.mark.slow
+def test_cross_validated_runs_are_reused_and_continued_fold_by_fold(images, tmp_path):
+    out = tmp_path / "r"
+    argv = ["--data", str(images), "--out", str(out), "--folds", "3", "--tasks", "task3_netvlad", "--compile", "off"]
+    reproduce.main([*argv, "--epochs", "1"])
+    made = [(out / "task3_netvlad" / "rep0" / f"fold{k}" / "metrics.json").stat().st_mtime_ns for k in range(3)]
+    reproduce.main([*argv, "--epochs", "1"])  # everything reused
+    assert [(out / "task3_netvlad" / "rep0" / f"fold{k}" / "metrics.json").stat().st_mtime_ns for k in range(3)] == made
+    reproduce.main([*argv, "--epochs", "2"])  # each fold's run continues from its checkpoint to epoch 2
+    for k in range(3):
+        history = results.read_history(out / "task3_netvlad" / "rep0" / f"fold{k}")
+        assert [int(row["epoch"]) for row in history] == [1, 2]
+
+
+def test_each_repetition_draws_its_own_folds_and_print_commands_lists_every_fold(images, tmp_path):
+    out = tmp_path / "r"
+    argv = ("--data", images, "--out", out, "--folds", "2", "--seeds", "2", "--epochs", "1", "--tasks", "task3_netvlad")
+    commands = print_commands(*argv).splitlines()
+    assert len(commands) == 4  # 2 folds x 2 repetitions
+    for rep in (0, 1):
+        for fold in (0, 1):
+            assert sum(command.count(f"rep{rep}/fold{fold}") for command in commands) == 2  # its --data and --out
+    splits = sorted((out / "splits").iterdir())
+    assert [s.name[-4:] for s in splits] == ["rep0", "rep1"]
+    tested = [set((s / "fold0" / "split.csv").read_text().splitlines()) for s in splits]
+    assert tested[0] != tested[1]  # another seed, other folds
+
+
+def test_a_class_with_fewer_images_than_folds_is_refused_before_anything_is_written(images, tmp_path, refused):
+    for extra in list((images / "red").iterdir())[2:]:
+        extra.unlink()  # red keeps 2 images
+    code, err = refused("--data", images, "--out", tmp_path / "new", "--folds", "3", "--tasks", "task3_netvlad")
+    assert code == 2 and len(err) == 1 and "class red has 2 images, fewer than --folds 3" in err[0]
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_fold_edited_since_it_was_drawn_is_one_error(images, tmp_path, refused, capsys):
+    argv = ("--data", images, "--out", tmp_path / "r", "--folds", "2", "--epochs", "1", "--tasks", "task3_netvlad")
+    print_commands(*argv)  # draws the folds
+    capsys.readouterr()
+    fold = next((tmp_path / "r" / "splits").iterdir()) / "fold1"
+    manifest = (fold / "split.csv").read_text().splitlines()
+    test_row = next(i for i, line in enumerate(manifest) if ",test," in line)
+    manifest[test_row] = manifest[test_row].replace(",test,", ",train,").replace("test/", "train/", 1)
+    (fold / "split.csv").write_text("\n".join(manifest) + "\n")
+    code, err = refused(*argv, "--print-commands")
+    assert code == 2 and err == [f"error: {fold / 'split.csv'}: its test images are not fold 1 of folds.csv: it was "
+                                 "edited or is from another split: use --force to draw them again, or another --out"]

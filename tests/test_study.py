@@ -170,6 +170,52 @@ def test_a_damaged_history_of_a_reused_run_is_one_line_naming_it(tmp_path, capsy
     finished(tmp_path / "shallow_augment" / "seed0", "augment", "shallow_augment")
     damaged = tmp_path / "shallow_augment" / "seed0" / "history.csv"
     damaged.write_text("epoch\n" + "1" * 140_000 + "\n")  # a field over csv's 128 KB limit
-    argv = ["augment", "--seeds", "1", "--epochs", "3", "--configs", "shallow", "--out", str(tmp_path)]
+    argv = ["augment", "--folds", "1", "--seeds", "1", "--epochs", "3", "--configs", "shallow", "--out", str(tmp_path)]
     assert str(damaged) in refused(argv, capsys)
     assert damaged.read_text() == "epoch\n" + "1" * 140_000 + "\n"
+
+
+def fold_runs(folder, folds_right, train=40):
+    """A seed's finished runs on each fold (fold k's test images right where folds_right[k] says),
+    numbering the images across folds as one data set's."""
+    runs, first = [], 0
+    for k, right in enumerate(folds_right):
+        run = fake_run(folder / f"fold{k}", right)
+        rows = (run / "test_predictions.csv").read_text().splitlines()
+        renumbered = [rows[0]] + [row.replace(f"img{i}.png", f"img{first + i}.png").replace(f"{i:040x}", f"{first + i:040x}")
+                                  for i, row in enumerate(rows[1:])]
+        (run / "test_predictions.csv").write_text("\n".join(renumbered) + "\n")
+        results.write_config(run, {"classes": CLASSES, "split_sizes": {"train": train, "validation": 5, "test": len(right)}})
+        runs.append(run)
+        first += len(right)
+    return runs
+
+
+def test_cross_validated_configs_are_compared_fold_by_fold(tmp_path):
+    weak = [[1] * 5 + [0] * 5, [1] * 6 + [0] * 4, [1] * 4 + [0] * 6]
+    strong = [[1] * 10, [1] * 9 + [0], [1] * 10]
+    folders = {"shallow": fold_runs(tmp_path / "shallow" / "seed0", weak),
+               "netvlad_k16": fold_runs(tmp_path / "netvlad_k16" / "seed0", strong)}
+    table = study.evidence_table(folders, study.COMPARISONS["netvlad"], folds=3)
+    mean, low, high = stats.cv_interval([[50, 60, 40]], 10 / 40)  # tested in test_stats.py
+    assert row(table, "| shallow |") == f"| shallow | {mean:.2f} % [{low:.1f}, {high:.1f}] | 3 |"
+    difference, low, high, p = stats.cv_paired_difference([[100, 90, 100]], [[50, 60, 40]], 10 / 40)
+    assert p > 0.05  # 3 folds: t with 2 degrees of freedom, however large the gap
+    assert row(table, "| netvlad_k16 minus shallow |") == \
+        f"| netvlad_k16 minus shallow | {difference:+.2f} [{low:+.1f}, {high:+.1f}] | {p:.3g} | 3 | do not support a difference |"
+
+
+def test_finished_runs_of_a_cross_validated_config_are_whole_seeds(tmp_path):
+    for fold in range(3):
+        finished(tmp_path / "shallow" / "seed0" / f"fold{fold}", "netvlad", "shallow")
+    finished(tmp_path / "shallow" / "seed1" / "fold0", "netvlad", "shallow")  # seed 1 lacks folds 1 and 2
+    runs = study.finished_runs(tmp_path / "shallow", 3, folds=3)
+    assert runs == [tmp_path / "shallow" / "seed0" / f"fold{fold}" for fold in range(3)]
+
+
+@pytest.mark.usefixtures("no_training")
+def test_folds_with_data_or_a_folder_of_the_other_design_are_one_line(tmp_path, capsys):
+    assert "--folds is for the demo data" in refused(["netvlad", "--folds", "3", "--data", str(tmp_path)], capsys)
+    assert "--folds 0: give 1 (one split) to 100" in refused(["netvlad", "--folds", "0"], capsys)
+    finished(tmp_path / "shallow" / "seed0", "netvlad", "shallow")  # a run on one split
+    assert "holds runs on one split: pick another --out" in refused(["netvlad", "--out", str(tmp_path)], capsys)
