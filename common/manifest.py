@@ -27,13 +27,13 @@ def recordable_name(path):
     return True
 
 
-def manifest_rows(manifest, remedy):
+def manifest_rows(manifest, remedy, columns=MANIFEST_COLUMNS):
     """A manifest's rows, or one error line ending in `remedy` where it is no regular file (a FIFO would
-    be waited on forever), has other columns, or is not CSV that the csv module reads."""
+    be waited on forever), has other columns than `columns`, or is not CSV that the csv module reads."""
     try:
         with open_regular(manifest, newline="", encoding="utf-8", errors="replace") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames != MANIFEST_COLUMNS:
+            if reader.fieldnames != columns:
                 raise UserError(f"{manifest} was not written by data_split.py; {remedy}")
             return list(reader)
     except NotRegularFile as e:
@@ -58,9 +58,9 @@ def read_manifest(dest):
     return set(listed_in)
 
 
-def write_manifest(path, rows):
+def write_manifest(path, rows, columns=MANIFEST_COLUMNS):
     text = io.StringIO()
-    writer = csv.DictWriter(text, MANIFEST_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(text, columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(path, text.getvalue())

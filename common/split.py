@@ -5,6 +5,7 @@ DEST gets train/, validation/ and test/, each with every class folder, plus the 
 DEST/split.csv (common/manifest.py). The split is stratified per class and shuffled with a seed,
 so the same seed gives the same split anywhere. SRC is only read.
 """
+import contextlib
 import hashlib
 import io
 import os
@@ -140,6 +141,16 @@ def read_images(src, folders):
     return images
 
 
+def class_rows(name, parts):
+    """Manifest rows of class `name`'s images, given as {split: [(source, sha256)]}."""
+    return [{"path": f"{split}/{source}", "source": source, "class": name, "split": split, "sha256": digest}
+            for split, items in parts.items() for source, digest in items]
+
+
+def in_split_order(rows):
+    return sorted(rows, key=lambda row: (SPLITS.index(row["split"]), row["path"]))
+
+
 def assign_splits(images, ratios, seed):
     """Manifest rows: each class shuffled with a seed of its own, then cut by split_counts."""
     rows, counts = [], {}
@@ -150,14 +161,12 @@ def assign_splits(images, ratios, seed):
         empty = [s for s, r in zip(SPLITS, ratios) if r > 0 and counts[name][s] == 0]
         if empty:
             warn(f"class {name} has only {len(items)} images: none for {' and '.join(empty)}")
-        start = 0
+        start, parts = 0, {}
         for split, count in counts[name].items():
-            for source, digest in items[start:start + count]:
-                rows.append({"path": f"{split}/{source}", "source": source, "class": name,
-                             "split": split, "sha256": digest})
+            parts[split] = items[start:start + count]
             start += count
-    rows.sort(key=lambda row: (SPLITS.index(row["split"]), row["path"]))
-    return rows, counts
+        rows += class_rows(name, parts)
+    return in_split_order(rows), counts
 
 
 def format_counts(counts):
@@ -172,20 +181,28 @@ def format_counts(counts):
 # -----------------------------------------------------------------------------
 # DEST
 
-def check_dest(src, dest, force):
-    """Refuse unsafe or unwritable destinations; the manifest paths a --force run may replace."""
+def check_new_dest(src, dest, force, markers, made):
+    """Refuse unsafe or unwritable destinations; True where DEST holds what --force may replace: `made`
+    ("a split", "folds") that data_split.py wrote there, known by one of its `markers` (manifest names)."""
     if is_inside(dest, src):
         raise UserError(f"DEST {dest} is inside SRC {src}; SRC must stay untouched")
     if is_inside(src, dest):
         raise UserError(f"SRC {src} is inside DEST {dest}; pick a DEST outside it")
     check_folder_writable(dest, "DEST")
     if not dest.is_dir() or not any(dest.iterdir()):
-        return set()
+        return False
     if not force:
-        raise UserError(f"{dest} is not empty; use --force to replace a split written there before")
-    if not any(os.path.lexists(dest / name) for name in (MANIFEST, UNFINISHED_MANIFEST)):
-        raise UserError(f"{dest} is not empty and holds no {MANIFEST}: --force replaces only a split that "
+        raise UserError(f"{dest} is not empty; use --force to replace {made} written there before")
+    if not any(os.path.lexists(dest / name) for name in markers):
+        raise UserError(f"{dest} is not empty and holds no {markers[0]}: --force replaces only {made} that "
                         "data_split.py wrote; pick a new or empty DEST")
+    return True
+
+
+def check_dest(src, dest, force):
+    """Refuse unsafe or unwritable destinations; the manifest paths a --force run may replace."""
+    if not check_new_dest(src, dest, force, (MANIFEST, UNFINISHED_MANIFEST), "a split"):
+        return set()
     return read_manifest(dest)
 
 
@@ -248,6 +265,25 @@ def check_clashes(dest, rows, old_paths):
                         "would use it as one of its own; move it away")
 
 
+@contextlib.contextmanager
+def writing_to(dest):
+    """DEST made and locked while a split is written there: two splits into one DEST at once would mix
+    their files. Checks that another split may have outdated belong inside, under the lock."""
+    make_folder(dest, "DEST")
+    with lock(dest, "DEST"):
+        try:
+            yield
+        except OSError as e:
+            raise UserError(f"cannot write {dest}: {e}")
+
+
+def report_kept(dest, written):
+    """Say what DEST holds besides the paths (relative, posix) just `written`: files of the user's, kept."""
+    kept = [p for p in dest.rglob("*") if not p.is_dir() and p.relative_to(dest).as_posix() not in written]
+    if kept:
+        print(f"kept {len(kept)} files in {dest} that no manifest lists, e.g. {kept[0].relative_to(dest)}")
+
+
 def split_dataset(src, dest, ratios=DEFAULT_RATIOS, seed=0, link=False, force=False, dry_run=False, classes=None):
     """Split SRC's class folders into DEST/{train,validation,test}/<class>/; prints and returns the counts.
 
@@ -262,17 +298,10 @@ def split_dataset(src, dest, ratios=DEFAULT_RATIOS, seed=0, link=False, force=Fa
     if dry_run:
         print("dry run: nothing written")
         return counts
-    make_folder(dest, "DEST")
-    with lock(dest, "DEST"):  # two splits into one DEST at once would mix their files
+    with writing_to(dest):
         old_paths = check_dest(src, dest, force)  # again, under the lock: another split may have finished
         check_clashes(dest, rows, old_paths)
-        try:
-            write_split(src, dest, rows, list(counts), link, old_paths)
-        except OSError as e:
-            raise UserError(f"cannot write {dest}: {e}")
-    kept = [p for p in dest.rglob("*") if not p.is_dir() and p.relative_to(dest).as_posix() not in
-            {MANIFEST, *(row["path"] for row in rows)}]
-    if kept:
-        print(f"kept {len(kept)} files in {dest} that no manifest lists, e.g. {kept[0].relative_to(dest)}")
+        write_split(src, dest, rows, list(counts), link, old_paths)
+    report_kept(dest, {MANIFEST, *(row["path"] for row in rows)})
     print(f"wrote {len(rows)} images to {dest} and the manifest {dest / MANIFEST}")
     return counts

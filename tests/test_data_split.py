@@ -315,9 +315,10 @@ def test_help_explains_every_option(capsys):
     with pytest.raises(SystemExit):
         ds.main(["--help"])
     out = capsys.readouterr().out
-    for option in ("--ratios", "--seed", "--link", "--force", "--dry-run", "--cub", "--work"):
+    for option in ("--ratios", "--folds", "--seed", "--link", "--force", "--dry-run", "--cub", "--work"):
         assert option in out
     assert "python data_split.py --cub CUB_200_2011.tgz" in out and "data/demo_split" in out
+    assert "python data_split.py SRC DEST --folds 5" in out
 
 
 def test_a_class_folder_linking_to_src_is_refused(src, tmp_path):
