@@ -13,7 +13,8 @@ such a pair different in at most about 5 % of the comparisons; more means its p-
 
 Runs go to OUT/single/seed<N> and OUT/cv/draw<i>/fold<k>/seed<N> (the folds to OUT/folds/draw<i>),
 each with its console output in log.txt; a finished run is reused, so a re-run only adds what is
-new. The table is printed and written to OUT/aa_check.md.
+new. The table is printed and written to OUT/aa_check.md. OUT is a new folder or one the check made:
+one holding anything else is refused, not written to.
 
     python studies/aa_check.py                                  # 30 seeds, 20 comparisons
     python studies/aa_check.py --seeds 10 --comparisons 4       # quicker, and a wider interval
@@ -34,19 +35,21 @@ import tasks  # noqa: E402
 from common.cli import UserError, run_main  # noqa: E402
 from common.config import MAX_SEEDS  # noqa: E402
 from common.evidence import read_evidence  # noqa: E402
-from common.files import atomic_write, read_json  # noqa: E402
+from common.files import atomic_files, atomic_write, read_json  # noqa: E402
 from common.paths import DEMO_IMAGES  # noqa: E402
 from common.reuse import run_or_reuse  # noqa: E402
+from common import run_folder  # noqa: E402
 from common.run_folder import check_folder_writable  # noqa: E402
-from common import split  # noqa: E402
+from common.folds import fold_folders, split_folds  # noqa: E402
 from common.stats import CONFIDENCE, cv_paired_difference, paired_difference, supported  # noqa: E402
 
 TASK = "task1_efficientnet"
-FOLDS = 5
+FOLD_COUNT = 5
 LEVEL = 1 - CONFIDENCE  # a test at the 5 % level
-# Comparison i trains with seeds CV_SEEDS + SEED_STRIDE * i + j, j < --fold-seeds: no seed serves two
-# comparisons (they stay independent) or the single split's seeds 0..MAX_SEEDS-1, and a larger
-# --fold-seeds later adds seeds without renaming the runs already made.
+# Comparison i draws its folds with seed i and trains with seeds CV_SEEDS + SEED_STRIDE * i + j,
+# j < --fold-seeds: never i itself (training seeds numpy's global RandomState, which would replay the
+# stream that drew the folds), never another comparison's (they stay independent of each other), and
+# a larger --fold-seeds later adds seeds without renaming the runs already made.
 CV_SEEDS, SEED_STRIDE = MAX_SEEDS, 100
 
 
@@ -71,11 +74,13 @@ def single_split_calls(correct):
 
 
 def fold_draw(args, draw):
-    """The FOLDS split folders of args.images drawn with seed `draw`; made once, then reused."""
+    """The FOLD_COUNT split folders of args.images drawn with seed `draw`; made once, then reused."""
     dest = args.out / "folds" / f"draw{draw}"
-    if not dest.exists():
-        split.split_folds(args.images, dest, FOLDS, seed=draw, link=True)
-    return split.fold_folders(dest)
+    try:
+        return fold_folders(dest)
+    except UserError:  # not made yet, or half made by an interrupted check: force finishes it
+        split_folds(args.images, dest, FOLD_COUNT, seed=draw, link=True, force=True)
+        return fold_folders(dest)
 
 
 def cv_accuracies(task, args):
@@ -112,24 +117,48 @@ def rate_row(label, calls, independent):
     return f"| {label} | {tested} | {different} | {rate} |"
 
 
-def report(args, correct, single, cv):
-    """The Markdown table of false positives, with the single split's spread of test top-1 over seeds."""
-    accuracy = 100 * correct.mean(axis=1)
-    lines = [f"A/A check: {TASK}, {args.epochs or 'its'} epochs, a test at the {100 * LEVEL:g} % level",
-             "", f"Single split: test top-1 over {len(accuracy)} seeds {accuracy.mean():.2f} ± "
-             f"{accuracy.std(ddof=1):.2f} % (min {accuracy.min():.2f}, max {accuracy.max():.2f}), "
-             f"{correct.shape[1]} test images", "",
-             "| comparison | tested | called different | rate [95 % interval] |", "|---|---:|---:|---:|",
-             rate_row(f"single split, every pair of {args.seeds} seeds", list(single.values()), False),
-             rate_row("single split, disjoint pairs (0, 1), (2, 3), ...",
-                      [called for (i, j), called in single.items() if i % 2 == 0 and j == i + 1], True)]
-    if cv:
-        lines.append(rate_row(f"{FOLDS}-fold CV, seeds 0 and 1 of each fold draw",
-                              [called for (_, i, j), called in cv.items() if (i, j) == (0, 1)], True))
-    if args.fold_seeds > 2:
-        lines.append(rate_row(f"{FOLDS}-fold CV, every pair of {args.fold_seeds} seeds per fold draw",
-                              list(cv.values()), False))
-    return "\n".join(lines) + "\n\nThe interval is given where the comparisons share no run (independent ones).\n"
+def single_split_rows(correct):
+    """What the single split's seeds score, and its table rows."""
+    calls, accuracy = single_split_calls(correct), 100 * correct.mean(axis=1)
+    spread = (f"Single split: test top-1 over {len(correct)} seeds {accuracy.mean():.2f} ± {accuracy.std(ddof=1):.2f} % "
+              f"(min {accuracy.min():.2f}, max {accuracy.max():.2f}), {correct.shape[1]} test images.")
+    disjoint = [called for (i, j), called in calls.items() if i % 2 == 0 and j == i + 1]
+    return spread, [rate_row(f"single split, every pair of {len(correct)} seeds", list(calls.values()), False),
+                    rate_row("single split, disjoint pairs (0, 1), (2, 3), ...", disjoint, True)]
+
+
+def cv_rows(accuracies, ratios):
+    """What the fold draws' seeds score per fold, and their table rows."""
+    calls, seeds = cv_calls(accuracies, ratios), accuracies.shape[1]
+    between_seeds = accuracies[:, 0] - accuracies[:, 1]  # what the test sees: seed against seed, fold by fold
+    spread = (f"Cross-validation: per-fold test top-1 over {len(accuracies)} fold draws x {seeds} seeds "
+              f"{accuracies.mean():.2f} ± {accuracies.std(ddof=1):.2f} %; seed 0 minus seed 1 on a fold "
+              f"{between_seeds.mean():+.2f} ± {between_seeds.std(ddof=1):.2f} points; n2/n1 {np.mean(ratios):.3f}.")
+    rows = [rate_row(f"{FOLD_COUNT}-fold CV, seeds 0 and 1 of each fold draw",
+                     [called for (_, i, j), called in calls.items() if (i, j) == (0, 1)], True)]
+    if seeds > 2:
+        rows.append(rate_row(f"{FOLD_COUNT}-fold CV, every pair of {seeds} seeds per fold draw", list(calls.values()),
+                             False))
+    return spread, rows
+
+
+def report(epochs, correct, cv=None):
+    """The Markdown report: how much the runs vary, then how often the tests call two of them different.
+    cv: the fold draws' (accuracies, ratios), where there are any."""
+    parts = [single_split_rows(correct), *([cv_rows(*cv)] if cv else [])]
+    return "\n".join([f"A/A check: {TASK}, {epochs} epochs, a test at the {100 * LEVEL:g} % level", "",
+                      *(spread for spread, _ in parts), "",
+                      "| comparison | tested | called different | rate [95 % interval] |", "|---|---:|---:|---:|",
+                      *(row for _, rows in parts for row in rows), "",
+                      "The interval is given where the comparisons share no run (independent ones)."]) + "\n"
+
+
+def foreign_entry(out):
+    """The first entry of `out` that the check did not write, or None: aa_check.md counts as its own
+    only if it opens with the line the check writes."""
+    own = {".": "single|cv|folds|" + atomic_files("aa_check.md"), "single": r"seed\d+", "cv": r"draw\d+",
+           "folds": r"draw\d+"}
+    return run_folder.foreign_entry(out, own, "aa_check.md", lambda line: line.startswith("A/A check: "))
 
 
 def parse_args(argv):
@@ -162,6 +191,10 @@ def parse_args(argv):
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs {args.epochs}: need at least 1")
     check_folder_writable(args.out, "--out")
+    entry = foreign_entry(args.out)
+    if entry:
+        raise UserError(f"--out {args.out} holds {entry.relative_to(args.out)}, which the A/A check did not write: "
+                        "pick a new folder, or one the check made")
     return args
 
 
@@ -169,8 +202,8 @@ def main(argv=None):
     args = parse_args(argv)
     task = tasks.load(TASK)
     correct = single_split_correct(task, args)
-    cv = cv_calls(*cv_accuracies(task, args)) if args.comparisons else {}
-    table = report(args, correct, single_split_calls(correct), cv)
+    cv = cv_accuracies(task, args) if args.comparisons else None
+    table = report(args.epochs or task.epochs, correct, cv)
     atomic_write(args.out / "aa_check.md", table)
     print(table)
 
