@@ -8,8 +8,8 @@ such a pair different in at most about 5 % of the comparisons; more means its p-
                     which share no run and so are independent comparisons.
   cross-validation  comparison i draws 5 folds of the images with seed i and trains every fold with
                     --fold-seeds seeds; the first two are compared with cv_paired_difference on their
-                    per-fold test top-1 and called different where p < 0.05 (and, with more seeds, every
-                    pair of them).
+                    per-fold test top-1 (n2/n1 from the runs' split sizes) and called different where
+                    p < 0.05 (and, with more seeds, every pair of them).
 
 Runs go to OUT/single/seed<N> and OUT/cv/draw<i>/fold<k>/seed<N> (the folds to OUT/folds/draw<i>),
 each with its console output in log.txt; a finished run is reused, so a re-run only adds what is
@@ -36,11 +36,11 @@ from common.cli import UserError, run_main  # noqa: E402
 from common.config import MAX_SEEDS  # noqa: E402
 from common.evidence import read_evidence  # noqa: E402
 from common.files import atomic_files, atomic_write, read_json  # noqa: E402
+from common.folds import fold_folders, split_folds  # noqa: E402
 from common.paths import DEMO_IMAGES  # noqa: E402
 from common.reuse import run_or_reuse  # noqa: E402
 from common import run_folder  # noqa: E402
 from common.run_folder import check_folder_writable  # noqa: E402
-from common.folds import fold_folders, split_folds  # noqa: E402
 from common.stats import CONFIDENCE, cv_paired_difference, paired_difference, supported  # noqa: E402
 
 TASK = "task1_efficientnet"
@@ -54,7 +54,7 @@ CV_SEEDS, SEED_STRIDE = MAX_SEEDS, 100
 
 
 def run_config(task, args, seed, out, data=None):
-    """The checked configuration: the task's, but for these and the command line's settings."""
+    """A run's configuration: the task's defaults but for these settings and the command line's."""
     options = {"no_pretrained": True} if args.no_pretrained else {}
     return task.config(**options, data=data, seed=seed, out=out, epochs=args.epochs or task.epochs)
 
