@@ -42,7 +42,7 @@ def images(tmp_path):
 @pytest.mark.slow
 def test_end_to_end_report_has_every_task(images, tmp_path, offline):
     out = tmp_path / "results"
-    reproduce.main(["--data", str(images), "--out", str(out), "--epochs", "1", "--seeds", "2", "--compile", "off"])
+    reproduce.main(["--data", str(images), "--out", str(out), "--epochs", "1", "--folds", "1", "--seeds", "2", "--compile", "off"])
     report = (out / "REPORT.md").read_text()
     for task in (t for t in tasks.all_tasks() if t.in_reproduction):  # task1_timm needs a network: only by name
         assert f"## {task.name}: {task.title}" in report
@@ -74,14 +74,14 @@ def test_end_to_end_report_has_every_task(images, tmp_path, offline):
     # Per task: per-class accuracy, the confusion matrix over seeds and the confident mistakes.
     for name in trained:
         section = report.split(f"## {name}:")[1].split("\n## ")[0]
-        assert "Test accuracy per class (mean over 2 seeds)" in section and "| blue | green | red |" in section
+        assert "Test accuracy per class (2 seeds pooled)" in section and "| blue | green | red |" in section
         assert f"]({name}/confusion.png)" in section and f"]({name}/top_losses.png)" in section
         assert (out / name / "confusion.png").exists() and (out / name / "top_losses.png").exists()
 
 
 @pytest.mark.slow
 def test_a_run_without_test_predictions_is_reported_without_intervals_in_one_line(images, tmp_path, capsys):
-    argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--seeds", "1",
+    argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--folds", "1", "--seeds", "1",
             "--tasks", "task2_shallow", "--compile", "off"]
     reproduce.main(argv)
     (tmp_path / "r" / "task2_shallow" / "seed0" / "test_predictions.csv").unlink()  # as a run made before it was written
@@ -96,7 +96,7 @@ def test_a_run_without_test_predictions_is_reported_without_intervals_in_one_lin
 
 @pytest.mark.slow
 def test_rerun_reuses_finished_runs_and_force_redoes_them(images, tmp_path):
-    argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--seeds", "1",
+    argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--folds", "1", "--seeds", "1",
             "--tasks", "task2_shallow", "--compile", "off"]
     reproduce.main(argv)
     metrics = tmp_path / "r" / "task2_shallow" / "seed0" / "metrics.json"
@@ -111,7 +111,7 @@ def test_rerun_reuses_finished_runs_and_force_redoes_them(images, tmp_path):
 def test_cub_archive_splits_the_report_way(tmp_path):
     archive = make_tgz(make_cub(tmp_path / "cub"), tmp_path / "CUB_200_2011.tgz")
     out = tmp_path / "r"
-    reproduce.main(["--cub", str(archive), "--out", str(out), "--epochs", "1", "--seeds", "1",
+    reproduce.main(["--cub", str(archive), "--out", str(out), "--epochs", "1", "--folds", "1", "--seeds", "1",
                     "--tasks", "task2_shallow", "--compile", "off"])
     report = (out / "REPORT.md").read_text()
     assert "the report's 7 CUB-200-2011 classes; split 0.7/0.1/0.2 into 7 / 7 / 7" in report
@@ -158,7 +158,7 @@ def test_a_second_reproduction_into_the_same_folder_is_refused(images, tmp_path)
 @pytest.mark.slow
 def test_an_interrupted_split_is_redone_not_reused(images, tmp_path, monkeypatch):
     out, real_place = tmp_path / "r", interrupt_after(3, monkeypatch)
-    argv = ["--data", str(images), "--out", str(out), "--epochs", "1", "--seeds", "1", "--tasks", "task2_shallow",
+    argv = ["--data", str(images), "--out", str(out), "--epochs", "1", "--folds", "1", "--seeds", "1", "--tasks", "task2_shallow",
             "--compile", "off"]
     with pytest.raises(KeyboardInterrupt):
         reproduce.main(argv)
@@ -328,7 +328,7 @@ def test_a_missing_source_leaves_no_out_behind(tmp_path, refused, source, messag
 
 @pytest.mark.slow
 def test_a_reused_run_with_a_damaged_or_special_file_is_one_error(images, tmp_path):
-    argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--seeds", "1",
+    argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--folds", "1", "--seeds", "1",
             "--tasks", "task3_netvlad", "--compile", "off"]
     reproduce.main(argv)
     run = tmp_path / "r" / "task3_netvlad" / "seed0"
@@ -353,7 +353,7 @@ def test_a_reused_run_with_a_damaged_or_special_file_is_one_error(images, tmp_pa
 @pytest.mark.slow
 def test_augment_reaches_every_task_and_the_report_says_so(images, tmp_path, offline):
     out = tmp_path / "results"
-    reproduce.main(["--data", str(images), "--out", str(out), "--epochs", "1", "--seeds", "1", "--compile", "off", "--augment",
+    reproduce.main(["--data", str(images), "--out", str(out), "--epochs", "1", "--folds", "1", "--seeds", "1", "--compile", "off", "--augment",
                     "--tasks", "task2_shallow", "task1_efficientnet"])
     report = (out / "REPORT.md").read_text()
     assert "## task2_shallow: Shallow ConvNet, augmented" in report and "- Augmentation: random resized crops" in report
@@ -364,7 +364,7 @@ def test_augment_reaches_every_task_and_the_report_says_so(images, tmp_path, off
 # These run task 3 (3,031 parameters) rather than task 2, whose checkpoints take 450 MB a run.
 @pytest.mark.slow
 def test_print_commands_lists_the_unfinished_runs_and_the_report_reuses_what_they_made(images, tmp_path):
-    argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--seeds", "2",
+    argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--folds", "1", "--seeds", "2",
             "--tasks", "task3_netvlad", "--compile", "off"]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -401,7 +401,7 @@ def test_jobs_trains_runs_as_concurrent_processes(images, tmp_path, monkeypatch)
     monkeypatch.setattr(runs.subprocess, "Popen", Recorded)
     monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "r"
-    reproduce.main(["--data", str(images), "--out", str(out), "--epochs", "2", "--seeds", "2", "--jobs", "2",
+    reproduce.main(["--data", str(images), "--out", str(out), "--epochs", "2", "--folds", "1", "--seeds", "2", "--jobs", "2",
                     "--tasks", "task3_netvlad", "--compile", "off", "--device", "cpu"])
     # Both runs were under way at once: the second process started before the first ended. (Files'
     # times say less: a loaded machine may start one process's Python seconds after the other's.)
@@ -427,7 +427,7 @@ def test_the_bar_shows_how_far_each_concurrent_run_is(tmp_path):
 @pytest.mark.slow
 def test_a_failed_run_process_is_one_error_naming_its_log(images, tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "cache"))
-    argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--jobs", "2", "--seeds", "1",
+    argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--jobs", "2", "--folds", "1", "--seeds", "1",
             "--tasks", "task3_netvlad", "--compile", "off", "--device", "cpu"]
     reproduce.main([*argv, "--epochs", "1"])
     (tmp_path / "r" / "task3_netvlad" / "seed0" / "last.pt").write_bytes(b"garbage")
@@ -464,7 +464,7 @@ def wait_for(condition, what, bound_s=600):
 def test_a_stop_signal_stops_every_concurrent_run_after_a_checkpoint(images, tmp_path, stop, ignored):
     out, repo = tmp_path / "r", Path(reproduce.__file__).parent
     command = [sys.executable, str(repo / "reproduce.py"), "--data", str(images), "--out", str(out), "--epochs", "500",
-               "--seeds", "2", "--jobs", "2", "--tasks", "task3_netvlad", "--compile", "off", "--device", "cpu"]
+               "--folds", "1", "--seeds", "2", "--jobs", "2", "--tasks", "task3_netvlad", "--compile", "off", "--device", "cpu"]
     parent = subprocess.Popen(with_signals(command, ignored),
                               env={**os.environ, "REPRO_CACHE_DIR": str(tmp_path / "cache")},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -503,7 +503,7 @@ def print_commands(*argv):
 @pytest.mark.slow
 def test_print_commands_prints_one_quoted_line_per_run_whatever_the_paths_hold(images, tmp_path):
     out = tmp_path / "r\n; touch injected1; $(touch injected2) `touch injected3` \udcff'\"\\"
-    printed = print_commands("--data", images, "--out", out, "--epochs", "1", "--seeds", "2",
+    printed = print_commands("--data", images, "--out", out, "--epochs", "1", "--folds", "1", "--seeds", "2",
                              "--tasks", "task3_netvlad", "--compile", "off")
     lines = printed.split("\n")[:-1]
     assert len(lines) == 2  # before: a newline in a path split one command over two lines
