@@ -2,12 +2,15 @@
 predictions combine (predict.py rebuilds each run's model)."""
 import math
 import re
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from common.data import sub_folders
 from common.errors import UserError, shown
+from common.files import read_json
+from common.folds import FOLDS, read_folds
 from common.reuse import finished_metrics
 from common.train import Meter
 
@@ -33,11 +36,25 @@ def fold_runs(folder):
         raise UserError(f"{shown(folder)} has no fold run {', '.join(f'fold{k}' for k in missing)}: "
                         "predict once every fold's run is there, or with one fold's run alone")
     runs = [folds[k] for k in sorted(folds)]
+    drawn = folds_drawn(runs[0])
+    if drawn and len(runs) != drawn:  # the last folds' runs are missing (or runs of more folds are there)
+        raise UserError(f"{shown(folder)} holds {len(runs)} fold runs, but its runs trained on {drawn} folds: "
+                        "predict once every fold's run is there, or with one fold's run alone")
     unfinished = next((run for run in runs if finished_metrics(run) is None), None)
     if unfinished is not None:
         raise UserError(f"{shown(unfinished)} is not a finished run (no metrics.json): let it finish "
                         "(reproduce.py continues it), or predict with one finished fold's run alone")
     return runs
+
+
+def folds_drawn(run):
+    """How many folds the set that `run` trained on has (its folds.csv says), or None where that is unknown
+    (a run trained on a folder of one's own)."""
+    try:
+        folds = Path(read_json(run / "config.json")["arguments"]["data"]).parent
+        return read_folds(folds, "")[0]["k"] if (folds / FOLDS).is_file() else None
+    except (OSError, ValueError, KeyError, TypeError, UserError):
+        return None
 
 
 def check_alike(runs):
