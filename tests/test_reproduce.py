@@ -114,7 +114,7 @@ def test_cub_archive_splits_the_report_way(tmp_path):
     reproduce.main(["--cub", str(archive), "--out", str(out), "--epochs", "1", "--folds", "1", "--seeds", "1",
                     "--tasks", "task2_shallow", "--compile", "off"])
     report = (out / "REPORT.md").read_text()
-    assert "the report's 7 CUB-200-2011 classes; split 0.7/0.1/0.2 into 7 / 7 / 7" in report
+    assert "the report's 7 CUB-200-2011 classes; one split 0.7/0.1/0.2 into 7 / 7 / 7" in report
     assert "compare rankings and gaps" not in report  # the report's own data: digits are comparable
 
 
@@ -189,7 +189,7 @@ def test_bad_options_are_refused_before_anything_is_created(images, tmp_path, ar
 
 @pytest.mark.slow
 def test_a_damaged_finished_run_is_redone_or_refused(images, tmp_path):
-    argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--tasks", "task2_shallow",
+    argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--folds", "1", "--tasks", "task2_shallow",
             "--compile", "off"]
     reproduce.main(argv)
     run = tmp_path / "r" / "task2_shallow" / "seed0"
