@@ -1,11 +1,13 @@
 """Frozen backbones as feature extractors (task 1): a registry entry built with its weights, always in eval
-mode, and the features it computes cached by content, in memory and on disk."""
+mode, and the features it computes cached by content, in memory and on disk (per split, and per image)."""
 import hashlib
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from common import distributed
@@ -74,14 +76,27 @@ def load_backbone(name, weights_file=None, pretrained=True, keep_classifier=Fals
     return FrozenBackbone(name, model, source, spec.input_mean, spec.input_std)
 
 
-def feature_cache_key(backbone, images, precision, augment_seed=None):
-    """Backbone name, weights fingerprint, precision, the image bytes (read a chunk at a time: the
-    images may be a large split on disk) and, for an augmented view, its augmentation and seed."""
-    image_digest = hashlib.sha1(str(tuple(images.shape)).encode())
+def content_digests(images):
+    """sha1s of the images' shape and bytes, read 256 images at a time (the images may be a large split on
+    disk): the split's (as before entries per image, so that splits cached then stay cached), and each
+    image's, which the same file decoded with the same preprocessing gives in any split."""
+    split = hashlib.sha1(str(tuple(images.shape)).encode())
+    per_image = []
     for start in range(0, len(images), 256):
-        image_digest.update(images[start:start + 256].contiguous().reshape(-1).numpy())
+        chunk = images[start:start + 256].contiguous()
+        split.update(chunk.reshape(-1).numpy())
+        for image in chunk:
+            digest = hashlib.sha1(str(tuple(image.shape)).encode())
+            digest.update(image.reshape(-1).numpy())
+            per_image.append(digest.hexdigest())
+    return split.hexdigest(), per_image
+
+
+def feature_cache_key(backbone, precision, content, augment_seed=None):
+    """Backbone name, weights fingerprint, precision, the content's digest (a split's or an image's, see
+    content_digests) and, for an augmented view, its augmentation and seed."""
     view = "" if augment_seed is None else f"|{train_augmentation(CROP)!r}|{augment_seed}"
-    key = f"{backbone.name}|{backbone.weights_fingerprint()}|{precision}|{image_digest.hexdigest()}{view}"
+    key = f"{backbone.name}|{backbone.weights_fingerprint()}|{precision}|{content}{view}"
     return f"{backbone.name}-{precision}-{hashlib.sha1(key.encode()).hexdigest()[:20]}"
 
 
@@ -134,17 +149,54 @@ def refuse_non_finite(features, backbone, precision):
                         f"at precision {precision}: its weights are broken, or try --precision fp32")
 
 
+def cached_image_features(disk, key, feature_dim):
+    """One image's features stored under key, or None when missing or damaged (NaN or inf too, as in
+    cached_features)."""
+    features = disk.get(key, (feature_dim,), np.float32)
+    if features is not None and not np.isfinite(features).all():
+        warn(f"{disk.file(key)}: cached features hold NaN or infinite values; computed again")
+        return None
+    return features
+
+
+def image_features(backbone, images, digests, batch_size, precision, device, cache_dir):
+    """The images' features from an entry per image, so that a split holding images that another split
+    held (a re-split, a cross-validation fold) reads theirs; the backbone runs on the others only, in
+    batches, in the split's order. Under torchrun, computed by all ranks together and stored by rank 0."""
+    disk = ArrayCache(Path(cache_dir) / "images") if cache_dir is not None else None
+    keys = [feature_cache_key(backbone, precision, digest) for digest in digests]
+    features = torch.empty(len(images), spec_of(backbone.name).feature_dim)
+    missing = []
+    for i, key in enumerate(keys):
+        cached = cached_image_features(disk, key, features.shape[1]) if disk else None
+        if cached is None:
+            missing.append(i)
+        else:
+            features[i] = torch.from_numpy(cached)
+    missing = sorted(set().union(*distributed.from_every_rank(missing)))  # what any rank lacks, all compute
+    if missing:
+        features[missing] = run_backbone(backbone, Subset(images, torch.tensor(missing)), batch_size, precision, device)
+        refuse_non_finite(features[missing], backbone, precision)
+        if disk and distributed.is_main():
+            for i in missing:
+                disk.put(keys[i], features[i].numpy())
+    return features
+
+
 def extract_features(backbone, images, batch_size=64, precision="auto", device=None, cache_dir=None, augment_seed=None):
     """uint8 N x 3 x H x W images (or their augmented views, see run_backbone) -> float32 N x F features,
     cached in memory and (with cache_dir) on disk, where they stay (a MappedArray).
 
-    The cache key covers the backbone name, a fingerprint of its weights, the precision and the image bytes.
+    The cache key covers the backbone name, a fingerprint of its weights, the precision and the split's
+    image bytes. A split not cached whole is put together from its images' entries (image_features),
+    except an augmented view: its images' views depend on the batch they were drawn in.
     """
     if images.dtype != torch.uint8:
         raise ValueError(f"extract_features expects uint8 images, got {images.dtype}")
     device = torch.device(device) if device is not None else pick_device()
     precision = pick_precision(precision, device)
-    key = feature_cache_key(backbone, images, precision, augment_seed)
+    split_digest, digests = content_digests(images)
+    key = feature_cache_key(backbone, precision, split_digest, augment_seed)
     memo = (key, str(cache_dir))  # the features may be a file in that cache folder
     if memo in _feature_cache:
         return _feature_cache[memo]
@@ -153,8 +205,11 @@ def extract_features(backbone, images, batch_size=64, precision="auto", device=N
     if distributed.all_ranks(disk and cached_features(disk, key, shape) is not None):
         features = MappedArray(disk.file(key), shape, np.float32)
     else:  # under torchrun computed by all ranks together, and stored by rank 0
-        features = run_backbone(backbone, images, batch_size, precision, device, augment_seed)
-        refuse_non_finite(features, backbone, precision)
+        if augment_seed is None:
+            features = image_features(backbone, images, digests, batch_size, precision, device, cache_dir)
+        else:
+            features = run_backbone(backbone, images, batch_size, precision, device, augment_seed)
+            refuse_non_finite(features, backbone, precision)
         if disk and distributed.is_main() and disk.put(key, features.numpy()):
             features = MappedArray(disk.file(key), shape, np.float32)  # on disk, read a batch at a time, as the images are
     _feature_cache[memo] = features
