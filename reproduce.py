@@ -43,7 +43,8 @@ from common.files import atomic_files
 from common.manifest import manifest_rows
 from common.options import command_line
 from common.paths import DEMO_IMAGES, RESULTS, is_inside, task_script
-from common.report import REPORT_TITLE, Reproduction, TaskResult, summarise, write_report
+from common.report import REPORT_TITLE, Reproduction, write_report
+from common.report_task import TASK_FILES, TaskResult, summarise
 from common.reuse import plan
 from common.runs import run_plans
 from common import run_folder
@@ -67,8 +68,7 @@ def own_entries():
         ".": "|".join(["splits", "cub_7classes", r"\.cub_7classes\.partial-\w+", *names,
                        atomic_files("REPORT.md", "summary.png")]),
         "splits": r"(?s).*-[0-9a-f]{8}-(seed|rep)\d+",  # make_splits' names: split_name's, or an earlier version's
-        **{name: rf"{RUN_FOLDER}|{atomic_files('loss.png', 'accuracy.png', 'metrics.md', 'confusion.png', 'top_losses.png')}"
-           for name in names},
+        **{name: rf"{RUN_FOLDER}|{atomic_files(*TASK_FILES)}" for name in names},
     }
 
 
@@ -333,10 +333,12 @@ def run_all(args):
         own = [planned for planned in plans if planned.task is task]
         title = task.title_for(own[0].config)
         if task in missing:
-            task_results.append(TaskResult(task.name, title, task.course_report, missing=missing[task]))
+            task_results.append(TaskResult(task.name, title, task.course_report, missing=missing[task],
+                                           course_setting=task.course_setting(own[0].config)))
         else:
             task_results.append(summarise(task.name, title, [p.config.out for p in own], [metrics[p] for p in own],
-                                          args.out, how, args.epochs or task.epochs, task.course_report))
+                                          args.out, how, args.epochs or task.epochs, task.course_report,
+                                          task.course_setting(own[0].config)))
     how = dataclasses.replace(how, minutes=(time.perf_counter() - began) / 60)
     write_report(args.out, how, task_results, {t.name: t.epochs for t in chosen})
     print(f"wrote {args.out / 'REPORT.md'}")

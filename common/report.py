@@ -1,5 +1,6 @@
-"""REPORT.md: what reproduce.py writes once every run is done, a table and figures per task over
-its runs (folds, or seeds on one split), a summary ranked by test top-1, and the 2020 course report's own numbers beside ours."""
+"""REPORT.md: what reproduce.py writes once every run is done. A header on how it was made, a summary
+ranked by test top-1 beside the majority-class baseline and the 2020 course report's own numbers,
+the scores beyond accuracy, every pairwise comparison, then a section per model (common/report_task.py)."""
 import math
 import os
 import platform
@@ -7,12 +8,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from common import results, stats
-from common.errors import UserError, warn
-from common.evidence import Evidence, plot_summary, plot_top_losses, read_evidence
+from common import results, scores, stats
+from common.evidence import SCORES, majority_baseline, plot_summary
 from common.files import atomic_write
+from common.report_task import TaskResult, task_lines
 from common.results import markdown_code, markdown_text
-from common.reuse import read_config
 
 REPORT_TITLE = "# Reproduction: small-data image classification (CS 6910 Assignment 3 report, 2020)"
 
@@ -43,69 +43,6 @@ class Reproduction:
     @property
     def over_runs(self):
         return over_runs(self.folds, self.seeds)
-
-
-@dataclass
-class TaskResult:
-    """One task in REPORT.md: ours over the seeds (stats and the first run's config), or why it has
-    none, beside the 2020 report's table where it has one."""
-    name: str
-    title: str
-    course_report: dict = None
-    stats: dict = None
-    config: dict = None
-    missing: str = None  # why it was not trained (its weights are unavailable)
-    evidence: Evidence = None  # every seed's test predictions, where every run wrote them
-    no_evidence: str = None  # why it has no evidence: a run's test predictions are missing or damaged
-
-
-def summarise(name, title, runs, metrics, out, how, epochs, course_report=None):
-    """The task's table and figures in OUT/<name>/ from its run folders `runs` and their `metrics`:
-    mean ± std over the runs (how.over_runs), or the one run."""
-    folder = out / name
-    stats = results.mean_std(metrics) if len(metrics) > 1 else metrics[0]
-    results.plot_history(folder, [run_history(run, epochs) for run in runs], title)
-    atomic_write(folder / "metrics.md", f"**{markdown_text(title)}**, {how.over_runs}\n\n{results.format_table(stats)}\n")
-    evidence, why = task_evidence(folder, runs, title, how)
-    return TaskResult(name, title, course_report, stats, read_config(runs[0]), evidence=evidence, no_evidence=why)
-
-
-def task_evidence(folder, runs, title, how):
-    """(the task's Evidence, None), with its figures written: the test confusion matrix summed over
-    runs and its most confident mistakes. (None, why) where a run lacks its test predictions (said in
-    one line) or they are damaged or edited since the run wrote them (one warning): nothing of them
-    enters the report."""
-    try:
-        found = read_evidence(runs, how.folds)
-    except (OSError, ValueError) as e:
-        line = f"{folder.name}: no intervals, per-class accuracy or mistakes ({e}); --force trains its runs again"
-        (print if isinstance(e, OSError) else warn)(line)  # missing: a run from before runs wrote them
-        return None, str(e)
-    results.plot_confusion(folder / "confusion.png", found.confusion(), found.classes,
-                           f"{title}: test confusion matrix, {pooled_over(how)}")
-    plot_top_losses(folder / "top_losses.png", found.top_losses(), f"{title}: the test images it gets wrong most confidently")
-    return found, None
-
-
-def pooled_over(how):
-    """What a task's pooled test predictions are: every fold's, or every seed's."""
-    if how.folds > 1:
-        return "all folds pooled, every image once" + (f" in each of {how.seeds} repetitions" if how.seeds > 1 else "")
-    return f"{how.seeds} seeds pooled" if how.seeds > 1 else "one run (seed 0)"
-
-
-def run_history(run, epochs):
-    """history.csv of a finished run, a row of numbers per epoch; one error line where a reused run's
-    is missing or damaged, not a traceback from the plot."""
-    try:
-        rows = results.read_history(run)
-        if len(rows) == epochs and all(math.isfinite(float(row[field])) for row in rows
-                                       for field in results.HISTORY_FIELDS):
-            return rows
-    except (OSError, ValueError, KeyError, TypeError):  # TypeError: a short row's missing fields are None
-        pass
-    raise UserError(f"{run / 'history.csv'} is missing or damaged: use --force to train that run again, "
-                    "or another folder")
 
 
 def machine(trained):
@@ -178,23 +115,36 @@ def with_interval(t, metric, k):
     return f"{cell} [{low:.1f}, {high:.1f}]"
 
 
+def own_splits(how):
+    """Whether each seed drew its own split (--resplit): every seed's test images are others."""
+    return how.folds == 1 and how.resplit and how.seeds > 1
+
+
 def interval_kind(how):
     if how.folds > 1:
         return "the 95 % interval of the corrected repeated k-fold t-test, over folds and repetitions"
+    if own_splits(how):
+        return "the 95 % interval of the corrected resampled t-test, over the seeds' splits"
     return "the 95 % bootstrap interval over test images and seeds"
 
 
-def summary_lines(task_results, how):
+def summary_lines(task_results, how, baseline=None):
     lines = ["## Summary, ranked by test top-1", "",
              f"Test top-1 and top-3: {how.over_runs}, then [{interval_kind(how)}] (how: docs/statistics.md).", "",
              "| model | test top-1 | test top-3 | test logloss | trainable parameters | 2020 report's test top-1 |",
              "|---|---:|---:|---:|---:|---:|"]
-    for t in ranked(task_results):
+    for t in ranked(task_results + ([baseline] if baseline else [])):
         lines.append(f"| {markdown_text(t.title)} | {with_interval(t, 'top1', 1)} | {with_interval(t, 'top3', 3)} | "
                      f"{results.format_cell(t.stats['test']['loss'], 4)} | "
                      f"{t.config['parameters']['trainable']:,} | {course_top1(t)} |")
     for t in (t for t in task_results if t.missing):
         lines.append(f"| {markdown_text(t.title)} | weights unavailable | | | | {course_top1(t)} |")
+    apart = [t for t in task_results if t.course_report and t.course_setting]
+    lines += [""] * bool(apart) + [f"The 2020 report's {markdown_text(t.title.split(' (')[0])} "
+                                   f"({markdown_code(t.course_setting)}, a configuration no row here has): "
+                                   f"{t.course_report['test']['top1']:.2f} % test top-1." for t in apart]
+    flagged = [t for t in ranked(task_results) if t.flags]
+    lines += [""] * bool(flagged) + [f"- **Warning, {markdown_text(t.title)}:** {' '.join(t.flags)}" for t in flagged]
     return lines
 
 
@@ -203,91 +153,184 @@ def ranked(task_results):
     return sorted(trained, key=lambda t: mean_of(t.stats["test"]["top1"]), reverse=True)
 
 
-def comparison_lines(task_results, how):
-    """Every pair of models, the better first, paired on the same test images and runs, in plain words."""
-    with_evidence = [t for t in ranked(task_results) if t.evidence is not None]
-    pairs = [(a, b) for i, a in enumerate(with_evidence) for b in with_evidence[i + 1:]
-             if a.evidence.tested_like(b.evidence)]
-    if not pairs:
-        return []
-    rows = ["| better | worse | difference (points) | 95 % interval | p | the data |", "|---|---|---:|---:|---:|---|"]
-    lines = []
-    for a, b in pairs:
-        difference, low, high, p = a.evidence.compare(b.evidence)
-        supported = stats.supported(low, high, p)
-        a_title, b_title = markdown_text(a.title), markdown_text(b.title)
-        rows.append(f"| {a_title} | {b_title} | {difference:+.1f} | [{low:.1f}, {high:.1f}] | {p:.3g} | "
-                    f"{'support a difference' if supported else 'do not support a difference'} |")
-        lines.append(f"- {a_title} against {b_title}: {difference:+.1f} points, 95 % interval "
-                     f"[{low:.1f}, {high:.1f}], p = {p:.3g}: " +
-                     ("the data support this difference." if supported else
-                      "the data do not support a difference (it is within what chance gives)."))
-    return ["## Which differences the data support", "", comparison_method(how), "", *rows, "", *lines]
-
-
-def comparison_method(how):
-    if how.folds > 1:
-        return ("Every pair of models, on the same folds: the difference in test top-1 (the mean over folds of each "
-                "fold's difference), its 95 % interval and the p-value of the corrected repeated k-fold t-test, "
-                "which widens the variance for the folds' overlapping training sets. A difference is supported "
-                "where p < 0.05.")
-    return ("Every pair of models, on the same test images and seeds: the difference in test top-1, its 95 % paired "
-            "bootstrap interval, and the p-value of an exact paired permutation test (with one seed, the exact "
-            "McNemar test). A difference is supported where p < 0.05 and its interval excludes 0.")
-
-
 def course_top1(task_result):
-    return f"{task_result.course_report['test']['top1']:.2f} %" if task_result.course_report else "–"
+    return (f"{task_result.course_report['test']['top1']:.2f} %"
+            if task_result.course_report and not task_result.course_setting else "–")
 
 
-def evidence_lines(t, how):
-    """Per-class test accuracy, the pooled confusion matrix, and the confident mistakes."""
-    found = t.evidence
-    names = " | ".join(map(markdown_text, found.classes))
-    cells = " | ".join(f"{a:.1f} %" for a in found.per_class())
-    return [f"Test accuracy per class ({pooled_over(how)}):", "",
-            f"| {names} |", "|" + "---:|" * len(found.classes), f"| {cells} |", "",
-            f"![confusion matrix]({t.name}/confusion.png) ![most confident mistakes]({t.name}/top_losses.png)", ""]
-
-
-def task_lines(t, how):
-    lines = [f"## {t.name}: {markdown_text(t.title)}", ""]
-    if t.missing:
-        lines += [f"**Weights unavailable**, not trained: {markdown_text(t.missing)}", ""]
-    else:
-        lines += [f"Ours, {how.over_runs}:", "", results.format_table(t.stats), "",
-                  f"![logloss]({t.name}/loss.png) ![accuracy]({t.name}/accuracy.png)", ""]
-    if t.evidence is not None:
-        lines += evidence_lines(t, how)
-    if t.no_evidence:
-        lines += [f"No intervals, comparisons, per-class accuracy or mistakes: {markdown_text(t.no_evidence)}", ""]
-    if t.course_report:
-        lines += ["The 2020 report's (one run, CUB birds):", "", results.format_table(t.course_report), ""]
-    if not t.missing:
-        runs = "rep*/fold*" if how.folds > 1 else "seed*"
-        lines.append(f"Runs: `{t.name}/{runs}/` (tables, history, test predictions, confusion matrices, config, log).")
+def score_lines(task_results, baseline, how):
+    """Balanced accuracy, macro-F1, Cohen's kappa and ECE per model with their intervals, and its mean confidence."""
+    models = [t for t in ranked(task_results + ([baseline] if baseline else [])) if t.evidence is not None]
+    if not models:
+        return []
+    lines = ["## What each model learned", "",
+             "Scores that a model answering one class cannot fake, and how well its confidence matches its accuracy "
+             f"(expected calibration error, {scores.CALIBRATION_BINS} bins), each {score_over(how)}, then "
+             f"[{interval_kind(how)}]. Chance is a balanced accuracy of 1 / classes and a kappa of 0. n/a: undefined "
+             "(kappa needs two classes; a fold where a score is undefined is left out of its mean). "
+             "How: docs/statistics.md.", "",
+             "| model | balanced accuracy | macro-F1 | Cohen's kappa | ECE | mean confidence | test top-1 |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for t in models:
+        cells = [score_cell(t.evidence.score(name), "" if name == "Cohen's kappa" else " %") for name in SCORES]
+        confidence = 100 * t.evidence.probabilities.max(axis=2).mean()
+        lines.append(f"| {markdown_text(t.title)} | {' | '.join(cells)} | {confidence:.1f} % | "
+                     f"{100 * t.evidence.correct().mean():.1f} % |")
     return lines
 
 
-def write_summary_figure(out, task_results, how):
-    """summary.png: every model's test top-1 with its interval; False where no task has its predictions."""
-    rows = [(t.title, *t.evidence.interval(), t.course_report["test"]["top1"] if t.course_report else None)
-            for t in ranked(task_results) if t.evidence is not None]
+def score_over(how):
+    if how.folds > 1:
+        return "the mean of the folds' scores"
+    return "the mean of the seeds' scores" if how.seeds > 1 else "one run's"
+
+
+def score_cell(interval, unit):
+    """value [low, high]: a kappa with 2 decimals, a percentage with 1; n/a where undefined."""
+    value, low, high = interval
+    if math.isnan(value):
+        return "n/a"
+    digits = 1 if unit else 2
+    bounds = "" if math.isnan(low) else f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{value:.{digits}f}{unit}{bounds}"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two models' test top-1 on the same images and runs: better minus worse, and Holm's adjusted p."""
+    better: TaskResult
+    worse: TaskResult
+    difference: float
+    low: float
+    high: float
+    p: float
+    adjusted_p: float = math.nan
+
+    @property
+    def supported(self):
+        return stats.supported(self.low, self.high, self.adjusted_p)
+
+
+def compare_all(models):
+    """Every pair of `models` (TaskResults with evidence, best first) tested on the same images and
+    runs, with Holm's adjustment over them all: one family."""
+    pairs = [(a, b, *a.evidence.compare(b.evidence)) for i, a in enumerate(models) for b in models[i + 1:]
+             if a.evidence.tested_like(b.evidence)]
+    adjusted = scores.holm([pair[-1] for pair in pairs])
+    return [Comparison(*pair, adjusted_p=float(q)) for pair, q in zip(pairs, adjusted)]
+
+
+def comparison_lines(comparisons, how):
+    """The table of every pair, the better first, in plain words."""
+    if not comparisons:
+        return []
+    rows = ["| better | worse | difference (points) | 95 % interval | p | Holm p | the data |",
+            "|---|---|---:|---:|---:|---:|---|"]
+    for c in comparisons:
+        rows.append(f"| {markdown_text(c.better.title)} | {markdown_text(c.worse.title)} | {c.difference:+.1f} | "
+                    f"[{c.low:.1f}, {c.high:.1f}] | {p_cell(c.p)} | {p_cell(c.adjusted_p)} | "
+                    f"{'supported' if c.supported else 'inconclusive'} |")
+    return ["## Which differences the data support", "", comparison_method(how, len(comparisons)), "", *rows]
+
+
+def p_cell(p):
+    """A p-value to 3 digits; n/a where the test is undefined (no spread between folds)."""
+    return "n/a" if math.isnan(p) else f"{p:.3g}"
+
+
+def comparison_method(how, pairs):
+    if how.folds > 1 or own_splits(how):
+        units = "folds" if how.folds > 1 else "seeds' splits"
+        test = ("the corrected repeated k-fold t-test, which widens the variance for the folds' overlapping "
+                "training sets" if how.folds > 1 else "the corrected resampled t-test over the seeds' splits (each "
+                "seed drew its own test images, so no image is paired across seeds)")
+        method = (f"Every pair of models, on the same {units}: the difference in test top-1 (the mean over {units} of "
+                  f"each one's difference), its 95 % interval and the p-value of {test}.")
+        given = f"p is two-sided and treats these {units} and their trained runs as a sample of such runs."
+    else:
+        method = ("Every pair of models, on the same test images and seeds: the difference in test top-1, its 95 % "
+                  "paired bootstrap interval, and the p-value of an exact paired permutation test (with one seed, the "
+                  "exact McNemar test).")
+        given = ("p is two-sided and conditional on these trained runs: it resamples the test images, not new "
+                 "training runs.")
+    interval = " and its interval excludes 0" if how.folds == 1 and not own_splits(how) else ""
+    return (f"{method} {given} Holm p adjusts p for the {pairs} comparison{'s' * (pairs != 1)} of this table "
+            f"(Holm's step-down method). A difference is supported where Holm p < 0.05{interval}; otherwise it is inconclusive: "
+            "the interval says how large a difference the data leave open, in either direction.")
+
+
+def model_flags(t, baseline_comparisons):
+    """Plain words on a model that mostly answers one class, agrees with the truth no better than
+    chance (its kappa interval includes 0), or is not shown better than always answering the largest class."""
+    found, flags = t.evidence, []
+    top, share, true_share = found.most_predicted()
+    if share > 50 and share >= 2 * true_share:
+        flags.append(f"It predicts *{markdown_text(found.classes[top])}* for {share:.0f} % of test images, the true "
+                     f"class of {true_share:.0f} % of them.")
+    kappa, low, high = found.score("Cohen's kappa")
+    if not math.isnan(kappa) and low <= 0:
+        flags.append(f"Its Cohen's kappa, {kappa:.2f} [{low:.2f}, {high:.2f}], includes 0: its answers agree with the "
+                     "true classes no better than chance.")
+    against = next((c for c in baseline_comparisons if t in (c.better, c.worse)), None)
+    if against is not None and not (against.supported and against.better is t):
+        sign = 1 if against.better is t else -1
+        low, high = sorted((sign * against.low, sign * against.high))
+        flags.append(f"It is not shown better than always answering the largest class: {sign * against.difference:+.1f} "
+                     f"points [{low:.1f}, {high:.1f}], Holm p = {p_cell(against.adjusted_p)}.")
+    return flags
+
+
+def baseline_result(task_results, how):
+    """The majority-class baseline as a TaskResult on the runs of the first model with evidence, or
+    None (said in one line where its training folders are gone)."""
+    first = next((t for t in task_results if t.evidence is not None and t.runs), None)
+    if first is None:
+        return None
+    try:
+        found = majority_baseline(first.evidence, first.runs)
+    except (OSError, ValueError) as e:
+        print(f"no majority-class baseline: {e}")
+        return None
+    largest = {found.classes[c] for c in found.probabilities.argmax(axis=2).ravel()}
+    named = f" ({', '.join(sorted(largest))})" if len(largest) <= 3 else ""
+    metrics = found.run_metrics()
+    return TaskResult("baseline", f"Always the largest training class{named}", evidence=found,
+                      stats=results.mean_std(metrics) if len(metrics) > 1 else metrics[0],
+                      config={"parameters": {"trainable": 0}})
+
+
+def write_summary_figure(out, task_results, how, baseline=None):
+    """summary.png: every model's test top-1 with its interval, and the baseline's as a line; False
+    where no task has its predictions."""
+    rows = [(t.title, *t.evidence.interval(), course_top1_value(t)) for t in ranked(task_results)
+            if t.evidence is not None]
     if rows:
-        plot_summary(out / "summary.png", rows, "folds and repetitions" if how.folds > 1 else "test images and seeds")
+        over = "folds and repetitions" if how.folds > 1 else "seeds' splits" if own_splits(how) else "test images and seeds"
+        plot_summary(out / "summary.png", rows, over,
+                     baseline=(baseline.title, baseline.evidence.interval()[0]) if baseline else None)
     return bool(rows)
+
+
+def course_top1_value(t):
+    return t.course_report["test"]["top1"] if t.course_report and not t.course_setting else None
 
 
 def write_report(out, how, task_results, task_epochs):
     """REPORT.md in `out`: `how` it was made, then each task's results (TaskResult, in order);
     `task_epochs` maps every task asked for to its own epochs."""
     trained = [t for t in task_results if t.stats is not None]
+    baseline = baseline_result(task_results, how)
+    models = [t for t in ranked(task_results + ([baseline] if baseline else [])) if t.evidence is not None]
+    comparisons = compare_all(models)
+    for t in models:
+        if t is not baseline:
+            t.flags = model_flags(t, [c for c in comparisons if baseline in (c.better, c.worse)])
     lines = header_lines(how, task_epochs, trained) + [""]
-    if write_summary_figure(out, task_results, how):
+    if write_summary_figure(out, task_results, how, baseline):
         lines += ["![test top-1 per model, with 95 % intervals](summary.png)", ""]
-    lines += summary_lines(task_results, how)
-    comparisons = comparison_lines(task_results, how)
-    lines += [""] + comparisons if comparisons else []
+    lines += summary_lines(task_results, how, baseline)
+    for section in (score_lines(task_results, baseline, how), comparison_lines(comparisons, how)):
+        lines += [""] + section if section else []
     for t in task_results:
         lines += [""] + task_lines(t, how)
     lines += ["", "Where this project departs from the 2020 report, and why: the repository's "

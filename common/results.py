@@ -228,7 +228,10 @@ def read_predictions(run):
     an OSError where it is missing (a run from before runs wrote it), a ValueError where it is
     damaged or is not what the run recorded in its config.json (check_predictions)."""
     path, recorded_in = Path(run) / "test_predictions.csv", Path(run) / "config.json"
-    config = read_json(recorded_in) if recorded_in.exists() else {}  # none: nothing recorded to check against
+    try:
+        config = read_json(recorded_in) if recorded_in.exists() else {}  # none: nothing recorded to check against
+    except ValueError:  # not JSON
+        config = None
     if not isinstance(config, dict):
         raise ValueError(f"{recorded_in} is damaged")
     with open_regular(path, "rb") as f:

@@ -38,21 +38,33 @@ def as_runs(correct):
     return correct
 
 
-def bootstrap_means(correct, resamples, seed):
-    """The mean of `correct` (S x N) in each resample of seeds and images."""
+def bootstrap(statistic, runs, images, resamples, seed, drawn_values=DRAWN_VALUES):
+    """`statistic` in each of `resamples` resamples of S runs and N images, drawn with replacement (the
+    same images for every drawn run): statistic(run_picks n x S, image_picks n x N) gives n values."""
     rng = np.random.default_rng(seed)
-    runs, images = correct.shape
-    chunk = max(1, DRAWN_VALUES // (runs * images))
-    means = []
+    chunk = max(1, drawn_values // (runs * images))
+    values = []
     for start in range(0, resamples, chunk):
         n = min(chunk, resamples - start)
-        per_image = correct[rng.integers(runs, size=(n, runs))].mean(axis=1)  # n x N: drawn seeds' mean
-        picks = rng.integers(images, size=(n, images))
-        means.append(np.take_along_axis(per_image, picks, axis=1).mean(axis=1))
-    return np.concatenate(means)
+        run_picks = rng.integers(runs, size=(n, runs))
+        values.append(statistic(run_picks, rng.integers(images, size=(n, images))))
+    return np.concatenate(values)
+
+
+def bootstrap_means(correct, resamples, seed):
+    """The mean of `correct` (S x N) in each resample of seeds and images."""
+    def mean(run_picks, image_picks):
+        per_image = correct[run_picks].mean(axis=1)  # n x N: the drawn seeds' mean
+        return np.take_along_axis(per_image, image_picks, axis=1).mean(axis=1)
+    return bootstrap(mean, *correct.shape, resamples, seed)
 
 
 def percentile_interval(values):
+    """The central 95 % of `values`, leaving out NaNs (resamples where a score is undefined); NaNs where all are."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return math.nan, math.nan
     tail = 100 * (1 - CONFIDENCE) / 2
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
@@ -106,19 +118,24 @@ def paired_difference(correct_a, correct_b, resamples=RESAMPLES, seed=0):
 def fold_accuracies(correct, fold_of, folds):
     """R x K accuracies in %: fold k's mean of `correct` (R x N, 0/1) over the images that `fold_of`
     (R x N) puts in fold k, repetition by repetition."""
-    correct, fold_of = as_runs(correct), np.asarray(fold_of)
+    return 100 * fold_means(correct, fold_of, folds)
+
+
+def fold_means(values, fold_of, folds):
+    """R x K: fold k's mean of the per-image `values` (R x N) over the images that `fold_of` (R x N) puts in fold k."""
+    values, fold_of = as_runs(values), np.asarray(fold_of)
     if fold_of.ndim == 1:
         fold_of = fold_of[None]
-    if correct.shape != fold_of.shape:
-        raise ValueError(f"correctness has shape {correct.shape}, the folds {fold_of.shape}")
+    if values.shape != fold_of.shape:
+        raise ValueError(f"the values have shape {values.shape}, the folds {fold_of.shape}")
     if not np.issubdtype(fold_of.dtype, np.integer) or fold_of.min() < 0 or fold_of.max() >= folds:
         raise ValueError(f"fold numbers must be integers from 0 to {folds - 1}")
     offsets = fold_of + folds * np.arange(len(fold_of))[:, None]  # one bin per (repetition, fold)
     tested = np.bincount(offsets.ravel(), minlength=folds * len(fold_of)).reshape(-1, folds)
     if (tested == 0).any():
-        raise ValueError("a fold tested no image in some repetition: its accuracy is undefined")
-    right = np.bincount(offsets.ravel(), weights=correct.ravel(), minlength=tested.size).reshape(-1, folds)
-    return 100 * right / tested
+        raise ValueError("a fold tested no image in some repetition: its mean is undefined")
+    summed = np.bincount(offsets.ravel(), weights=values.ravel(), minlength=tested.size).reshape(-1, folds)
+    return summed / tested
 
 
 def corrected_t(fold_values, test_train_ratio):
@@ -151,8 +168,8 @@ def cv_paired_difference(fold_a, fold_b, test_train_ratio):
     if a.shape != b.shape:
         raise ValueError(f"the per-fold accuracies have shapes {a.shape} and {b.shape}: pair them fold by fold")
     difference, error, freedom = corrected_t(a - b, test_train_ratio)
-    if error == 0:  # every fold differs by the same amount: no spread to scale by, so no chance either
-        return difference, difference, difference, 1.0 if difference == 0 else 0.0
+    if error == 0:  # every fold differs by the same amount (or not at all): t is undefined, no p to give
+        return difference, difference, difference, 1.0 if difference == 0 else math.nan
     half = student_t.ppf((1 + CONFIDENCE) / 2, freedom) * error
     p = 2 * student_t.sf(abs(difference) / error, freedom)
     return difference, difference - half, difference + half, float(p)

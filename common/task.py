@@ -46,6 +46,8 @@ class Task:
     cpu_bf16: bool = True    # --precision auto may pick bf16 on a CPU (False where bf16 slows the model)
     reproduce_with: dict = field(default_factory=dict)  # the options reproduce.py gives it (task 3: clusters=16)
     course_report: dict = None  # the 2020 report's table (report_table), where it has one
+    course_options: dict = field(default_factory=dict)  # the report's run's options where they are not always
+                                                        # ours (task 3: clusters=4, init="random")
     former_names: tuple = ()    # the "task" its earlier runs' config.json may hold
     in_reproduction: bool = True  # reproduce.py runs it by default (else only when --tasks names it)
 
@@ -65,6 +67,17 @@ class Task:
         if self.check:
             self.check(config)
         return config
+
+    def course_setting(self, config):
+        """None where `config` is the 2020 report's configuration (its options, no augmentation), else what
+        the report's run did otherwise, as options: its numbers belong beside our row only where they match."""
+        differ = {k: v for k, v in self.course_options.items() if getattr(config.options, k) != v}
+        differ.update({k: v for k, v in (("epochs", self.epochs), ("batch_size", self.batch_size))
+                       if getattr(config, k) != v})  # a quick look (--epochs 2) is no reproduction of the report
+        if config.augment:
+            differ["augment"] = False
+        words = [f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v}") for k, v in differ.items()]
+        return " ".join(w if differ[k] is not False else f"without {w}" for k, w in zip(differ, words)) or None
 
     def title_for(self, config):
         """The title every output of a run carries."""

@@ -179,7 +179,7 @@ def transfer_task(name, backbone, description):
         input_network=functools.partial(frozen_backbone, backbone),
         describe=functools.partial(describe, spec.title),
         saved_fields=saved_fields((lambda v: v == backbone, f"{backbone!r}, the backbone of its task")),
-        course_report=spec.course_report,
+        course_report=spec.course_report, course_options={"finetune": False, "no_pretrained": False},
         former_names=tuple({f"task1_{backbone}"} - {name}))  # config.json's "task" was the backbone's name
 
 

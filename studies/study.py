@@ -47,11 +47,13 @@ from common.demo import default_folds  # noqa: E402
 from common.evidence import read_evidence  # noqa: E402
 from common.files import atomic_files, atomic_write  # noqa: E402
 from common import results  # noqa: E402
-from common.report import run_history  # noqa: E402
+from common.report import p_cell  # noqa: E402
+from common.report_task import run_history  # noqa: E402
 from common.reuse import finished_metrics, read_config, run_or_reuse  # noqa: E402
 from common import run_folder  # noqa: E402
 from common.run_folder import check_folder_writable  # noqa: E402
 from common.folds import FOLDS, MAX_FOLDS, fold_folders  # noqa: E402
+from common.scores import holm  # noqa: E402
 from common.stats import supported  # noqa: E402
 
 # config -> (task, its settings by name: shared ones and its own); each trains for its task's epochs
@@ -155,9 +157,9 @@ def tables(metrics, folds=None):
 
 
 def evidence_table(folders, comparisons, folds=None):
-    """Each config's test top-1 with its 95 % interval (test images and seeds), then each of the
-    study's comparisons that both configs have runs for: B minus A, paired on the same images and
-    seeds, and whether the data support it (docs/statistics.md)."""
+    """Each config's test top-1 with its 95 % interval, then each of the study's comparisons that both
+    configs have runs for: B minus A, paired on the same images, folds and seeds, with Holm's adjusted
+    p over the study's comparisons (one family), and whether the data support it (docs/statistics.md)."""
     found = {}
     for name, runs in folders.items():
         try:
@@ -170,13 +172,17 @@ def evidence_table(folders, comparisons, folds=None):
     for name, evidence in found.items():
         mean, low, high = evidence.interval()
         lines.append(f"| {name} | {mean:.2f} % [{low:.1f}, {high:.1f}] | {len(folders[name])} |")
-    lines += ["", "| B minus A | points [95 % interval] | p | runs paired | the data |", "|---|---:|---:|---:|---|"]
-    for a, b in comparisons:
-        if a in found and b in found and found[a].tested_like(found[b]):
-            difference, low, high, p = found[b].compare(found[a])
-            paired = min(len(found[a].labels), len(found[b].labels)) * (folds or 1)
-            verdict = "support a difference" if supported(low, high, p) else "do not support a difference"
-            lines.append(f"| {b} minus {a} | {difference:+.2f} [{low:+.1f}, {high:+.1f}] | {p:.3g} | {paired} | {verdict} |")
+    asked = [(a, b) for a, b in comparisons if a in found and b in found and found[a].tested_like(found[b])]
+    tested = [found[b].compare(found[a]) for a, b in asked]
+    adjusted = holm([p for *_, p in tested])
+    lines += ["", f"Holm p adjusts p for the {len(asked)} comparisons below; a difference is supported where Holm p "
+              "< 0.05, otherwise inconclusive.", "",
+              "| B minus A | points [95 % interval] | p | Holm p | runs paired | the data |", "|---|---:|---:|---:|---:|---|"]
+    for (a, b), (difference, low, high, p), q in zip(asked, tested, adjusted):
+        paired = min(len(found[a].labels), len(found[b].labels)) * (folds or 1)
+        verdict = "supported" if supported(low, high, q) else "inconclusive"
+        lines.append(f"| {b} minus {a} | {difference:+.2f} [{low:+.1f}, {high:+.1f}] | {p_cell(p)} | {p_cell(q)} | "
+                     f"{paired} | {verdict} |")
     return "\n".join(lines)
 
 

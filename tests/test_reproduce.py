@@ -60,23 +60,27 @@ def test_end_to_end_report_has_every_task(images, tmp_path, offline):
         assert "| Testing |" in section and " ± " in section
         assert all((out / name / f"seed{s}" / "metrics.json").exists() for s in (0, 1))
         assert (out / name / "loss.png").exists() and (out / name / "accuracy.png").exists()
-    # The summary ranks the trained models by mean test top-1.
+    # The summary ranks the trained models and the majority-class baseline by mean test top-1.
     summary = report.split("## Summary")[1].split("\n## ")[0]
     ranked = [float(m) for m in re.findall(r"^\| [^|]+ \| ([\d.]+) ±", summary, re.M)]
-    assert len(ranked) == len(trained) and ranked == sorted(ranked, reverse=True)
+    assert len(ranked) == len(trained) + 1 and ranked == sorted(ranked, reverse=True)
+    assert "| Always the largest training class (" in summary
     # Each has a 95 % interval that holds its mean, the summary figure is on top, and the pairs are tested.
     for mean, low, high in re.findall(r"^\| [^|]+ \| ([\d.]+) ± [\d.]+ % \[([\d.]+), ([\d.]+)\]", summary, re.M):
         assert float(low) <= float(mean) <= float(high)
     assert report.index("](summary.png)") < report.index("## Summary") and (out / "summary.png").exists()
     comparisons = report.split("## Which differences the data support")[1].split("\n## ")[0]
-    pairs = len(trained) * (len(trained) - 1) // 2  # every pair of the trained models
-    assert len(re.findall(r"p = [\d.e-]+: the data (?:do not )?support", comparisons)) == pairs
-    # Per task: per-class accuracy, the confusion matrix over seeds and the confident mistakes.
+    pairs = (len(trained) + 1) * len(trained) // 2  # every pair of the trained models and the baseline
+    assert len(re.findall(r"^\|.*\| (?:supported|inconclusive) \|$", comparisons, re.M)) == pairs
+    assert f"Holm p adjusts p for the {pairs} comparisons" in comparisons
+    scores = report.split("## What each model learned")[1].split("\n## ")[0]
+    assert len(re.findall(r"^\| .* \| [\d.]+ % \|$", scores, re.M)) == len(trained) + 1  # and the baseline
+    # Per task: per-class scores, the confusion matrix over seeds, calibration and the confident mistakes.
     for name in trained:
         section = report.split(f"## {name}:")[1].split("\n## ")[0]
-        assert "Test accuracy per class (2 seeds pooled)" in section and "| blue | green | red |" in section
-        assert f"]({name}/confusion.png)" in section and f"]({name}/top_losses.png)" in section
-        assert (out / name / "confusion.png").exists() and (out / name / "top_losses.png").exists()
+        assert "Per class (2 seeds pooled)" in section and "| true \\ predicted | blue | green | red |" in section
+        for figure in ("confusion.png", "reliability.png", "top_losses.png"):
+            assert f"]({name}/{figure})" in section and (out / name / figure).exists()
 
 
 @pytest.mark.slow
@@ -88,7 +92,7 @@ def test_a_run_without_test_predictions_is_reported_without_intervals_in_one_lin
     capsys.readouterr()
     reproduce.main(argv)  # reuses the run
     printed = capsys.readouterr().out
-    assert "task2_shallow: no intervals, per-class accuracy or mistakes" in printed and "--force" in printed
+    assert "task2_shallow: no intervals, per-class scores or mistakes" in printed and "--force" in printed
     report = (tmp_path / "r" / "REPORT.md").read_text()
     row = next(line for line in report.splitlines() if line.startswith("| Shallow ConvNet |"))
     assert " ± " not in row and "[" not in row  # one seed, and no interval without its predictions
@@ -696,7 +700,7 @@ def test_cross_validation_tests_every_image_once_and_the_report_says_how(images,
     assert "split into 3 stratified folds, one repetition" in text and "every image is a test image once" in text
     assert "mean ± sample std over the 3 folds" in text and "corrected repeated k-fold t-test" in text
     comparison = text.split("## Which differences the data support")[1].split("\n## ")[0]
-    assert len(re.findall(r"p = [\d.e-]+: the data (?:do not )?support", comparison)) == 1
+    assert len(re.findall(r"^\|.*\| (?:supported|inconclusive) \|$", comparison, re.M)) == 3  # and the baseline
     assert "Runs: `task2_shallow/rep*/fold*/`" in text and not (out / "task2_shallow" / "seed0").exists()
 
 

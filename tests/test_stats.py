@@ -98,7 +98,9 @@ def test_a_cv_interval_holds_the_mean_and_widens_with_the_test_train_ratio():
 def test_folds_that_all_differ_alike_give_a_point_interval():
     same = [[80, 70, 90]]
     assert stats.cv_paired_difference(same, same, 0.5) == (0, 0, 0, 1.0)  # no difference at all
-    assert stats.cv_paired_difference([[82, 72, 92]], same, 0.5) == (2, 2, 2, 0.0)  # 2 points on every fold
+    difference, low, high, p = stats.cv_paired_difference([[82, 72, 92]], same, 0.5)  # 2 points on every fold
+    assert (difference, low, high) == (2, 2, 2) and math.isnan(p)  # no spread: t undefined, never "supported"
+    assert not stats.supported(low, high, p)
     assert stats.cv_interval(same[0][:1] * 4, 0.25) == (80, 80, 80)
 
 

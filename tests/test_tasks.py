@@ -100,3 +100,14 @@ def test_loading_one_task_imports_no_other_script(tmp_path, monkeypatch):
     assert not (tmp_path / "imported").exists()
     with pytest.raises(tasks.UnknownTask, match=r"unknown task 'x\\ntouch y': no 'x\\ntouch y.py' here"):
         tasks.load("x\ntouch y")  # a former name is looked for among the strays too: skipped, no exit
+
+
+def test_the_2020_reports_numbers_belong_only_beside_its_own_configuration():
+    netvlad, lite0 = tasks.load("task3_netvlad"), tasks.load("task1_efficientnet")
+    assert netvlad.course_setting(netvlad.config(clusters=4, init="random")) is None
+    assert netvlad.course_setting(netvlad.config(clusters=16)) == "--clusters 4 --init random"
+    assert netvlad.course_setting(netvlad.config(clusters=4, init="random", augment=True)) == "without --augment"
+    assert netvlad.course_setting(netvlad.config(clusters=4, init="random", batch_size=10)) == "--batch-size 50"
+    assert lite0.course_setting(lite0.config()) is None
+    assert lite0.course_setting(lite0.config(finetune=True)) == "without --finetune"
+    assert lite0.course_setting(lite0.config(epochs=2)) == "--epochs 20"  # a quick look reproduces nothing
