@@ -269,8 +269,8 @@ def model_flags(t, baseline_comparisons):
                      f"class of {true_share:.0f} % of them.")
     kappa, low, high = found.score("Cohen's kappa")
     if not math.isnan(kappa) and low <= 0:
-        flags.append(f"Its Cohen's kappa, {kappa:.2f} [{low:.2f}, {high:.2f}], includes 0: its answers agree with the "
-                     "true classes no better than chance.")
+        flags.append(f"Its Cohen's kappa, {kappa:.2f} [{low:.2f}, {high:.2f}], includes 0: its agreement with the true "
+                     "classes is not shown to exceed chance.")
     against = next((c for c in baseline_comparisons if t in (c.better, c.worse)), None)
     if against is not None and not (against.supported and against.better is t):
         sign = 1 if against.better is t else -1
