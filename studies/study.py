@@ -175,8 +175,8 @@ def evidence_table(folders, comparisons, folds=None):
     asked = [(a, b) for a, b in comparisons if a in found and b in found and found[a].tested_like(found[b])]
     tested = [found[b].compare(found[a]) for a, b in asked]
     adjusted = holm([p for *_, p in tested])
-    lines += ["", f"Holm p adjusts p for the {len(asked)} comparisons below; a difference is supported where Holm p "
-              "< 0.05, otherwise inconclusive.", "",
+    lines += ["", f"Holm p adjusts p for the {len(asked)} comparison{'s' * (len(asked) != 1)} below (those of the "
+              "study's questions with runs); a difference is supported where Holm p < 0.05, otherwise inconclusive.", "",
               "| B minus A | points [95 % interval] | p | Holm p | runs paired | the data |", "|---|---:|---:|---:|---:|---|"]
     for (a, b), (difference, low, high, p), q in zip(asked, tested, adjusted):
         paired = min(len(found[a].labels), len(found[b].labels)) * (folds or 1)
