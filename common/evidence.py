@@ -159,9 +159,8 @@ class Evidence:
 
     def confusion(self):
         """The test confusion matrix summed over seeds: counts, a row per true class (as results.confusion_matrix)."""
-        n = len(self.classes)
-        predicted = self.probabilities.argmax(axis=2)
-        return torch.from_numpy(np.bincount((self.labels * n + predicted).ravel(), minlength=n * n).reshape(n, n))
+        counts = scores.confusion_counts(self.labels, self.probabilities.argmax(axis=2), len(self.classes), 0, 1)
+        return torch.from_numpy(counts[0])
 
     def top_losses(self, k=TOP_LOSSES):
         """The k test images predicted wrong with the highest probability, over all seeds, each image

@@ -154,8 +154,8 @@ def ranked(task_results):
 
 
 def course_top1(task_result):
-    return (f"{task_result.course_report['test']['top1']:.2f} %"
-            if task_result.course_report and not task_result.course_setting else "–")
+    reported = course_top1_value(task_result)
+    return "–" if reported is None else f"{reported:.2f} %"
 
 
 def score_lines(task_results, baseline, how):
@@ -312,6 +312,7 @@ def write_summary_figure(out, task_results, how, baseline=None):
 
 
 def course_top1_value(t):
+    """The 2020 report's test top-1 where our runs have its configuration, else None."""
     return t.course_report["test"]["top1"] if t.course_report and not t.course_setting else None
 
 

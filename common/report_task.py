@@ -58,9 +58,9 @@ def task_evidence(folder, runs, title, how):
         line = f"{folder.name}: no intervals, per-class scores or mistakes ({e}); --force trains its runs again"
         (print if isinstance(e, OSError) else warn)(line)  # missing: a run from before runs wrote them
         return None, str(e)
-    results.plot_confusion(folder / "confusion.png", found.confusion(), found.classes,
-                           f"{title}: test confusion matrix, {pooled_over(how)}")
-    results.write_confusion_csv(folder / "confusion.csv", found.confusion(), found.classes)
+    counts = found.confusion()
+    results.plot_confusion(folder / "confusion.png", counts, found.classes, f"{title}: test confusion matrix, {pooled_over(how)}")
+    results.write_confusion_csv(folder / "confusion.csv", counts, found.classes)
     plot_reliability(folder / "reliability.png", *found.calibration(), f"{title}: calibration, {pooled_over(how)}")
     plot_top_losses(folder / "top_losses.png", found.top_losses(), f"{title}: the test images it gets wrong most confidently")
     return found, None
