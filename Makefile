@@ -1,4 +1,5 @@
-# Two commands do all the set-up: `make demo` and `make test`. Both create the venv when missing.
+# Two commands do all the set-up: `make demo` and `make test`. Both create the venv when missing;
+# `make setup` creates it alone.
 # PYTHON picks the interpreter (make test PYTHON=python3.12), VENV the venv's folder.
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +9,9 @@ PY := $(VENV)/bin/python
 WANT := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 HAVE := $(shell cat $(VENV)/installed 2>/dev/null)
 
-.PHONY: demo test FORCE
+.PHONY: setup demo test FORCE
+
+setup: $(VENV)/installed
 
 demo: $(VENV)/installed
 	$(PY) reproduce.py

@@ -39,7 +39,8 @@ def main(argv=None):
                              f"with --cub only DEST (default: {CUB_SPLIT.relative_to(REPO)})")
     parser.add_argument("--ratios", nargs="+", type=float, metavar="R",  # None: not given, which --folds needs
                         help="train, validation and test fractions, summing to 1 (default: 0.7 0.2 0.1 as the "
-                             "report's text says; 0.7 0.1 0.2 is what its code did: 291 / 42 / 84 CUB images)")
+                             "report's text says; 0.7 0.1 0.2 is what its code did: the report's sizes, 291 / 42 / 84 "
+                             "CUB images, not its images, since each class is shuffled by --seed)")
     parser.add_argument("--folds", type=int, default=1, metavar="K",
                         help=f"K cross-validation folds, 2 to {MAX_FOLDS}, into DEST/fold0 ... DEST/fold{{K-1}}: each "
                              "image is a test image in one fold; validation is 10 %% of the images, train the rest "

@@ -1,6 +1,6 @@
 """Ask a trained run about new images: top-k classes per image, and the report's table on labelled folders.
 
-RUN_DIR is any task's output folder (results/task2_shallow, results/task1_efficientnet/seed0, ...).
+RUN_DIR is any task's output folder (results/task2_shallow, results/reproduce/task1_efficientnet/rep0/fold0, ...).
 The model is rebuilt from its config.json and best.pt (--checkpoint last: the final weights, those
 metrics.json reports). RUN_DIR may also be a cross-validated repetition's folder, which holds the
 fold runs fold0, fold1, ... (results/reproduce/task2_shallow/rep0): the ensemble of the fold models

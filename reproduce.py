@@ -95,8 +95,8 @@ def parse_args(argv):
                         help="with --folds 1: draw a new train/validation/test split for every seed")
     parser.add_argument("--ratios", type=float, nargs=3, metavar="R",
                         help="with --folds 1: train, validation, test fractions (default: 0.7 0.2 0.1 as the report's "
-                             "text says; with --cub 0.7 0.1 0.2 as its code did, so the test set is the report's 84 "
-                             "images)")
+                             "text says; with --cub 0.7 0.1 0.2 as its code did: the report's split sizes, 291 / 42 / 84, "
+                             "not its images, since each class is shuffled by the seed)")
     names = tasks.task_names()
     parser.add_argument("--tasks", nargs="+", choices=names, default=None, metavar="TASK",
                         help=f"run only these tasks, from {', '.join(names)} (default: all but task1_timm, "

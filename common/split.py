@@ -42,8 +42,8 @@ def split_counts(n, ratios):
     """Images per split for a class of n images; the counts sum to n.
 
     Validation and test get round-half-up(n * ratio) and train the rest: at 0.7 0.1 0.2 every
-    class of 58 to 62 images gets 6 validation and 12 test images, which is how the report's
-    417 CUB images split 291 / 42 / 84. Then the largest split hands one image at a time to any
+    class of 58 to 62 images gets 6 validation and 12 test images, which gives the report's
+    split sizes for its 417 CUB images, 291 / 42 / 84. Then the largest split hands one image at a time to any
     split left negative by the rounding or, when the class has an image for every split with a
     nonzero ratio, to such a split left empty.
     """
