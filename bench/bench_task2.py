@@ -26,9 +26,9 @@ from torchvision.datasets import ImageFolder
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
 from bench.timing import in_fresh_process  # noqa: E402
-from bench.tutorial import tutorial_dataset, tutorial_evaluate, with_plain_layers  # noqa: E402
+from bench.tutorial import tutorial_dataset, tutorial_evaluate  # noqa: E402
 from common.demo import default_data  # noqa: E402
-from common.models import ShallowConvNet  # noqa: E402
+from common.models import ShallowConvNet, with_plain_layers  # noqa: E402
 from common.train import seed_everything  # noqa: E402
 
 BATCH = 50

@@ -24,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script's own folder is on sys.path, not the repository root
 import tasks  # noqa: E402
-from bench.tutorial import with_plain_layers  # noqa: E402
+from common.models import with_plain_layers  # noqa: E402
 from common.data import load_splits  # noqa: E402
 from common.runtime import autocast, cpu_flags, flush_denormals, keep_freed_memory  # noqa: E402
 from common.task import Prepared  # noqa: E402

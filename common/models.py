@@ -52,6 +52,22 @@ class ShallowConvolutions(nn.Sequential):
         return self[4](self[3](conv_relu_pool(model_input(images), self[0])))
 
 
+class PlainConvolutions(ShallowConvolutions):
+    """The five layers one after another, each module called: the usual way (the benchmarks' baseline),
+    and the way architecture tables see every layer's output."""
+
+    def forward(self, images):
+        return nn.Sequential.forward(self, model_input(images))
+
+
+def with_plain_layers(model):
+    """`model` (changed in place) with its convolutions run as the plain layers (same parameters)."""
+    for module in model.modules():
+        if isinstance(module, ShallowConvolutions):
+            module.__class__ = PlainConvolutions
+    return model
+
+
 class ShallowConvNet(nn.Module):
     """Figure 8: 23,332,711 parameters for 7 classes on 224 x 224 inputs."""
 

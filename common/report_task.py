@@ -1,7 +1,7 @@
 """One model's section of REPORT.md: its table over the runs and curves, then what its pooled test
 predictions show (per-class precision, recall and F1 with their counts, the confusion matrix as
 counts and the most confused pairs, its calibration, its most confident mistakes), any plain-words
-flag, and the 2020 report's table where the report has one."""
+flag, the 2020 report's table where the report has one, and its layers (architecture.md)."""
 import math
 from dataclasses import dataclass, field
 
@@ -13,6 +13,7 @@ from common.results import markdown_code, markdown_text
 from common.reuse import read_config
 
 MAX_TABLE_CLASSES = 15  # a confusion matrix with more classes is in confusion.csv, not as a Markdown table
+MAX_ARCHITECTURE_LINES = 200  # of a run's architecture.md table shown in REPORT.md
 # what summarise writes into OUT/<task>/ beside the run folders
 TASK_FILES = ("loss.png", "accuracy.png", "metrics.md", "confusion.png", "confusion.csv", "reliability.png",
               "top_losses.png")
@@ -125,6 +126,16 @@ def evidence_lines(t, how):
             f"![most confident mistakes]({t.name}/top_losses.png)", ""]
 
 
+def architecture_lines(t):
+    """The first run's layer table (architecture.md; a task's runs share their layers), where it has one."""
+    path = t.runs[0] / "architecture.md" if t.runs else None
+    if path is None or not path.is_file():
+        return []
+    with open(path, encoding="utf-8", errors="replace") as file:
+        table = [line.rstrip("\n") for line in file if line.startswith("|")][:MAX_ARCHITECTURE_LINES]
+    return ["Its layers, output shapes and parameters (every run's `architecture.md`):", "", *table, ""] if table else []
+
+
 def task_lines(t, how):
     lines = [f"## {t.name}: {markdown_text(t.title)}", ""]
     if t.flags:
@@ -142,6 +153,7 @@ def task_lines(t, how):
         setting = f", with {markdown_code(t.course_setting)}: not our configuration" if t.course_setting else ""
         lines += [f"The 2020 report's (one run, CUB birds{setting}):", "", results.format_table(t.course_report), ""]
     if not t.missing:
+        lines += architecture_lines(t)
         runs = "rep*/fold*" if how.folds > 1 else "seed*"
         lines.append(f"Runs: `{t.name}/{runs}/` (tables, history, test predictions, confusion matrices, config, log).")
     return lines

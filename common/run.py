@@ -9,7 +9,9 @@ import torch
 import torchvision
 
 from common import checkpoint, distributed, results
+from common.architecture import architecture_markdown
 from common.errors import UserError
+from common.files import atomic_write
 from common.data import load_splits
 from common.demo import default_data
 from common.paths import DEMO_IMAGES
@@ -96,9 +98,10 @@ def keeper(run, key):
     return save, epoch_done
 
 
-def write_results(run, metrics, history, test_log_probs, title, config):
+def write_results(run, metrics, history, test_log_probs, title, config, architecture):
     """The test predictions (their SHA-256 recorded in config.json, which REPORT.md checks them
-    against), the report's table, its figure pair and the test confusion matrix (figure and CSV)."""
+    against), the report's table, its figure pair, the test confusion matrix (figure and CSV) and the
+    layer table of `architecture`, the whole model."""
     config["test_predictions_sha256"] = results.write_predictions(
         run.out / "test_predictions.csv", run.data.test, test_log_probs, run.data.classes)
     results.write_config(run.out, config)
@@ -108,11 +111,13 @@ def write_results(run, metrics, history, test_log_probs, title, config):
     results.write_confusion_csv(run.out / "confusion.csv", counts, run.data.classes)
     results.plot_confusion(run.out / "confusion.png", counts, run.data.classes, f"{title}: test confusion matrix",
                            whole_matrix=run.out / "confusion.csv")
+    atomic_write(run.out / "architecture.md", architecture_markdown(architecture, title))
 
 
-def train_and_report(model, run, title, extra_config=None, extra_key=None):
+def train_and_report(model, run, title, extra_config=None, extra_key=None, architecture=None):
     """Train, evaluate every split in eval mode, and write the table, plots and config. extra_key:
-    what the resume key adds to the settings (Prepared.key)."""
+    what the resume key adds to the settings (Prepared.key); architecture: the whole model, where
+    `model` is a part of it (Prepared.architecture)."""
     config = config_of(run, model, title, extra_config or {})
     key = checkpoint.run_key(run, extra_key or {})
     main = distributed.is_main()
@@ -132,7 +137,8 @@ def train_and_report(model, run, title, extra_config=None, extra_key=None):
         for name, split in run.data.splits().items():
             metrics[name], log_probs = evaluate(model, split, run, forward)  # test comes last
         if main:
-            write_results(run, metrics, history, log_probs, title, config)
+            write_results(run, metrics, history, log_probs, title, config,
+                          model if architecture is None else architecture)
     if main:
         print(f"\n{title} ({run.out}; {results.trained_by(config)})\n{results.format_table(metrics)}")
     distributed.finish()  # under torchrun: the last collective was the test split's
@@ -144,4 +150,5 @@ def train(task, config):
     prepared (and its inputs), trained, the results written. Returns the metrics."""
     run = start_run(task.checked(config), cpu_bf16=task.cpu_bf16)
     prepared = task.prepare(run) if task.prepare else Prepared(task.build_model(config, len(run.data.classes)), run)
-    return train_and_report(prepared.model, prepared.run, task.title_for(config), prepared.extra_config, prepared.key)
+    return train_and_report(prepared.model, prepared.run, task.title_for(config), prepared.extra_config, prepared.key,
+                            prepared.architecture)

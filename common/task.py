@@ -17,11 +17,13 @@ def report_table(train, validation, test):
 class Prepared:
     """What a task trains: its model, the run it trains on (task 1's frozen runs train on features),
     what config.json records beyond the settings and what the resume key adds to them (what is known
-    only once loaded, e.g. task 1's weights fingerprint)."""
+    only once loaded, e.g. task 1's weights fingerprint), and the whole model an image goes through,
+    for architecture.md (task 1 frozen: backbone and head; None: the model)."""
     model: object
     run: object
     extra_config: dict = field(default_factory=dict)
     key: dict = field(default_factory=dict)
+    architecture: object = None
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, to key dicts

@@ -2,6 +2,7 @@
 frozen (features computed once) or fine-tuned."""
 import dataclasses
 import functools
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,7 +135,8 @@ def prepare(name, run):
     features_run = dataclasses.replace(run, data=feature_splits(backbone, run.data, run), train_source=augmented)
     config["features"] = (f"computed once; training: {VIEWS} augmented views per image, cached" if augmented
                           else "computed once, cached")
-    return Prepared(head, features_run, config, key)
+    whole = nn.Sequential(OrderedDict(backbone=backbone, head=head))  # what architecture.md shows
+    return Prepared(head, features_run, config, key, architecture=whole)
 
 
 def frozen_backbone(name, saved, weights_file):

@@ -81,6 +81,11 @@ def test_end_to_end_report_has_every_task(images, tmp_path, offline):
         assert "Per class (2 seeds pooled)" in section and "| true \\ predicted | blue | green | red |" in section
         for figure in ("confusion.png", "reliability.png", "top_losses.png"):
             assert f"]({name}/{figure})" in section and (out / name / figure).exists()
+        # and its layers: the whole model's parameters (task 1's frozen backbone and its head)
+        config = json.loads((out / name / "seed0" / "config.json").read_text())
+        whole = config["parameters"]["total"] + (0 if config.get("finetuned", True) else config["backbone_parameters"])
+        assert "Its layers, output shapes and parameters" in section
+        assert f"| **total** | | | **{whole:,}** | **{config['parameters']['trainable']:,}** |" in section
 
 
 @pytest.mark.slow
