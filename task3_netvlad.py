@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from common import cluster_maps
 from common.cli import UserError, run_main
 from common.config import option
 from common.data import CROP
@@ -64,7 +65,7 @@ def prepare(run):
     if options.alpha is not None:
         set_alpha(model.netvlad, options.alpha)
     init["alpha"] = model.netvlad.alpha
-    return Prepared(model, run, {"netvlad": init})
+    return Prepared(model, run, {"netvlad": init}, pictures=cluster_maps.draw)
 
 
 TASK = Task(

@@ -81,6 +81,17 @@ class NetVLAD(nn.Module):
         """
         return F.linear(x, self.conv.weight.flatten(1), self.conv.bias).softmax(dim=2)
 
+    @torch.inference_mode()
+    def assignments(self, x):
+        """B x D x H x W feature maps -> B x K x H x W: each position's soft assignment weights, as
+        forward computes them (summing to 1 over the K clusters)."""
+        batch, _, height, width = x.shape
+        x = x.to(self.centroids.dtype)
+        if self.normalize_input:
+            x = F.normalize(x, dim=1)
+        a = self.soft_assign(x.permute(0, 2, 3, 1).flatten(1, 2))  # B x N x K
+        return a.transpose(1, 2).reshape(batch, self.num_clusters, height, width)
+
     def aggregate(self, a, x):
         """V_k = sum_i a_ik (x_i - c_k) = A^T X - (sum_i a_ik) c_k, so no B x K x D x N residuals."""
         return torch.bmm(a.transpose(1, 2), x) - a.sum(1).unsqueeze(2) * self.centroids

@@ -1,7 +1,8 @@
 """One model's section of REPORT.md: its table over the runs and curves, then what its pooled test
 predictions show (per-class precision, recall and F1 with their counts, the confusion matrix as
 counts and the most confused pairs, its calibration, its most confident mistakes), any plain-words
-flag, the 2020 report's table where the report has one, and its layers (architecture.md)."""
+flag, the 2020 report's table where the report has one, its layers (architecture.md) and the
+pictures its task draws into a run folder (task 3's cluster maps)."""
 import math
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from common.reuse import read_config
 
 MAX_TABLE_CLASSES = 15  # a confusion matrix with more classes is in confusion.csv, not as a Markdown table
 MAX_ARCHITECTURE_LINES = 200  # of a run's architecture.md table shown in REPORT.md
+RUN_PICTURES = {"cluster_maps.png": "NetVLAD's soft assignment over the descriptor grid"}  # shown from the first run
 # what summarise writes into OUT/<task>/ beside the run folders
 TASK_FILES = ("loss.png", "accuracy.png", "metrics.md", "confusion.png", "confusion.csv", "reliability.png",
               "top_losses.png")
@@ -34,6 +36,7 @@ class TaskResult:
     runs: list = field(default_factory=list)  # its run folders, in read_evidence's order
     course_setting: str = None  # the report's own options where our runs differ (Task.course_setting)
     flags: list = field(default_factory=list)  # plain words on what it did not learn (report.model_flags)
+    pictures: list = field(default_factory=list)  # (what it shows, its path from REPORT.md): RUN_PICTURES of the first run
 
 
 def summarise(name, title, runs, metrics, out, how, epochs, course_report=None, course_setting=None):
@@ -44,8 +47,10 @@ def summarise(name, title, runs, metrics, out, how, epochs, course_report=None, 
     results.plot_history(folder, [run_history(run, epochs) for run in runs], title)
     atomic_write(folder / "metrics.md", f"**{markdown_text(title)}**, {how.over_runs}\n\n{results.format_table(stats)}\n")
     evidence, why = task_evidence(folder, runs, title, how)
+    pictures = [(what, (runs[0] / file).relative_to(out).as_posix()) for file, what in RUN_PICTURES.items()
+                if (runs[0] / file).is_file() and (runs[0] / file).is_relative_to(out)]
     return TaskResult(name, title, course_report, stats, read_config(runs[0]), evidence=evidence, no_evidence=why,
-                      runs=list(runs), course_setting=course_setting)
+                      runs=list(runs), course_setting=course_setting, pictures=pictures)
 
 
 def task_evidence(folder, runs, title, how):
@@ -131,8 +136,9 @@ def architecture_lines(t):
     path = t.runs[0] / "architecture.md" if t.runs else None
     if path is None or not path.is_file():
         return []
-    with open(path, encoding="utf-8", errors="replace") as file:
-        table = [line.rstrip("\n") for line in file if line.startswith("|")][:MAX_ARCHITECTURE_LINES]
+    with open(path, encoding="utf-8", errors="replace") as file:  # bounded: a reused run folder may hold anything
+        table = [line for line in file.read(200 * MAX_ARCHITECTURE_LINES).splitlines() if line.startswith("|")]
+    table = table[:MAX_ARCHITECTURE_LINES]
     return ["Its layers, output shapes and parameters (every run's `architecture.md`):", "", *table, ""] if table else []
 
 
@@ -153,6 +159,7 @@ def task_lines(t, how):
         setting = f", with {markdown_code(t.course_setting)}: not our configuration" if t.course_setting else ""
         lines += [f"The 2020 report's (one run, CUB birds{setting}):", "", results.format_table(t.course_report), ""]
     if not t.missing:
+        lines += [*(f"![{what}]({path})" for what, path in t.pictures), *([""] if t.pictures else [])]
         lines += architecture_lines(t)
         runs = "rep*/fold*" if how.folds > 1 else "seed*"
         lines.append(f"Runs: `{t.name}/{runs}/` (tables, history, test predictions, confusion matrices, config, log).")

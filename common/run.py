@@ -114,10 +114,10 @@ def write_results(run, metrics, history, test_log_probs, title, config, architec
     atomic_write(run.out / "architecture.md", architecture_markdown(architecture, title))
 
 
-def train_and_report(model, run, title, extra_config=None, extra_key=None, architecture=None):
+def train_and_report(model, run, title, extra_config=None, extra_key=None, architecture=None, pictures=None):
     """Train, evaluate every split in eval mode, and write the table, plots and config. extra_key:
     what the resume key adds to the settings (Prepared.key); architecture: the whole model, where
-    `model` is a part of it (Prepared.architecture)."""
+    `model` is a part of it (Prepared.architecture); pictures: the task's own figures (Prepared.pictures)."""
     config = config_of(run, model, title, extra_config or {})
     key = checkpoint.run_key(run, extra_key or {})
     main = distributed.is_main()
@@ -139,6 +139,8 @@ def train_and_report(model, run, title, extra_config=None, extra_key=None, archi
         if main:
             write_results(run, metrics, history, log_probs, title, config,
                           model if architecture is None else architecture)
+            if pictures is not None:
+                pictures(model, run, title)
     if main:
         print(f"\n{title} ({run.out}; {results.trained_by(config)})\n{results.format_table(metrics)}")
     distributed.finish()  # under torchrun: the last collective was the test split's
@@ -151,4 +153,4 @@ def train(task, config):
     run = start_run(task.checked(config), cpu_bf16=task.cpu_bf16)
     prepared = task.prepare(run) if task.prepare else Prepared(task.build_model(config, len(run.data.classes)), run)
     return train_and_report(prepared.model, prepared.run, task.title_for(config), prepared.extra_config, prepared.key,
-                            prepared.architecture)
+                            prepared.architecture, prepared.pictures)

@@ -18,12 +18,14 @@ class Prepared:
     """What a task trains: its model, the run it trains on (task 1's frozen runs train on features),
     what config.json records beyond the settings and what the resume key adds to them (what is known
     only once loaded, e.g. task 1's weights fingerprint), and the whole model an image goes through,
-    for architecture.md (task 1 frozen: backbone and head; None: the model)."""
+    for architecture.md (task 1 frozen: backbone and head; None: the model); pictures(model, run,
+    title) draws the task's own figures into the run folder once it is trained (task 3's cluster maps)."""
     model: object
     run: object
     extra_config: dict = field(default_factory=dict)
     key: dict = field(default_factory=dict)
     architecture: object = None
+    pictures: object = None
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, to key dicts

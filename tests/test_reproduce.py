@@ -85,6 +85,8 @@ def test_end_to_end_report_has_every_task(images, tmp_path, offline):
         config = json.loads((out / name / "seed0" / "config.json").read_text())
         whole = config["parameters"]["total"] + (0 if config.get("finetuned", True) else config["backbone_parameters"])
         assert "Its layers, output shapes and parameters" in section
+        drawn = f"]({name}/seed0/cluster_maps.png)" in section
+        assert drawn == (name == "task3_netvlad") == (out / name / "seed0" / "cluster_maps.png").exists()
         assert f"| **total** | | | **{whole:,}** | **{config['parameters']['trainable']:,}** |" in section
 
 
