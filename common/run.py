@@ -10,7 +10,7 @@ import torchvision
 
 from common import checkpoint, distributed, results
 from common.architecture import architecture_markdown
-from common.errors import UserError
+from common.errors import UserError, warn
 from common.files import atomic_write
 from common.data import load_splits
 from common.demo import default_data
@@ -98,10 +98,9 @@ def keeper(run, key):
     return save, epoch_done
 
 
-def write_results(run, metrics, history, test_log_probs, title, config, architecture):
+def write_results(run, metrics, history, test_log_probs, title, config):
     """The test predictions (their SHA-256 recorded in config.json, which REPORT.md checks them
-    against), the report's table, its figure pair, the test confusion matrix (figure and CSV) and the
-    layer table of `architecture`, the whole model."""
+    against), the report's table, its figure pair and the test confusion matrix (figure and CSV)."""
     config["test_predictions_sha256"] = results.write_predictions(
         run.out / "test_predictions.csv", run.data.test, test_log_probs, run.data.classes)
     results.write_config(run.out, config)
@@ -111,7 +110,17 @@ def write_results(run, metrics, history, test_log_probs, title, config, architec
     results.write_confusion_csv(run.out / "confusion.csv", counts, run.data.classes)
     results.plot_confusion(run.out / "confusion.png", counts, run.data.classes, f"{title}: test confusion matrix",
                            whole_matrix=run.out / "confusion.csv")
-    atomic_write(run.out / "architecture.md", architecture_markdown(architecture, title))
+
+
+def describe_model(run, title, model, architecture, pictures):
+    """architecture.md (the layers of `architecture`, the whole model) and the task's own pictures.
+    A model they cannot run one image through costs one warning, never the trained run."""
+    try:
+        atomic_write(run.out / "architecture.md", architecture_markdown(architecture, title))
+        if pictures is not None:
+            pictures(model, run, title)
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:  # what a forward that fails raises
+        warn(f"{run.out}: its layer table or pictures could not be made: {error}")
 
 
 def train_and_report(model, run, title, extra_config=None, extra_key=None, architecture=None, pictures=None):
@@ -137,10 +146,8 @@ def train_and_report(model, run, title, extra_config=None, extra_key=None, archi
         for name, split in run.data.splits().items():
             metrics[name], log_probs = evaluate(model, split, run, forward)  # test comes last
         if main:
-            write_results(run, metrics, history, log_probs, title, config,
-                          model if architecture is None else architecture)
-            if pictures is not None:
-                pictures(model, run, title)
+            write_results(run, metrics, history, log_probs, title, config)
+            describe_model(run, title, model, model if architecture is None else architecture, pictures)
     if main:
         print(f"\n{title} ({run.out}; {results.trained_by(config)})\n{results.format_table(metrics)}")
     distributed.finish()  # under torchrun: the last collective was the test split's

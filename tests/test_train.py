@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import common.run
 from common.cli import UserError
 from common.data import model_input
 from common.run import train_and_report
@@ -253,3 +254,18 @@ def test_compiled_training_is_deterministic_resumable_and_recorded(data, tmp_pat
     for split in a:  # same science: the same predictions on this easy data, losses close
         assert a[split]["top1"] == eager[split]["top1"]
         assert a[split]["loss"] == pytest.approx(eager[split]["loss"], rel=0.05, abs=1e-3)
+
+
+def test_a_model_no_image_can_describe_costs_a_warning_not_the_run(data, tmp_path, monkeypatch, capsys):
+    def fails(model, title):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    monkeypatch.setattr(common.run, "architecture_markdown", fails)
+    metrics = run(data, tmp_path / "out", "--epochs", "1")
+    assert (tmp_path / "out" / "metrics.json").exists() and not (tmp_path / "out" / "architecture.md").exists()
+    assert metrics["test"] and "its layer table or pictures could not be made: mat1 and mat2" in capsys.readouterr().err
+
+
+def test_a_run_writes_its_layer_table(data, tmp_path):
+    run(data, tmp_path / "out", "--epochs", "1")
+    table = (tmp_path / "out" / "architecture.md").read_text()
+    assert "| `3` | Linear | 1 × 16 | 64 | 64 |" in table and "| **total** | | | **115** | **115** |" in table
