@@ -81,15 +81,20 @@ class NetVLAD(nn.Module):
         """
         return F.linear(x, self.conv.weight.flatten(1), self.conv.bias).softmax(dim=2)
 
+    def descriptors(self, x):
+        """B x D x H x W feature maps -> B x N x D descriptors in the parameters' dtype, L2-normalised
+        if normalize_input; free for channels-last input."""
+        x = x.to(self.centroids.dtype)
+        if self.normalize_input:
+            x = F.normalize(x, dim=1)
+        return x.permute(0, 2, 3, 1).flatten(1, 2)
+
     @torch.inference_mode()
     def assignments(self, x):
         """B x D x H x W feature maps -> B x K x H x W: each position's soft assignment weights, as
         forward computes them (summing to 1 over the K clusters)."""
         batch, _, height, width = x.shape
-        x = x.to(self.centroids.dtype)
-        if self.normalize_input:
-            x = F.normalize(x, dim=1)
-        a = self.soft_assign(x.permute(0, 2, 3, 1).flatten(1, 2))  # B x N x K
+        a = self.soft_assign(self.descriptors(x))  # B x N x K
         return a.transpose(1, 2).reshape(batch, self.num_clusters, height, width)
 
     def aggregate(self, a, x):
@@ -98,10 +103,7 @@ class NetVLAD(nn.Module):
 
     def forward(self, x):
         with torch.autocast(x.device.type, enabled=False):
-            x = x.to(self.centroids.dtype)
-            if self.normalize_input:
-                x = F.normalize(x, dim=1)
-            x = x.permute(0, 2, 3, 1).flatten(1, 2)  # B x N x D; free for channels-last input
+            x = self.descriptors(x)
             vlad = self.aggregate(self.soft_assign(x), x)  # B x K x D
             vlad = F.normalize(vlad, dim=2)  # intra-normalisation
             return F.normalize(vlad.flatten(1), dim=1)

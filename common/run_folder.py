@@ -9,8 +9,9 @@ from common.errors import UserError
 from common.paths import is_inside
 
 # Everything a run writes into --out, but reproduce.py's log.txt.
+# FINAL_FILES describe a finished run: gone while a resumed one trains.
 FINAL_FILES = ("metrics.md", "metrics.json", "metrics.csv", "confusion.png", "confusion.csv",
-               "test_predictions.csv", "architecture.md", "cluster_maps.png")  # they describe a finished run: gone while a resumed one trains
+               "test_predictions.csv", "architecture.md", "cluster_maps.png")
 RUN_FILES = ("config.json", "history.csv", "loss.png", "accuracy.png", "last.pt", "best.pt", *FINAL_FILES)
 
 
