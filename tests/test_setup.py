@@ -105,3 +105,12 @@ def test_make_rebuilds_a_venv_made_by_another_python(tmp_path, made_with, rebuil
                           cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert ("-m venv --clear" in plan) == rebuilds
     assert "-m pytest -q tests" in plan
+
+
+@pytest.mark.slow
+@needs_make
+def test_make_setup_builds_the_venv_and_runs_nothing_else(tmp_path):
+    plan = subprocess.run(["make", "-n", "setup", "PYTHON=" + sys.executable, "VENV=" + str(tmp_path / "venv")],
+                          cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "-m venv --clear" in plan and "-m pip install -r requirements.txt" in plan
+    assert "-m pytest" not in plan and "reproduce.py" not in plan
