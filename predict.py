@@ -17,33 +17,29 @@ typical commands:
 """
 import argparse
 import csv
-import dataclasses
 import io
 import os
-import reprlib
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
 import tasks
 from common import results
 from common.features import extract_features
-from common.checkpoint import read_checkpoint
 from common.cli import run_main
 from common.errors import UserError, shown, warn
-from common.config import MAX_BATCH, RunConfig, declared, is_bool, misfit
+from common.config import MAX_BATCH
 from common.ensemble import check_alike, combined, run_folders
 from common.cache import check_cache_outside
 from common.data import (IMAGE_EXTENSIONS, Split, class_folders, decode_images, decoded_cache, has_image_extension,
                          list_images, sub_folders)
 from common.files import atomic_write
 from common.paths import is_inside
-from common.reuse import read_config
 from common.run_folder import check_folder_writable, make_folder
-from common.runtime import PRECISIONS, CompiledOrEager, pick_compile, pick_device, pick_precision
-from common.task import Task
-from common.train import Run, evaluate
+from common.runtime import PRECISIONS
+from common.gradcam import grad_cam, plot_explanation
+from common.saved_run import image_model, model_for, read_run
+from common.train import evaluate
 
 
 def parse_args(argv):
@@ -60,8 +56,12 @@ def parse_args(argv):
     parser.add_argument("--pictures", type=Path, metavar="DIR",
                         help="write each labelled folder's confusion matrix here, as FOLDER-confusion.png "
                              "(default: beside --out, as OUT-FOLDER-confusion.png; without --out, none)")
+    parser.add_argument("--explain", action="store_true",
+                        help="also draw, per image, where the model found the evidence for the class it predicts "
+                             "(Grad-CAM over its last convolutional layer; a frozen task 1 run's backbone; a fold "
+                             "ensemble's mean map) into --pictures DIR as IMAGE-gradcam.png, else beside --out")
     parser.add_argument("--force", action="store_true",
-                        help="replace an existing --out file and confusion-matrix pictures (default: refuse)")
+                        help="replace an existing --out file and pictures (default: refuse)")
     parser.add_argument("--weights", type=Path, help="task 1: the backbone's weight file, if it moved since training")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (default: the run's)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or mps (default: auto)")
@@ -100,79 +100,6 @@ def check_new_file(path, label, force):
 
 # --- the model ------------------------------------------------------------------------------
 
-MISSING = object()  # a field config.json lacks
-
-
-def is_class_list(value):
-    return (isinstance(value, list) and len(value) >= 2 and all(isinstance(c, str) and c for c in value)
-            and len(set(value)) == len(value))
-
-
-# What predicting reads from config.json beyond the settings -> (check, what it must be), so that a
-# hand-edited file is one line, not a traceback deep inside. Each task adds its own (Task.saved_fields);
-# the settings ("arguments") are checked as their declarations say (saved_settings).
-CONFIG_FIELDS = {
-    "task": (lambda v: isinstance(v, str) and tasks.SCRIPT_NAME.fullmatch(v), "a task script's name, task<N>_<name>"),
-    "classes": (is_class_list, "a list of 2 or more distinct class names"),
-    "precision": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
-    "compiled": (is_bool, "true or false"),
-}
-
-
-def config_field(config, name):
-    """config["a"]["b"] for the name "a.b"; MISSING where there is no such field."""
-    for key in name.split("."):
-        config = config.get(key, MISSING) if isinstance(config, dict) else MISSING
-    return config
-
-
-def older_version(file, field):
-    """A field this version reads is missing: the run is older than the field (or the file was edited)."""
-    return UserError(f"{shown(file)} was written by an older version of this project (it has no {field!r} "
-                     "field), or edited: train the run again with --force to predict with it here")
-
-
-def check_fields(config, fields, file):
-    for name, (fits, expected) in fields.items():
-        value = config_field(config, name)
-        if value is MISSING:
-            raise older_version(file, name)
-        if not fits(value):
-            raise edited(file, name, value, expected)
-
-
-def edited(file, name, value, expected):
-    return UserError(f"{shown(file)} was not written by this project (or was edited): {name} is "
-                     f"{reprlib.repr(value)}, expected {expected}")  # reprlib: a huge value stays short
-
-
-def saved_settings(arguments, options, file, may_predate=False):
-    """config.json's "arguments" of the dataclass `options` (common.config.declared), each of its type
-    and in range, by name. may_predate: a setting with a default that the file lacks keeps its default."""
-    values = {}
-    for f, kind, optional in declared(options):
-        value = arguments.get(f.name, MISSING)
-        if value is MISSING:
-            if may_predate and f.default is not dataclasses.MISSING:
-                continue
-            raise older_version(file, f"arguments.{f.name}")
-        expected = misfit(f, kind, optional, value)
-        if expected:
-            raise edited(file, f"arguments.{f.name}", value, expected)
-        values[f.name] = Path(value) if kind is Path and value is not None else value
-    return values
-
-
-def read_as_made(saved, task):
-    """An older run's config.json with the fields added since where their value is certain: task 1
-    could only freeze its backbone before --finetune (and "finetuned") came."""
-    if "finetuned" in task.saved_fields and "finetuned" not in saved:
-        declared_defaults = task.options()  # what the options added with --finetune default to: frozen
-        saved["finetuned"] = False
-        saved["arguments"] = {"finetune": declared_defaults.finetune,
-                              "backbone_lr_factor": declared_defaults.backbone_lr_factor, **saved["arguments"]}
-
-
 def task_of(saved, file):
     """The task whose script wrote the run: a run whose script is gone is one line saying so."""
     name = saved["task"]
@@ -183,74 +110,14 @@ def task_of(saved, file):
                         f"put it back to predict with this run") from None
 
 
-def run_config(run_dir, batch_size=None):
-    """(task, its RunConfig, config.json) of a run, every field predicting reads checked (a hand-edited
-    or foreign one is one error, not a KeyError deep inside), the task's options as on its command
-    line (a task 3 model must fit in memory for batches of `batch_size`, default the run's)."""
-    file = run_dir / "config.json"
-    try:
-        saved = read_config(run_dir)
-    except UserError:
-        raise UserError(f"{shown(file)} is unreadable or was not written by this project") from None
-    if saved is None:
-        raise UserError(f"{shown(run_dir)} holds no config.json: not a run folder of this project, nor a "
-                        "cross-validated repetition's (with fold runs fold0, fold1, ...)")
-    check_fields(saved, CONFIG_FIELDS, file)
-    task = task_of(saved, file)
-    read_as_made(saved, task)
-    check_fields(saved, task.saved_fields, file)
-    config = task.config(**saved_settings(saved["arguments"], RunConfig, file, may_predate=True),
-                         **saved_settings(saved["arguments"], task.options, file))
-    try:
-        return task, task.checked(config.replace(batch_size=batch_size or config.batch_size)), saved
-    except UserError as e:
-        raise UserError(f"{shown(file)}: {e}") from None
-
-
-def checkpoint_weights(run_dir, checkpoint):
-    path = run_dir / f"{checkpoint}.pt"
-    if not path.is_file():
-        raise UserError(f"{shown(run_dir)} holds no {path.name}: not a finished run (or pick --checkpoint "
-                        f"{'last' if checkpoint == 'best' else 'best'})")
-    try:
-        state = read_checkpoint(path)
-    except ValueError as e:
-        raise UserError(f"{shown(path)} {e}: refused; train the run again (--force)") from None
-    weights = state.get("model") if isinstance(state, dict) else None
-    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise UserError(f"{shown(path)} holds no model weights")
-    return weights
-
-
-class SavedRun(NamedTuple):
-    """A finished run as read from its folder, checked, before its model is built."""
-    folder: Path
-    task: Task
-    config: RunConfig
-    saved: dict  # its config.json
-    weights: dict  # its checkpoint's
-
-
 def read_runs(args):
     """The SavedRun of RUN_DIR, or of each of its fold runs, all checked before any work is done."""
-    runs = []
-    for folder in run_folders(args.run_dir):
-        task, config, saved = run_config(folder, args.batch_size)
-        runs.append(SavedRun(folder, task, config, saved, checkpoint_weights(folder, args.checkpoint)))
+    runs = [read_run(folder, task_of, args.checkpoint, args.batch_size) for folder in run_folders(args.run_dir)]
     check_alike([(run.folder, run.task.name, run.saved["classes"]) for run in runs])
     if args.weights is not None and runs[0].task.input_network is None:
         warn(f"--weights {shown(args.weights)} is not used: a {runs[0].task.name} run's checkpoint holds its "
              "whole model")
     return runs
-
-
-def rebuild_model(task, config, saved, weights_file):
-    """(the network making the model's inputs from images or None, the model) for the run's task, with
-    the run's classes and options."""
-    model = task.build_model(config, len(saved["classes"]))
-    if task.input_network is None:
-        return None, model
-    return task.input_network(saved, weights_file), model
 
 
 # --- the images -----------------------------------------------------------------------------
@@ -335,28 +202,43 @@ def picture_place(args):
     return None, ""
 
 
-def confusion_pictures(sets, args):
-    """Labelled folder -> where its confusion matrix goes: PREFIX-FOLDER-confusion.png in the
-    picture folder (FOLDER-2-... for a second folder of that name), checked before any work is done."""
-    labelled = [folder for folder, _ in sets if folder is not None]
+def picture_files(named, kind, label, args):
+    """key -> PLACE/PREFIX-BASE-KIND.png for each (key, BASE) of `named` (BASE-2-... for a second of
+    that name), every one checked before any work is done: new, or --force, and not inside a folder
+    being predicted."""
     place, prefix = picture_place(args)
-    if not labelled or place is None:
-        return {}
     for path in args.paths:
         if path.is_dir() and is_inside(place, path):
-            raise UserError(f"confusion-matrix pictures in {shown(place)} would lie inside {shown(path)}, to be read "
+            raise UserError(f"{label}s in {shown(place)} would lie inside {shown(path)}, to be read "
                             "as images the next time; give --pictures another folder")
     pictures, taken = {}, {args.out}  # a picture never takes --out's name
-    for folder in labelled:
-        base, n = folder.resolve().name or "images", 1
-        picture = place / f"{prefix}{base}-confusion.png"
-        while picture in taken:  # a second folder of that name
+    for key, base in named:
+        picture, n = place / f"{prefix}{base}-{kind}.png", 1
+        while key not in pictures and picture in taken:  # a second one of that name
             n += 1
-            picture = place / f"{prefix}{base}-{n}-confusion.png"
-        check_new_file(picture, "the confusion-matrix picture", args.force)
-        pictures[folder] = picture
+            picture = place / f"{prefix}{base}-{n}-{kind}.png"
+        check_new_file(picture, f"the {label}", args.force)
+        pictures.setdefault(key, picture)
         taken.add(picture)
     return pictures
+
+
+def confusion_pictures(sets, args):
+    """Labelled folder -> where its confusion matrix goes: PREFIX-FOLDER-confusion.png in the picture folder."""
+    labelled = [(folder, folder.resolve().name or "images") for folder, _ in sets if folder is not None]
+    if not labelled or picture_place(args)[0] is None:
+        return {}
+    return picture_files(labelled, "confusion", "confusion-matrix picture", args)
+
+
+def explanation_pictures(sets, args):
+    """With --explain, image -> where its Grad-CAM picture goes: PREFIX-IMAGE-gradcam.png in the picture folder."""
+    if not args.explain:
+        return {}
+    if picture_place(args)[0] is None:
+        raise UserError("--explain writes a picture per image: give --pictures DIR, or --out FILE to put them beside it")
+    return picture_files([(path, Path(path).stem or "image") for _, items in sets for path, _ in items],
+                         "gradcam", "Grad-CAM picture", args)
 
 
 def score(metrics, labels, log_probs, classes, folder, title, picture):
@@ -369,25 +251,6 @@ def score(metrics, labels, log_probs, classes, folder, title, picture):
     make_folder(picture.parent, "--pictures")
     results.plot_confusion(picture, counts, classes, f"{title}: confusion matrix on {folder.resolve().name}")
     print(f"wrote {picture}")
-
-
-def model_for(args, saved_run):
-    """The run's model with its checkpoint's weights, ready on the device, and the Run to predict with:
-    the run's batch size and precision (unless given), compiled where the run was, so its numbers repeat."""
-    task, config, saved = saved_run.task, saved_run.config, saved_run.saved
-    backbone, model = rebuild_model(task, config, saved, args.weights)
-    try:
-        model.load_state_dict(saved_run.weights)
-    except RuntimeError as e:
-        raise UserError(f"{shown(saved_run.folder / (args.checkpoint + '.pt'))} does not fit the run's {task.name} "
-                        f"model ({str(e).splitlines()[0][:160]})") from None
-    device = pick_device(args.device)
-    run = Run(config, data=None, device=device, precision=pick_precision(args.precision or saved["precision"], device),
-              compiled=saved["compiled"] and pick_compile("auto", device))
-    model.to(device, memory_format=torch.channels_last)
-    # compiled kernels round as in training; where compiling fails here, one warning and eager mode
-    forward = CompiledOrEager(model, "auto", on_fallback=lambda error: None) if run.compiled else model
-    return backbone, model, forward, run
 
 
 def decoded_sets(sets):
@@ -409,11 +272,38 @@ def predicted_sets(args, runs, sets):
     decoded = decoded_sets(sets)
     outputs = [[] for _ in decoded]
     for saved_run in runs:
-        backbone, model, forward, run = model_for(args, saved_run)
+        backbone, model, forward, run = model_for(saved_run, args.weights, args.device, args.precision)
         for output, (_, _, images, labels) in zip(outputs, decoded):
             output.append(predict(backbone, model, forward, images, labels, run))
     return [(folder, items, labels, *combined(output, labels))
             for (folder, items, _, labels), output in zip(decoded, outputs)]
+
+
+def mean_grad_cam(runs, args, images, classes, batch_size=16):
+    """Grad-CAM heat maps of `images` for `classes`: the run's model's, or the mean of the fold models'."""
+    heat = torch.zeros(len(images), *images.shape[-2:])
+    for saved_run in runs:  # one model in memory at a time
+        backbone, model, _, run = model_for(saved_run, args.weights, args.device, "fp32")
+        network = image_model(backbone, model).to(run.device)
+        for start in range(0, len(images), batch_size):
+            rows = slice(start, start + batch_size)
+            heat[rows] += grad_cam(network, images[rows].to(run.device), classes[rows].to(run.device)).cpu()
+    return heat / len(runs)
+
+
+def write_explanations(args, runs, predicted, pictures, classes):
+    """Each image's Grad-CAM picture: where the model found the evidence for the class it predicts."""
+    make_folder(picture_place(args)[0], "--pictures")
+    for _, items, _, _, log_probs in predicted:
+        images, _, _ = decode_images([path for path, _ in items], decoded_cache(), desc="Grad-CAM")
+        probability, top = log_probs.exp().max(dim=1)
+        heat = mean_grad_cam(runs, args, images, top)
+        for i, (path, label) in enumerate(items):
+            caption = f"predicted {classes[top[i]]} ({100 * probability[i]:.0f} %)" + \
+                      (f", true {classes[label]}" if label is not None else "")
+            plot_explanation(pictures[path], images[i], heat[i], f"{shown(path)}\n{caption}")
+        print(f"wrote {len(items)} Grad-CAM pictures" + (" (the mean of the fold models' maps)" if len(runs) > 1 else "")
+              + f", e.g. {pictures[items[0][0]]}")
 
 
 def main(argv=None):
@@ -424,8 +314,10 @@ def main(argv=None):
     title = saved.get("title", runs[0].task.name) + (f", ensemble of {len(runs)} fold runs" if len(runs) > 1 else "")
     sets = images_to_predict(args.paths, classes)
     pictures = confusion_pictures(sets, args)  # every check before any image is predicted
+    explanations = explanation_pictures(sets, args)
     rows, scores = [], {}
-    for folder, items, labels, metrics, log_probs in predicted_sets(args, runs, sets):
+    predicted = predicted_sets(args, runs, sets)
+    for folder, items, labels, metrics, log_probs in predicted:
         rows += print_predictions(items, log_probs, classes, min(args.top, len(classes)))
         if folder is not None:
             scores[folder] = metrics
@@ -434,6 +326,8 @@ def main(argv=None):
         print("\nno confusion-matrix picture written: --pictures DIR (or --out FILE) writes one per labelled folder")
     if args.out:
         write_csv(args.out, rows)
+    if explanations:
+        write_explanations(args, runs, predicted, explanations, classes)
     return scores  # labelled folder -> logloss, top-1, top-3
 
 

@@ -20,6 +20,7 @@ Slurm job array, say) to run; reproduce.py then reuses them and writes the repor
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -50,6 +51,7 @@ from common.runs import run_plans
 from common import run_folder
 from common.run_folder import check_folder_writable, lock, make_folder
 from common.runtime import COMPILE_MODES, pick_device
+from common.saved_run import image_model_of
 from common.folds import FOLDS, MAX_FOLDS, UNFINISHED_FOLDS, check_class_sizes, fold_folders, split_folds
 from common.split import check_ratios, find_classes, list_files, source_listing, split_dataset
 
@@ -109,6 +111,9 @@ def parse_args(argv):
     parser.add_argument("--augment", action="store_true",
                         help="every task trains on random resized crops and flips (see the task scripts' --augment); "
                              "use another --out than the unaugmented runs'")
+    parser.add_argument("--no-tensorboard", action="store_true",
+                        help="runs write no TensorBoard events (by default `tensorboard --logdir OUT` shows every "
+                             "task, repetition and fold side by side)")
     parser.add_argument("--jobs", type=int, metavar="N",
                         help="runs trained at a time, each a process on a device of its own (cuda:0, cuda:1, ...); "
                              "on the CPU they share the cores (default: one per visible GPU, 1 without)")
@@ -276,7 +281,8 @@ def run_config(task, data, seed, part, args):
     """The task's run on `data` with this seed, into OUT/<task>/<part>, with the options reproduce.py gives it."""
     return task.config(**task.reproduce_with, data=data, seed=seed, out=args.out / task.name / part,
                        epochs=args.epochs or task.epochs, device=args.device, precision=args.precision,
-                       augment=args.augment, **({"compile": args.compile} if task.compiles else {}))
+                       augment=args.augment, no_tensorboard=args.no_tensorboard,
+                       **({"compile": args.compile} if task.compiles else {}))
 
 
 def plan_runs(chosen, splits, args):
@@ -338,7 +344,8 @@ def run_all(args):
         else:
             task_results.append(summarise(task.name, title, [p.config.out for p in own], [metrics[p] for p in own],
                                           args.out, how, args.epochs or task.epochs, task.course_report,
-                                          task.course_setting(own[0].config)))
+                                          task.course_setting(own[0].config),
+                                          explain=functools.partial(image_model_of, task)))
     how = dataclasses.replace(how, minutes=(time.perf_counter() - began) / 60)
     write_report(args.out, how, task_results, {t.name: t.epochs for t in chosen})
     print(f"wrote {args.out / 'REPORT.md'}")

@@ -8,10 +8,9 @@ import os
 import re
 
 from common.errors import UserError, warn
-from common.paths import REPO, task_script
+from common.paths import REPO, SCRIPT_NAME, task_script
 from common.task import Task
 
-SCRIPT_NAME = re.compile(r"task\d+_\w+")
 DECLARES_TASK = re.compile(rb"^TASK\s*[:=]", re.M)  # a task script's own line, as docs/adding-a-task.md shows
 warned = set()  # the skipped scripts already named: one warning each, however often the tasks are listed
 

@@ -14,9 +14,9 @@ MAX_BATCH = 2 ** 31 - 1
 SEEDS = 2 ** 32  # numpy's seed range, 0 .. 2**32 - 1
 MAX_SEEDS = 1000  # runs per task or study config, seeds 0..N-1 (reproduce.py and studies/study.py --seeds)
 # Settings that leave the experiment as it is: where the run goes, whether it resumes or replaces an
-# earlier one, how long it trains (a shorter run grows by resuming), and the device and compilation,
-# which change rounding only. The resume key and reuse compare every other setting.
-NOT_EXPERIMENT = frozenset({"out", "resume", "force", "epochs", "device", "compile"})
+# earlier one, how long it trains (a shorter run grows by resuming), the device and compilation,
+# which change rounding only, and whether it writes TensorBoard events. The resume key and reuse compare every other setting.
+NOT_EXPERIMENT = frozenset({"out", "resume", "force", "epochs", "device", "compile", "no_tensorboard"})
 
 
 def option(default=dataclasses.MISSING, help="", *, choices=None, check=None, metavar=None):
@@ -92,6 +92,8 @@ class RunConfig:
                                   "the training images; evaluation stays resize 256 / centre crop 224 (default: off)")
     resume: bool = option(False, "continue the run in --out from its last checkpoint (refused if any setting differs)")
     force: bool = option(False, "replace the results of an earlier run in --out")
+    no_tensorboard: bool = option(False, "write no TensorBoard event files into --out (by default each epoch's "
+                                         "metrics are logged there for `tensorboard --logdir`)")
     # offered by the tasks whose training is long enough to repay compilation (Task.compiles)
     compile: str = option("off", "torch.compile the model: auto = where it can run (a C++ compiler on the CPU, or "
                                  "CUDA), else eager with a warning; it costs some seconds once and rounds differently "

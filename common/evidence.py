@@ -9,12 +9,13 @@ the bootstrap over seeds and images; folds, and seeds that each drew their own s
 by the corrected t-test over the per-fold (per-split) values, never averaging across different images."""
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from common import results, scores, stats
+from common import gradcam, results, scores, stats
 from common.data import open_rgb, split_images
 from common.errors import UserError
 from common.files import read_json
@@ -164,18 +165,31 @@ class Evidence:
 
     def top_losses(self, k=TOP_LOSSES):
         """The k test images predicted wrong with the highest probability, over all seeds, each image
-        once (at its most confident mistake): (path, true class, predicted class, probability, seeds
-        that got it wrong)."""
+        once (at its most confident mistake), as Mistakes."""
         predicted = self.probabilities.argmax(axis=2)
         confidence = self.probabilities.max(axis=2)
+        fold_of = np.zeros(self.labels.shape, dtype=np.int64) if self.fold_of is None else self.fold_of
+        folds = int(fold_of.max()) + 1
         mistakes = {}  # image sha1 -> (its most confident mistake, seeds that got it wrong)
         for s, i in zip(*np.nonzero(predicted != self.labels)):
-            mistake = (self.paths[s][i], self.classes[self.labels[s, i]], self.classes[predicted[s, i]],
-                       float(confidence[s, i]))
+            mistake = Mistake(self.paths[s][i], self.classes[self.labels[s, i]], self.classes[predicted[s, i]],
+                              float(confidence[s, i]), 0, int(s * folds + fold_of[s, i]))
             worst, seeds = mistakes.get(self.sha1s[s][i], (mistake, 0))
-            mistakes[self.sha1s[s][i]] = (max(worst, mistake, key=lambda m: m[3]), seeds + 1)
-        ranked = sorted(mistakes.values(), key=lambda item: -item[0][3])[:k]
-        return [(*mistake, seeds) for mistake, seeds in ranked]
+            mistakes[self.sha1s[s][i]] = (max(worst, mistake, key=lambda m: m.probability), seeds + 1)
+        ranked = sorted(mistakes.values(), key=lambda item: -item[0].probability)[:k]
+        return [mistake._replace(seeds=seeds) for mistake, seeds in ranked]
+
+
+class Mistake(NamedTuple):
+    """A test image predicted wrong: its path, true and predicted class, the predicted probability,
+    how many seeds (repetitions) got it wrong, and which run made this mistake (its index in the
+    runs read_evidence read: repetition r's fold k is r * K + k)."""
+    path: str
+    true: str
+    predicted: str
+    probability: float
+    seeds: int
+    run: int
 
 
 def read_evidence(runs, folds=1):
@@ -287,22 +301,28 @@ def plot_reliability(path, images, confidence, accuracy, title):
     results.save_figure(fig, path)
 
 
-def plot_top_losses(path, mistakes, title):
-    """The images of `mistakes` (Evidence.top_losses) with true class, predicted class and probability."""
+def plot_top_losses(path, mistakes, title, explained=None):
+    """The images of `mistakes` (Evidence.top_losses) with true class, predicted class and probability.
+    explained: per mistake, None or (the 224 x 224 crop its run saw, the Grad-CAM heat map of the
+    class predicted), drawn over each other (common/gradcam.py)."""
     columns = 4
     rows = max(1, -(-len(mistakes) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, (image_path, true, predicted, probability, seeds) in zip(axes.ravel(), mistakes):
-        try:
-            image = open_rgb(image_path)
-            image.thumbnail((224, 224))
-            ax.imshow(image)
-        except OSError:  # the split was deleted since: the caption still says what went wrong
-            ax.text(0.5, 0.5, "image not found", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(f"true {true}\npredicted {predicted} ({100 * probability:.0f} %)"
-                     + (f"\nwrong in {seeds} seeds" if seeds > 1 else ""), fontsize=8)
+    for ax, mistake, heat in zip(axes.ravel(), mistakes, explained or [None] * len(mistakes)):
+        if heat is not None:
+            gradcam.draw(ax, *heat)
+        else:
+            try:
+                image = open_rgb(mistake.path)
+                image.thumbnail((224, 224))
+                ax.imshow(image)
+            except OSError:  # the split was deleted since: the caption still says what went wrong
+                ax.text(0.5, 0.5, "image not found", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(f"true {mistake.true}\npredicted {mistake.predicted} ({100 * mistake.probability:.0f} %)"
+                     + (f"\nwrong in {mistake.seeds} seeds" if mistake.seeds > 1 else ""), fontsize=8)
+    if explained and any(heat is not None for heat in explained):
+        title += "\n(Grad-CAM: red is where the run's model found the evidence for the class it predicted)"
     fig.suptitle(title, fontsize=10)
     results.save_figure(fig, path)
-

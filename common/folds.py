@@ -29,6 +29,12 @@ FOLDS_COLUMNS = ["source", "class", "sha256", "fold", "k", "seed"]  # k and seed
 FOLD_FOLDER = re.compile(r"fold(0|[1-9][0-9]*)")
 
 
+def fold_number(folder):
+    """i where `folder` is fold i of a fold set (DEST/fold<i> beside DEST/folds.csv), else None."""
+    match = FOLD_FOLDER.fullmatch(folder.name)
+    return int(match[1]) if match and (folder.parent / FOLDS).is_file() else None
+
+
 # -----------------------------------------------------------------------------
 # drawing the folds
 

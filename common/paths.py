@@ -1,9 +1,11 @@
 """Where things are: the repository, its demo images, the default splits and results; and whether
 one path lies inside another."""
 import os
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+SCRIPT_NAME = re.compile(r"task\d+_\w+")  # a task script's module name (tasks.py finds them by it)
 DEMO_IMAGES = REPO / "demo_data" / "images"
 DEMO_SPLIT = REPO / "data" / "demo_split"
 CUB_SPLIT = REPO / "data" / "cub_split"

@@ -5,11 +5,16 @@ flag, the 2020 report's table where the report has one, its layers (architecture
 pictures its task draws into a run folder (task 3's cluster maps)."""
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
 
 from common import results, scores
+from common.data import decode_images, decoded_cache
 from common.errors import UserError, warn
 from common.evidence import Evidence, plot_reliability, plot_top_losses, read_evidence
 from common.files import atomic_write
+from common.gradcam import grad_cam
 from common.results import markdown_code, markdown_text
 from common.reuse import read_config
 
@@ -37,25 +42,28 @@ class TaskResult:
     course_setting: str = None  # the report's own options where our runs differ (Task.course_setting)
     flags: list = field(default_factory=list)  # plain words on what it did not learn (report.model_flags)
     pictures: list = field(default_factory=list)  # (what it shows, its path from REPORT.md): RUN_PICTURES of the first run
+    explained: bool = False  # its confident mistakes carry Grad-CAM heat maps
 
 
-def summarise(name, title, runs, metrics, out, how, epochs, course_report=None, course_setting=None):
+def summarise(name, title, runs, metrics, out, how, epochs, course_report=None, course_setting=None, explain=None):
     """The task's table and figures in OUT/<name>/ from its run folders `runs` and their `metrics`:
-    mean ± std over the runs (how.over_runs), or the one run."""
+    mean ± std over the runs (how.over_runs), or the one run. explain(a run folder): that run's model
+    from images to class scores, for Grad-CAM over its mistakes (common/saved_run.image_model_of)."""
     folder = out / name
     stats = results.mean_std(metrics) if len(metrics) > 1 else metrics[0]
     results.plot_history(folder, [run_history(run, epochs) for run in runs], title)
     atomic_write(folder / "metrics.md", f"**{markdown_text(title)}**, {how.over_runs}\n\n{results.format_table(stats)}\n")
-    evidence, why = task_evidence(folder, runs, title, how)
+    evidence, why, explained = task_evidence(folder, runs, title, how, explain)
     pictures = [(what, (runs[0] / file).relative_to(out).as_posix()) for file, what in RUN_PICTURES.items()
                 if (runs[0] / file).is_file() and (runs[0] / file).is_relative_to(out)]
-    return TaskResult(name, title, course_report, stats, read_config(runs[0]), evidence=evidence, no_evidence=why,
+    return TaskResult(name, title, course_report, stats, read_config(runs[0]), evidence=evidence, no_evidence=why, explained=explained,
                       runs=list(runs), course_setting=course_setting, pictures=pictures)
 
 
-def task_evidence(folder, runs, title, how):
-    """(the task's Evidence, None), with its figures and pooled confusion.csv written: the test
-    confusion matrix summed over runs, its calibration and its most confident mistakes. (None, why)
+def task_evidence(folder, runs, title, how, explain=None):
+    """(the task's Evidence, None, whether its mistakes carry Grad-CAM), with its figures and pooled
+    confusion.csv written: the test confusion matrix summed over runs, its calibration and its most
+    confident mistakes (with Grad-CAM where `explain` loads the runs' models). (None, why, False)
     where a run lacks its test predictions (said in one line) or they are damaged or edited since the
     run wrote them (one warning): nothing of them enters the report."""
     try:
@@ -63,13 +71,36 @@ def task_evidence(folder, runs, title, how):
     except (OSError, ValueError) as e:
         line = f"{folder.name}: no intervals, per-class scores or mistakes ({e}); --force trains its runs again"
         (print if isinstance(e, OSError) else warn)(line)  # missing: a run from before runs wrote them
-        return None, str(e)
+        return None, str(e), False
     counts = found.confusion()
     results.plot_confusion(folder / "confusion.png", counts, found.classes, f"{title}: test confusion matrix, {pooled_over(how)}")
     results.write_confusion_csv(folder / "confusion.csv", counts, found.classes)
     plot_reliability(folder / "reliability.png", *found.calibration(), f"{title}: calibration, {pooled_over(how)}")
-    plot_top_losses(folder / "top_losses.png", found.top_losses(), f"{title}: the test images it gets wrong most confidently")
-    return found, None
+    mistakes = found.top_losses()
+    explained = explained_mistakes(mistakes, runs, found.classes, explain) if explain else None
+    plot_top_losses(folder / "top_losses.png", mistakes, f"{title}: the test images it gets wrong most confidently",
+                    explained)
+    return found, None, explained is not None and any(heat is not None for heat in explained)
+
+
+def explained_mistakes(mistakes, runs, classes, explain):
+    """Per mistake, (the crop its run saw, Grad-CAM of the class predicted, by that run's model), or None
+    where its image is gone; all None, said in one warning, where a run's model cannot be rebuilt."""
+    models, explained = {}, [None] * len(mistakes)
+    present = [i for i, m in enumerate(mistakes) if Path(m.path).is_file()]
+    crops, kept, _ = decode_images([mistakes[i].path for i in present], decoded_cache(), desc="Grad-CAM")
+    try:
+        for row, index in enumerate(present[k] for k in kept):
+            mistake = mistakes[index]
+            if mistake.run not in models:
+                models[mistake.run] = explain(runs[mistake.run])
+            crop = crops[row:row + 1]
+            heat = grad_cam(models[mistake.run], crop, torch.tensor([classes.index(mistake.predicted)]))
+            explained[index] = (crop[0], heat[0])
+    except (UserError, OSError, RuntimeError, ValueError) as e:  # weights moved or edited since: no heat maps
+        warn(f"{runs[mistake.run]}: no Grad-CAM of its mistakes ({e})")
+        return None
+    return explained
 
 
 def pooled_over(how):
@@ -128,7 +159,15 @@ def evidence_lines(t, how):
     """Per-class scores, the confusion matrix, the calibration and the confident mistakes."""
     return [*per_class_lines(t.evidence, how), "", *confusion_lines(t, how), "",
             f"![confusion matrix]({t.name}/confusion.png) ![reliability diagram]({t.name}/reliability.png) "
-            f"![most confident mistakes]({t.name}/top_losses.png)", ""]
+            f"![most confident mistakes]({t.name}/top_losses.png)", "", *explained_lines(t)]
+
+
+def explained_lines(t):
+    if not t.explained:
+        return []
+    return ["Over each mistake, Grad-CAM (Selvaraju et al., 2017) of the run that made it: red is where that model, "
+            "at its last convolutional layer, found the evidence for the class it predicted. "
+            "`python predict.py RUN_DIR IMAGES --explain --pictures DIR` draws the same for any image.", ""]
 
 
 def architecture_lines(t):

@@ -18,6 +18,7 @@ from common.paths import DEMO_IMAGES
 from common.run_folder import check_out, clear_previous, open_run_folder
 from common.runtime import CompiledOrEager, pick_compile, pick_device, pick_precision
 from common.task import Prepared
+from common.tensorboard_log import EventLog
 from common.train import Run, evaluate, fit, seed_everything
 
 
@@ -84,8 +85,9 @@ def begin(run, config, key):
     return resumed
 
 
-def keeper(run, key):
-    """fit's save and epoch_done: rank 0 writes last.pt, best.pt and history.csv; the others nothing."""
+def keeper(run, key, events):
+    """fit's save and epoch_done: rank 0 writes last.pt, best.pt, history.csv and the epoch's events;
+    the others nothing."""
     main = distributed.is_main()
 
     def save(state, best):
@@ -95,6 +97,7 @@ def keeper(run, key):
     def epoch_done(history):
         if main:
             results.write_history(run.out, history)
+            events.epoch(history[-1])
     return save, epoch_done
 
 
@@ -141,13 +144,16 @@ def train_and_report(model, run, title, extra_config=None, extra_key=None, archi
         forward = distributed.wrap(model, run.device)
         if run.compiled:  # compiles at its first call
             forward = CompiledOrEager(forward, run.config.compile, lambda error: record_eager(run, config, error))
-        history = fit(model, forward, run, *keeper(run, key), resumed)
-        metrics, log_probs = {}, None
-        for name, split in run.data.splits().items():
-            metrics[name], log_probs = evaluate(model, split, run, forward)  # test comes last
-        if main:
-            write_results(run, metrics, history, log_probs, title, config)
-            describe_model(run, title, model, model if architecture is None else architecture, pictures)
+        events = EventLog(run.out, main and not run.config.no_tensorboard, resumed["history"] if resumed else ())
+        with contextlib.closing(events):
+            history = fit(model, forward, run, *keeper(run, key, events), resumed)
+            metrics, log_probs = {}, None
+            for name, split in run.data.splits().items():
+                metrics[name], log_probs = evaluate(model, split, run, forward)  # test comes last
+            if main:
+                write_results(run, metrics, history, log_probs, title, config)
+                events.finish(config, run.data.root, metrics, len(history), run.out / "confusion.png")
+                describe_model(run, title, model, model if architecture is None else architecture, pictures)
     if main:
         print(f"\n{title} ({run.out}; {results.trained_by(config)})\n{results.format_table(metrics)}")
     distributed.finish()  # under torchrun: the last collective was the test split's

@@ -13,6 +13,7 @@ from common.paths import is_inside
 FINAL_FILES = ("metrics.md", "metrics.json", "metrics.csv", "confusion.png", "confusion.csv",
                "test_predictions.csv", "architecture.md", "cluster_maps.png")
 RUN_FILES = ("config.json", "history.csv", "loss.png", "accuracy.png", "last.pt", "best.pt", *FINAL_FILES)
+EVENT_FILES = "events.out.tfevents.*"  # TensorBoard's (common/tensorboard_log.py): a resumed run adds one
 
 
 def check_folder_writable(path, label):
@@ -75,10 +76,12 @@ def check_results(out, resume, force):
 
 
 def clear_previous(out, force):
-    """Before training: --force removes the earlier run's files, --resume the final tables that no
-    longer describe the run; temporary files of a killed writer go too (the lock is ours)."""
+    """Before training: --force removes the earlier run's files (its events too), --resume the final
+    tables that no longer describe the run; temporary files of a killed writer go too (the lock is ours)."""
     for name in RUN_FILES if force else FINAL_FILES:
         (out / name).unlink(missing_ok=True)
+    for events in out.glob(EVENT_FILES) if force else ():
+        events.unlink(missing_ok=True)
     for name in RUN_FILES:
         for tmp in out.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)

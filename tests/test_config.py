@@ -8,9 +8,9 @@ import pytest
 from common.cli import UserError
 from common.config import RunConfig, option
 from common.options import command_line, parse_run_config
-from common.task import Task
-from predict import saved_settings
 from common.run import train_and_report, start_run
+from common.saved_run import saved_settings
+from common.task import Task
 from conftest import make_split, start_test_run
 from test_train import tiny_model
 

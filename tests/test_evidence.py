@@ -195,3 +195,18 @@ def test_no_test_image_and_a_class_without_training_images_are_value_errors(tmp_
         results.write_config(run, {**read_json(run / "config.json"), "data": str(training_folder(tmp_path / f"s{k}", counts))})
     with pytest.raises(ValueError, match="holds no image of class 'b' now"):
         majority_baseline(read_evidence(runs, folds=3), runs)
+
+
+def test_each_mistake_names_a_run_that_made_it_and_how_many_repetitions_did(tmp_path):
+    runs = cross_validated(tmp_path / "rep0", FOLDS) + cross_validated(tmp_path / "rep1", FOLDS[::-1])
+    wrong = {}  # image path -> the runs that predicted it wrong
+    for r, run in enumerate(runs):
+        paths, _, labels, probabilities, _ = results.read_predictions(run)
+        for path, label, p in zip(paths, labels, probabilities):
+            if p.argmax() != label:
+                wrong.setdefault(path, set()).add(r)
+    mistakes = read_evidence(runs, folds=3).top_losses(k=100)
+    assert sorted(m.path for m in mistakes) == sorted(wrong)
+    for m in mistakes:
+        assert m.run in wrong[m.path] and m.seeds == len(wrong[m.path])  # a run per repetition tests each image
+        assert (m.true, m.probability) == (CLASSES[int(m.path[5:-4]) % 2], pytest.approx(0.9))

@@ -519,3 +519,35 @@ def test_fold_runs_that_make_no_ensemble_are_refused(folds, message, shallow_run
         make[kind](tmp_path / "rep0" / fold)
     with pytest.raises(UserError, match=message):
         predict.main([str(tmp_path / "rep0"), str(data / "test")])
+
+
+def test_explain_draws_a_grad_cam_picture_per_image_each_named_apart(shallow_run, data, tmp_path, capsys):
+    predict.main([str(shallow_run), str(data / "test"), "--explain", "--pictures", str(tmp_path / "pictures")])
+    pictures = sorted((tmp_path / "pictures").glob("*-gradcam.png"))
+    assert len(pictures) == len(list(data.glob("test/*/*.png"))) == 9  # 0.png in each class folder: 0-2-..., 0-3-...
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pictures)
+    assert "wrote 9 Grad-CAM pictures" in capsys.readouterr().out
+
+
+def test_explain_puts_its_pictures_beside_out_and_needs_a_place(shallow_run, data, tmp_path):
+    image = data / "test" / "red" / "1.png"
+    with pytest.raises(UserError, match="--explain writes a picture per image: give --pictures DIR, or --out FILE"):
+        predict.main([str(shallow_run), str(image), "--explain"])
+    predict.main([str(shallow_run), str(image), "--explain", "--out", str(tmp_path / "p.csv")])  # one image: a batch of 1
+    assert (tmp_path / "p-1-gradcam.png").is_file()
+    (tmp_path / "q-1-gradcam.png").write_text("precious")
+    with pytest.raises(UserError, match="q-1-gradcam.png exists; --force replaces it"):
+        predict.main([str(shallow_run), str(image), "--explain", "--out", str(tmp_path / "q.csv")])
+    assert (tmp_path / "q-1-gradcam.png").read_text() == "precious" and not (tmp_path / "q.csv").exists()
+    predict.main([str(shallow_run), str(image), "--explain", "--out", str(tmp_path / "q.csv"), "--force"])
+    assert (tmp_path / "q-1-gradcam.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_frozen_task1_run_is_explained_on_its_backbone_and_an_ensemble_by_its_mean_map(efficientnet_run, repetition,
+                                                                                          data, tmp_path, capsys):
+    image = data / "test" / "green" / "0.png"
+    predict.main([str(efficientnet_run), str(image), "--explain", "--pictures", str(tmp_path / "frozen")])
+    assert (tmp_path / "frozen" / "0-gradcam.png").is_file()
+    predict.main([str(repetition), str(image), "--explain", "--pictures", str(tmp_path / "ensemble")])
+    assert (tmp_path / "ensemble" / "0-gradcam.png").is_file()
+    assert "the mean of the fold models' maps" in capsys.readouterr().out

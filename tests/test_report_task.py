@@ -2,13 +2,20 @@
 scores with counts, its confusion counts and calibration, and the 2020 report's numbers name their
 configuration where ours differs."""
 import pytest
+import torch
+import torch.nn as nn
 
 from common import report_task, results
+from common.data import decode_images, decoded_cache
+from common.evidence import Mistake
+from common.gradcam import grad_cam
 from common.cli import UserError
 from common.report_task import TaskResult
 from common.results import HISTORY_FIELDS
 from test_report import ONE_SPLIT, full_stats
+from conftest import make_split
 from test_results import edit_predictions, small_run
+from test_train import ImagesIn
 
 
 def history(epochs):
@@ -37,3 +44,34 @@ def test_predictions_edited_since_the_run_leave_the_task_out_with_one_warning(tm
     assert any(line.startswith("No intervals, comparisons, per-class scores or mistakes: ") for line in lines)
 
 
+
+
+def test_each_mistake_is_explained_by_its_own_runs_model_loaded_once(tmp_path, capsys):
+    data = make_split(tmp_path / "data")
+    images = sorted(str(p) for p in (data / "test").rglob("*.png"))[:3]
+    models = {}
+    for run in ("fold0", "fold1"):
+        torch.manual_seed(len(models))
+        models[tmp_path / run] = nn.Sequential(ImagesIn(), nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                               nn.Linear(2, 3), nn.LogSoftmax(dim=1))
+    loaded = []
+
+    def explain(run):
+        loaded.append(run)
+        return models[run]
+    classes = ["blue", "green", "red"]
+    mistakes = [Mistake(images[0], "blue", "red", 0.9, 1, 1), Mistake(images[1], "blue", "green", 0.8, 1, 0),
+                Mistake(str(tmp_path / "gone.png"), "red", "blue", 0.7, 1, 0), Mistake(images[2], "blue", "red", 0.6, 1, 1)]
+    runs = [tmp_path / "fold0", tmp_path / "fold1"]
+    explained = report_task.explained_mistakes(mistakes, runs, classes, explain)
+    assert loaded == [runs[1], runs[0]] and explained[2] is None  # its image is gone: drawn without a map
+    for mistake, (crop, heat) in zip(mistakes[:2] + mistakes[3:], explained[:2] + explained[3:]):
+        crops, _, _ = decode_images([mistake.path], decoded_cache())
+        assert torch.equal(crop, crops[0])
+        expected = grad_cam(models[runs[mistake.run]], crops[0:1], torch.tensor([classes.index(mistake.predicted)]))
+        assert torch.equal(heat, expected[0])
+
+    def unloadable(run):
+        raise UserError("the backbone weights moved")
+    assert report_task.explained_mistakes(mistakes, runs, classes, unloadable) is None
+    assert "no Grad-CAM of its mistakes (the backbone weights moved)" in capsys.readouterr().err

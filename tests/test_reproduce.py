@@ -19,6 +19,7 @@ import common.split
 import reproduce
 import tasks
 from common import report, results, runs
+from common.evidence import read_evidence
 from common.options import parse_run_config
 from common.reuse import PlannedRun, plan
 from common.run_folder import lock
@@ -88,6 +89,10 @@ def test_end_to_end_report_has_every_task(images, tmp_path, offline):
         drawn = f"]({name}/seed0/cluster_maps.png)" in section
         assert drawn == (name == "task3_netvlad") == (out / name / "seed0" / "cluster_maps.png").exists()
         assert f"| **total** | | | **{whole:,}** | **{config['parameters']['trainable']:,}** |" in section
+        # its mistakes explained by Grad-CAM, where it made any, and every run's TensorBoard events
+        made_mistakes = bool(read_evidence([out / name / f"seed{s}" for s in (0, 1)]).top_losses())
+        assert ("Grad-CAM (Selvaraju et al., 2017) of the run that made it" in section) == made_mistakes
+        assert all(list((out / name / f"seed{s}").glob("events.out.tfevents.*")) for s in (0, 1))
 
 
 @pytest.mark.slow
