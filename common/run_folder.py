@@ -81,7 +81,8 @@ def clear_previous(out, force):
     for name in RUN_FILES if force else FINAL_FILES:
         (out / name).unlink(missing_ok=True)
     for events in out.glob(EVENT_FILES) if force else ():
-        events.unlink(missing_ok=True)
+        if not events.is_dir() or events.is_symlink():  # a folder of that name is not TensorBoard's: left alone
+            events.unlink(missing_ok=True)
     for name in RUN_FILES:
         for tmp in out.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)

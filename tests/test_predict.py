@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import common.saved_run
 import predict
 import task1_efficientnet
 import task2_shallow
@@ -444,7 +445,7 @@ def test_a_compiled_run_whose_compilation_fails_here_predicts_in_eager_mode(shal
     shutil.copytree(shallow_run, run)
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "compiled": True}))
-    monkeypatch.setattr(predict, "pick_compile", lambda mode, device: True)  # a compiler runs here
+    monkeypatch.setattr(common.saved_run, "pick_compile", lambda mode, device: True)  # a compiler runs here
     monkeypatch.setattr(torch, "compile", failing_compile)  # ... and fails on this model
     scores = predict.main([str(run), str(data / "test")])
     assert scores[data / "test"] == predict.main([str(shallow_run), str(data / "test")])[data / "test"]

@@ -55,7 +55,7 @@ def test_report_tables_keep_their_cells_and_hold_no_html_whatever_the_names(tmp_
     hand_made_run(out / "task_a" / "seed0", HOSTILE_CLASSES, [0, 1, 2, 3, 4],
                   [[0.6 if j == (i + 1) % 5 else 0.1 for j in range(5)] for i in range(5)])
     titles = ["<script>alert(1)</script>", "a|b *x* $\\undefined$"]
-    evidence, _ = task_evidence(out / "task_a", [out / "task_a" / "seed0"], titles[0], ONE_SPLIT)  # its figures
+    evidence, _, _ = task_evidence(out / "task_a", [out / "task_a" / "seed0"], titles[0], ONE_SPLIT)  # its figures
     trained = [TaskResult(f"task_{c}", title, stats=full_stats(), evidence=evidence,
                                  config={"parameters": {"trainable": 10}, "device": "cpu"})
                for c, title in zip("ab", titles)]
@@ -120,7 +120,7 @@ def test_a_model_answering_one_class_is_flagged_beside_the_baseline_and_holm_adj
 def test_the_baseline_is_left_out_in_one_line_where_the_training_folders_are_gone(tmp_path, capsys):
     out = tmp_path / "out"
     runs = cross_validated_task(out, "good", [[1] * 10] * 3)
-    found, _ = task_evidence(out / "good", runs, "good", CROSS_VALIDATED)
+    found, _, _ = task_evidence(out / "good", runs, "good", CROSS_VALIDATED)
     shutil.rmtree(out / "splits")
     assert report.baseline_result([TaskResult("good", "good", evidence=found, runs=runs)], CROSS_VALIDATED) is None
     assert capsys.readouterr().out.startswith("no majority-class baseline: the training images of ")
@@ -136,7 +136,7 @@ def test_degenerate_test_sets_give_numbers_or_na_not_a_traceback(tmp_path, label
     runs = [hand_made_run(out / "task" / f"seed{s}", ["a", "b"], labels, probabilities) for s in range(2)]
     how = report.Reproduction([], "demo", (0.7, 0.2, 0.1), {"train": 1, "validation": 1, "test": len(labels)},
                               seeds=2, resplit=False)
-    evidence, why = task_evidence(out / "task", runs, "A model", how)
+    evidence, why, _ = task_evidence(out / "task", runs, "A model", how)
     assert why is None
     report.write_report(out, how, [TaskResult("task", "A model", stats=full_stats(), evidence=evidence, runs=runs,
                                               config={"parameters": {"trainable": 1}})], {"task": 1})

@@ -36,7 +36,7 @@ def test_a_history_of_other_length_or_with_text_is_one_error(tmp_path):
 def test_predictions_edited_since_the_run_leave_the_task_out_with_one_warning(tmp_path, capsys):
     run = small_run(tmp_path / "task" / "seed0")
     edit_predictions(run, lambda rows: rows[1].__setitem__(2, "c"))  # one true class changed
-    evidence, why = report_task.task_evidence(tmp_path / "task", [run], "A model", ONE_SPLIT)
+    evidence, why, _ = report_task.task_evidence(tmp_path / "task", [run], "A model", ONE_SPLIT)
     assert evidence is None and "SHA-256" in why and not (tmp_path / "task" / "confusion.png").exists()
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "seed0/test_predictions.csv" in warnings[0]

@@ -96,6 +96,15 @@ def test_end_to_end_report_has_every_task(images, tmp_path, offline):
 
 
 @pytest.mark.slow
+def test_no_tensorboard_reaches_every_run_and_the_report_needs_no_events(images, tmp_path):
+    out = tmp_path / "results"
+    reproduce.main(["--data", str(images), "--out", str(out), "--epochs", "1", "--folds", "2", "--tasks", "task2_shallow",
+                    "--compile", "off", "--no-tensorboard"])
+    assert "| Testing |" in (out / "REPORT.md").read_text()
+    assert [p.name for p in out.rglob("metrics.json")] == ["metrics.json"] * 2 and not list(out.rglob("events.*"))
+
+
+@pytest.mark.slow
 def test_a_run_without_test_predictions_is_reported_without_intervals_in_one_line(images, tmp_path, capsys):
     argv = ["--data", str(images), "--out", str(tmp_path / "r"), "--epochs", "1", "--folds", "1", "--seeds", "1",
             "--tasks", "task2_shallow", "--compile", "off"]

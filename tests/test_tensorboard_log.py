@@ -62,8 +62,10 @@ def test_a_resumed_run_ends_with_events_equal_to_its_history(data, tmp_path):
 
 def test_force_replaces_the_earlier_runs_events(data, tmp_path):
     run(data, tmp_path / "run", "--epochs", "3")
+    (tmp_path / "run" / "events.out.tfevents.mine").mkdir()  # a folder of that name: not TensorBoard's file
     run(data, tmp_path / "run", "--epochs", "2", "--force")
-    assert len(list((tmp_path / "run").glob("events.out.tfevents.*"))) == 1
+    assert len([p for p in (tmp_path / "run").glob("events.out.tfevents.*") if p.is_file()]) == 1
+    (tmp_path / "run" / "events.out.tfevents.mine").rmdir()  # left alone; tensorboard's reader would not skip it
     assert_scalars_equal_history(events(tmp_path / "run"), history(tmp_path / "run"))
 
 
