@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 import tasks
 from common import results
@@ -279,6 +280,9 @@ def predicted_sets(args, runs, sets):
             for (folder, items, _, labels), output in zip(decoded, outputs)]
 
 
+EXPLAINED_AT_ONCE = 256  # images: 51 MB of heat maps, and each model loaded once for them
+
+
 def mean_grad_cam(runs, args, images, classes, batch_size=16):
     """Grad-CAM heat maps of `images` for `classes`: the run's model's, or the mean of the fold models'."""
     heat = torch.zeros(len(images), *images.shape[-2:])
@@ -292,16 +296,22 @@ def mean_grad_cam(runs, args, images, classes, batch_size=16):
 
 
 def write_explanations(args, runs, predicted, pictures, classes):
-    """Each image's Grad-CAM picture: where the model found the evidence for the class it predicts."""
+    """Each image's Grad-CAM picture: where the model found the evidence for the class it predicts.
+    EXPLAINED_AT_ONCE images at a time: their heat maps in memory, the models loaded once for them."""
     make_folder(picture_place(args)[0], "--pictures")
     for _, items, _, _, log_probs in predicted:
         images, _, _ = decode_images([path for path, _ in items], decoded_cache(), desc="Grad-CAM")
         probability, top = log_probs.exp().max(dim=1)
-        heat = mean_grad_cam(runs, args, images, top)
-        for i, (path, label) in enumerate(items):
-            caption = f"predicted {classes[top[i]]} ({100 * probability[i]:.0f} %)" + \
-                      (f", true {classes[label]}" if label is not None else "")
-            plot_explanation(pictures[path], images[i], heat[i], f"{shown(path)}\n{caption}")
+        with tqdm(total=len(items), desc="Grad-CAM pictures", unit="img", disable=None) as progress:
+            for start in range(0, len(items), EXPLAINED_AT_ONCE):
+                rows = slice(start, start + EXPLAINED_AT_ONCE)
+                batch = images[rows]
+                heat = mean_grad_cam(runs, args, batch, top[rows])
+                for i, (path, label) in enumerate(items[rows], start):
+                    caption = f"predicted {classes[top[i]]} ({100 * probability[i]:.0f} %)" + \
+                              (f", true {classes[label]}" if label is not None else "")
+                    plot_explanation(pictures[path], batch[i - start], heat[i - start], f"{shown(path)}\n{caption}")
+                    progress.update()
         print(f"wrote {len(items)} Grad-CAM pictures" + (" (the mean of the fold models' maps)" if len(runs) > 1 else "")
               + f", e.g. {pictures[items[0][0]]}")
 

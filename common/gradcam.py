@@ -17,12 +17,11 @@ from common import results
 from common.errors import UserError
 
 
-def last_convolution(model):
-    """The model's last Conv2d, in the order its modules are declared (their order of use in our models)."""
+def convolutions(model):
     convolutions = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convolutions:
         raise UserError("the model has no convolutional layer for Grad-CAM to explain")
-    return convolutions[-1]
+    return convolutions
 
 
 def last_log_softmax(model):
@@ -32,19 +31,20 @@ def last_log_softmax(model):
 
 def grad_cam(model, images, classes, layer=None):
     """N x H x W heat maps in [0, 1] of `images` (a batch as the model takes it, N x 3 x H x W) for
-    `classes` (N class indices), over the feature maps of `layer` (default: the last Conv2d). The
-    model is put in eval mode and run in fp32; its parameters get no gradient."""
-    layer = layer or last_convolution(model)
+    `classes` (N class indices), over the feature maps of `layer`; by default the last Conv2d module
+    that runs in the forward pass (NetVLAD applies its 1x1 convolution's weights as a matrix product,
+    so task 3 is explained on the shallow ConvNet's last maps). The model is put in eval mode and
+    run in fp32; its parameters get no gradient."""
     captured = {}
 
-    def keep_maps(module, inputs, output):
+    def keep_maps(module, inputs, output):  # a later convolution's maps replace an earlier one's
         captured["maps"] = output.detach().float().requires_grad_()
         return captured["maps"].clone()  # a copy: a later in-place op must not touch the leaf
 
     def keep_scores(module, inputs, output):
         captured["scores"] = inputs[0]
 
-    hooks = [layer.register_forward_hook(keep_maps)]
+    hooks = [conv.register_forward_hook(keep_maps) for conv in ([layer] if layer else convolutions(model))]
     softmax = last_log_softmax(model)
     if softmax is not None:
         hooks.append(softmax.register_forward_hook(keep_scores))
@@ -53,7 +53,9 @@ def grad_cam(model, images, classes, layer=None):
         with torch.enable_grad():
             output = model(images)
             if "maps" not in captured:
-                raise UserError(f"the layer {layer} did not run in the model's forward pass, so Grad-CAM cannot use it")
+                raise UserError(f"the layer {layer} did not run in the model's forward pass, so Grad-CAM cannot use it"
+                                if layer else "none of the model's convolutional layers ran as a module in its forward "
+                                              "pass, so Grad-CAM has no maps to explain")
             scores = captured.get("scores", output).float()
             maps, = torch.autograd.grad(scores.gather(1, classes.view(-1, 1)).sum(), captured["maps"])
     finally:

@@ -3,8 +3,8 @@ import torch
 import torch.nn as nn
 
 from common.errors import UserError
-from common.gradcam import grad_cam, last_convolution
-from common.models import ShallowConvNet
+from common.gradcam import grad_cam
+from common.models import ShallowConvNet, ShallowNetVLAD
 
 
 def cam_network(inplace_after=False):
@@ -63,12 +63,14 @@ def test_the_maps_are_upsampled_to_the_image_and_point_at_the_evidence():
     assert grad_cam(network, image, torch.tensor([1])).max() == 0  # no evidence for class 1: all zero, not NaN
 
 
-def test_the_shallow_convnet_is_explained_on_its_last_convolution():
-    model = ShallowConvNet(7)
-    assert last_convolution(model) is model.features[0][3]
-    images = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)  # as the runs feed it
-    heat = grad_cam(model, images, torch.tensor([0, 6]))
-    assert heat.shape == (2, 224, 224) and torch.isfinite(heat).all() and heat.amax() <= 1 and heat.amin() >= 0
+def test_the_shallow_models_are_explained_on_the_last_convolution_that_runs():
+    images = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)  # as the runs feed them
+    classes = torch.tensor([0, 6])
+    for model in (ShallowConvNet(7), ShallowNetVLAD(7, 4)):
+        heat = grad_cam(model, images, classes)
+        assert heat.shape == (2, 224, 224) and torch.isfinite(heat).all() and heat.amax() <= 1 and heat.amin() >= 0
+        last = model.features[0][3] if isinstance(model, ShallowConvNet) else model.features[3]
+        assert torch.equal(heat, grad_cam(model, images, classes, layer=last))  # not NetVLAD's 1x1 conv, never called
 
 
 def test_a_model_without_a_convolution_or_whose_layer_never_runs_is_one_line():
@@ -77,3 +79,7 @@ def test_a_model_without_a_convolution_or_whose_layer_never_runs_is_one_line():
     unused = nn.Conv2d(3, 3, 1)
     with pytest.raises(UserError, match="did not run"):
         grad_cam(cam_network(), torch.randn(1, 3, 8, 8), torch.tensor([0]), layer=unused)
+    functional = nn.Sequential(unused, nn.Flatten(), nn.Linear(48, 2))
+    functional.forward = lambda x: functional[2](functional[1](x))  # the convolution is never called
+    with pytest.raises(UserError, match="none of the model's convolutional layers ran"):
+        grad_cam(functional, torch.randn(1, 3, 4, 4), torch.tensor([0]))

@@ -522,7 +522,8 @@ def test_fold_runs_that_make_no_ensemble_are_refused(folds, message, shallow_run
         predict.main([str(tmp_path / "rep0"), str(data / "test")])
 
 
-def test_explain_draws_a_grad_cam_picture_per_image_each_named_apart(shallow_run, data, tmp_path, capsys):
+def test_explain_draws_a_grad_cam_picture_per_image_each_named_apart(shallow_run, data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(predict, "EXPLAINED_AT_ONCE", 4)  # 9 images in 3 chunks
     predict.main([str(shallow_run), str(data / "test"), "--explain", "--pictures", str(tmp_path / "pictures")])
     pictures = sorted((tmp_path / "pictures").glob("*-gradcam.png"))
     assert len(pictures) == len(list(data.glob("test/*/*.png"))) == 9  # 0.png in each class folder: 0-2-..., 0-3-...
@@ -545,10 +546,13 @@ def test_explain_puts_its_pictures_beside_out_and_needs_a_place(shallow_run, dat
 
 
 def test_a_frozen_task1_run_is_explained_on_its_backbone_and_an_ensemble_by_its_mean_map(efficientnet_run, repetition,
-                                                                                          data, tmp_path, capsys):
+                                                                                          netvlad_run, data, tmp_path,
+                                                                                          capsys):
     image = data / "test" / "green" / "0.png"
     predict.main([str(efficientnet_run), str(image), "--explain", "--pictures", str(tmp_path / "frozen")])
     assert (tmp_path / "frozen" / "0-gradcam.png").is_file()
+    predict.main([str(netvlad_run), str(image), "--explain", "--pictures", str(tmp_path / "netvlad")])
+    assert (tmp_path / "netvlad" / "0-gradcam.png").is_file()
     predict.main([str(repetition), str(image), "--explain", "--pictures", str(tmp_path / "ensemble")])
     assert (tmp_path / "ensemble" / "0-gradcam.png").is_file()
     assert "the mean of the fold models' maps" in capsys.readouterr().out
