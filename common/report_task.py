@@ -85,20 +85,21 @@ def task_evidence(folder, runs, title, how, explain=None):
 
 def explained_mistakes(mistakes, runs, classes, explain):
     """Per mistake, (the crop its run saw, Grad-CAM of the class predicted, by that run's model), or None
-    where its image is gone; all None, said in one warning, where a run's model cannot be rebuilt."""
-    models, explained = {}, [None] * len(mistakes)
+    where its image is gone; all None, said in one warning, where a run's model cannot be rebuilt.
+    Each run's model is loaded once, for all of its mistakes, and one is held at a time."""
+    explained, by_run = [None] * len(mistakes), {}
     present = [i for i, m in enumerate(mistakes) if Path(m.path).is_file()]
     crops, kept, _ = decode_images([mistakes[i].path for i in present], decoded_cache(), desc="Grad-CAM")
+    for row, index in enumerate(present[k] for k in kept):
+        by_run.setdefault(mistakes[index].run, []).append((row, index))
     try:
-        for row, index in enumerate(present[k] for k in kept):
-            mistake = mistakes[index]
-            if mistake.run not in models:
-                models[mistake.run] = explain(runs[mistake.run])
-            crop = crops[row:row + 1]
-            heat = grad_cam(models[mistake.run], crop, torch.tensor([classes.index(mistake.predicted)]))
-            explained[index] = (crop[0], heat[0])
+        for run, rows in by_run.items():
+            model = explain(runs[run])
+            for row, index in rows:
+                crop, predicted = crops[row:row + 1], classes.index(mistakes[index].predicted)
+                explained[index] = (crop[0], grad_cam(model, crop, torch.tensor([predicted]))[0])
     except (UserError, OSError, RuntimeError, ValueError) as e:  # weights moved or edited since: no heat maps
-        warn(f"{runs[mistake.run]}: no Grad-CAM of its mistakes ({e})")
+        warn(f"{runs[run]}: no Grad-CAM of its mistakes ({e})")
         return None
     return explained
 
