@@ -6,7 +6,8 @@ metrics.json reports). RUN_DIR may also be a cross-validated repetition's folder
 fold runs fold0, fold1, ... (results/reproduce/task2_shallow/rep0): the ensemble of the fold models
 predicts, each image's class probabilities averaged over them. PATH is an image or a folder, searched
 recursively. A folder with one sub-folder per class of the run is also scored: logloss, top-1, top-3
-and a confusion matrix (a picture in --pictures DIR, else beside --out, else none).
+and a confusion matrix (a picture in --pictures DIR, else beside --out, else none). --explain adds,
+per image, a picture of where the model found the evidence for the class it predicts (Grad-CAM).
 
 typical commands:
   python predict.py results/task2_shallow photo.jpg
@@ -14,6 +15,7 @@ typical commands:
   python predict.py results/task2_shallow data/demo_split/test --pictures results/pictures  # + its confusion matrix
   python predict.py results/task1_efficientnet ~/new_photos --top 1 --out predictions.csv
   python predict.py results/reproduce/task2_shallow/rep0 ~/new_photos   # the ensemble of the fold runs
+  python predict.py results/task2_shallow photo.jpg --explain --pictures results/explained   # + Grad-CAM
 """
 import argparse
 import csv
