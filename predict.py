@@ -205,24 +205,28 @@ def picture_place(args):
     return None, ""
 
 
-def picture_files(named, kind, label, args):
+MAX_PICTURE_BASE = 100  # characters of an image's or folder's name in its picture's name: file names end at 255 bytes
+
+
+def picture_files(named, kind, label, args, inputs=()):
     """key -> PLACE/PREFIX-BASE-KIND.png for each (key, BASE) of `named` (BASE-2-... for a second of
-    that name), every one checked before any work is done: new, or --force, and not inside a folder
-    being predicted."""
+    that name, or for a name that is --out or one of the `inputs` being predicted), every one checked
+    before any work is done: new, or --force, and not inside a folder being predicted."""
     place, prefix = picture_place(args)
     for path in args.paths:
         if path.is_dir() and is_inside(place, path):
             raise UserError(f"{label}s in {shown(place)} would lie inside {shown(path)}, to be read "
                             "as images the next time; give --pictures another folder")
-    pictures, taken = {}, {args.out}  # a picture never takes --out's name
+    pictures, taken = {}, {Path(p).resolve() for p in [*inputs, *([args.out] if args.out else [])]}
     for key, base in named:
+        base = base[:MAX_PICTURE_BASE]
         picture, n = place / f"{prefix}{base}-{kind}.png", 1
-        while key not in pictures and picture in taken:  # a second one of that name
+        while key not in pictures and picture.resolve() in taken:  # a second one of that name, or an input
             n += 1
             picture = place / f"{prefix}{base}-{n}-{kind}.png"
         check_new_file(picture, f"the {label}", args.force)
         pictures.setdefault(key, picture)
-        taken.add(picture)
+        taken.add(picture.resolve())
     return pictures
 
 
@@ -240,8 +244,9 @@ def explanation_pictures(sets, args):
         return {}
     if picture_place(args)[0] is None:
         raise UserError("--explain writes a picture per image: give --pictures DIR, or --out FILE to put them beside it")
-    return picture_files([(path, Path(path).stem or "image") for _, items in sets for path, _ in items],
-                         "gradcam", "Grad-CAM picture", args)
+    images = [path for _, items in sets for path, _ in items]
+    return picture_files([(path, Path(path).stem or "image") for path in images], "gradcam", "Grad-CAM picture", args,
+                         inputs=images)  # --force never writes over an image being predicted
 
 
 def score(metrics, labels, log_probs, classes, folder, title, picture):

@@ -173,7 +173,7 @@ class Evidence:
         mistakes = {}  # image sha1 -> (its most confident mistake, seeds that got it wrong)
         for s, i in zip(*np.nonzero(predicted != self.labels)):
             mistake = Mistake(self.paths[s][i], self.classes[self.labels[s, i]], self.classes[predicted[s, i]],
-                              float(confidence[s, i]), 0, int(s * folds + fold_of[s, i]))
+                              float(confidence[s, i]), 0, int(s * folds + fold_of[s, i]), self.sha1s[s][i])
             worst, seeds = mistakes.get(self.sha1s[s][i], (mistake, 0))
             mistakes[self.sha1s[s][i]] = (max(worst, mistake, key=lambda m: m.probability), seeds + 1)
         ranked = sorted(mistakes.values(), key=lambda item: -item[0].probability)[:k]
@@ -182,14 +182,15 @@ class Evidence:
 
 class Mistake(NamedTuple):
     """A test image predicted wrong: its path, true and predicted class, the predicted probability,
-    how many seeds (repetitions) got it wrong, and which run made this mistake (its index in the
-    runs read_evidence read: repetition r's fold k is r * K + k)."""
+    how many seeds (repetitions) got it wrong, which run made this mistake (its index in the runs
+    read_evidence read: repetition r's fold k is r * K + k) and the sha1 of the image it tested."""
     path: str
     true: str
     predicted: str
     probability: float
     seeds: int
     run: int
+    sha1: str
 
 
 def read_evidence(runs, folds=1):
@@ -303,15 +304,18 @@ def plot_reliability(path, images, confidence, accuracy, title):
 
 def plot_top_losses(path, mistakes, title, explained=None):
     """The images of `mistakes` (Evidence.top_losses) with true class, predicted class and probability.
-    explained: per mistake, None or (the 224 x 224 crop its run saw, the Grad-CAM heat map of the
-    class predicted), drawn over each other (common/gradcam.py)."""
+    explained: per mistake, None (the image drawn as it is now) or (the 224 x 224 crop its run saw,
+    the Grad-CAM heat map of the class predicted), drawn over each other (common/gradcam.py), or
+    why its image is not shown."""
     columns = 4
     rows = max(1, -(-len(mistakes) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, mistake, heat in zip(axes.ravel(), mistakes, explained or [None] * len(mistakes)):
-        if heat is not None:
+        if isinstance(heat, str):  # why its image cannot be shown
+            ax.text(0.5, 0.5, heat, ha="center", va="center", transform=ax.transAxes)
+        elif heat is not None:
             gradcam.draw(ax, *heat)
         else:
             try:
@@ -322,7 +326,7 @@ def plot_top_losses(path, mistakes, title, explained=None):
                 ax.text(0.5, 0.5, "image not found", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(f"true {mistake.true}\npredicted {mistake.predicted} ({100 * mistake.probability:.0f} %)"
                      + (f"\nwrong in {mistake.seeds} seeds" if mistake.seeds > 1 else ""), fontsize=8)
-    if explained and any(heat is not None for heat in explained):
+    if explained and any(isinstance(heat, tuple) for heat in explained):
         title += "\n(Grad-CAM: red is where the run's model found the evidence for the class it predicted)"
     fig.suptitle(title, fontsize=10)
     results.save_figure(fig, path)

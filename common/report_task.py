@@ -80,18 +80,28 @@ def task_evidence(folder, runs, title, how, explain=None):
     explained = explained_mistakes(mistakes, runs, found.classes, explain) if explain else None
     plot_top_losses(folder / "top_losses.png", mistakes, f"{title}: the test images it gets wrong most confidently",
                     explained)
-    return found, None, explained is not None and any(heat is not None for heat in explained)
+    return found, None, explained is not None and any(isinstance(heat, tuple) for heat in explained)
 
 
 def explained_mistakes(mistakes, runs, classes, explain):
-    """Per mistake, (the crop its run saw, Grad-CAM of the class predicted, by that run's model), or None
-    where its image is gone; all None, said in one warning, where a run's model cannot be rebuilt.
-    Each run's model is loaded once, for all of its mistakes, and one is held at a time."""
-    explained, by_run = [None] * len(mistakes), {}
+    """Per mistake, (the crop its run saw, Grad-CAM of the class predicted, by that run's model), or
+    why its image is not shown: gone, or changed since (its sha1 is not the one the run tested, said
+    in one warning). None, drawn plain, for all, said in one warning, where a run's model cannot be rebuilt. Each
+    run's model is loaded once, for all of its mistakes, and one is held at a time."""
+    explained = ["image not found"] * len(mistakes)
     present = [i for i, m in enumerate(mistakes) if Path(m.path).is_file()]
-    crops, kept, _ = decode_images([mistakes[i].path for i in present], decoded_cache(), desc="Grad-CAM")
-    for row, index in enumerate(present[k] for k in kept):
-        by_run.setdefault(mistakes[index].run, []).append((row, index))
+    crops, kept, digests = decode_images([mistakes[i].path for i in present], decoded_cache(), desc="Grad-CAM")
+    by_run, changed = {}, []
+    for row, (index, digest) in enumerate(zip((present[k] for k in kept), digests)):
+        if digest != mistakes[index].sha1:
+            explained[index] = "image changed since the run"
+            changed.append(mistakes[index].path)
+        else:
+            explained[index] = None  # until its heat map is drawn
+            by_run.setdefault(mistakes[index].run, []).append((row, index))
+    if changed:
+        warn(f"{len(changed)} test images changed since their runs tested them (e.g. {changed[0]}): "
+             "drawn without them")
     try:
         for run, rows in by_run.items():
             model = explain(runs[run])
@@ -100,7 +110,7 @@ def explained_mistakes(mistakes, runs, classes, explain):
                 explained[index] = (crop[0], grad_cam(model, crop, torch.tensor([predicted]))[0])
     except (UserError, OSError, RuntimeError, ValueError) as e:  # weights moved or edited since: no heat maps
         warn(f"{runs[run]}: no Grad-CAM of its mistakes ({e})")
-        return None
+        return [None if isinstance(why, tuple) else why for why in explained]
     return explained
 
 

@@ -210,3 +210,4 @@ def test_each_mistake_names_a_run_that_made_it_and_how_many_repetitions_did(tmp_
     for m in mistakes:
         assert m.run in wrong[m.path] and m.seeds == len(wrong[m.path])  # a run per repetition tests each image
         assert (m.true, m.probability) == (CLASSES[int(m.path[5:-4]) % 2], pytest.approx(0.9))
+        assert m.sha1 == f"{int(m.path[5:-4]):040x}"  # the image it tested, to check the file against

@@ -556,3 +556,18 @@ def test_a_frozen_task1_run_is_explained_on_its_backbone_and_an_ensemble_by_its_
     predict.main([str(repetition), str(image), "--explain", "--pictures", str(tmp_path / "ensemble")])
     assert (tmp_path / "ensemble" / "0-gradcam.png").is_file()
     assert "the mean of the fold models' maps" in capsys.readouterr().out
+
+
+def test_explain_never_writes_over_an_image_being_predicted_and_shortens_long_names(shallow_run, data, tmp_path):
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    shutil.copy(data / "test" / "red" / "0.png", pictures / "x-gradcam.png")  # an image of the user's
+    shutil.copy(data / "test" / "green" / "0.png", tmp_path / "x.png")
+    long_name = tmp_path / ("a" * 250 + ".png")
+    shutil.copy(data / "test" / "blue" / "0.png", long_name)
+    before = (pictures / "x-gradcam.png").read_bytes()
+    predict.main([str(shallow_run), str(tmp_path / "x.png"), str(pictures / "x-gradcam.png"), str(long_name),
+                  "--explain", "--pictures", str(pictures), "--force"])
+    assert (pictures / "x-gradcam.png").read_bytes() == before  # predicted, never written over
+    assert (pictures / "x-2-gradcam.png").is_file() and (pictures / "x-gradcam-gradcam.png").is_file()
+    assert (pictures / ("a" * predict.MAX_PICTURE_BASE + "-gradcam.png")).is_file()

@@ -60,12 +60,18 @@ def test_each_mistake_is_explained_by_its_own_runs_model_loaded_once(tmp_path, c
         loaded.append(run)
         return models[run]
     classes = ["blue", "green", "red"]
-    mistakes = [Mistake(images[0], "blue", "red", 0.9, 1, 1), Mistake(images[1], "blue", "green", 0.8, 1, 0),
-                Mistake(str(tmp_path / "gone.png"), "red", "blue", 0.7, 1, 0), Mistake(images[2], "blue", "red", 0.6, 1, 1)]
+    sha1 = {path: digest for path, digest in zip(images, decode_images(images, decoded_cache())[2])}
+    mistakes = [Mistake(images[0], "blue", "red", 0.9, 1, 1, sha1[images[0]]),
+                Mistake(images[1], "blue", "green", 0.8, 1, 0, sha1[images[1]]),
+                Mistake(str(tmp_path / "gone.png"), "red", "blue", 0.7, 1, 0, "0" * 40),
+                Mistake(images[2], "blue", "red", 0.6, 1, 1, sha1[images[2]]),
+                Mistake(images[2], "blue", "red", 0.5, 1, 0, "f" * 40)]  # another image once lay at its path
     runs = [tmp_path / "fold0", tmp_path / "fold1"]
     explained = report_task.explained_mistakes(mistakes, runs, classes, explain)
-    assert loaded == [runs[1], runs[0]] and explained[2] is None  # its image is gone: drawn without a map
-    for mistake, (crop, heat) in zip(mistakes[:2] + mistakes[3:], explained[:2] + explained[3:]):
+    assert loaded == [runs[1], runs[0]]  # each model loaded once, for all of its mistakes
+    assert explained[2] == "image not found" and explained[4] == "image changed since the run"
+    assert "1 test images changed since their runs tested them" in capsys.readouterr().err
+    for mistake, (crop, heat) in zip(mistakes[:2] + mistakes[3:4], explained[:2] + explained[3:4]):
         crops, _, _ = decode_images([mistake.path], decoded_cache())
         assert torch.equal(crop, crops[0])
         expected = grad_cam(models[runs[mistake.run]], crops[0:1], torch.tensor([classes.index(mistake.predicted)]))
@@ -73,5 +79,6 @@ def test_each_mistake_is_explained_by_its_own_runs_model_loaded_once(tmp_path, c
 
     def unloadable(run):
         raise UserError("the backbone weights moved")
-    assert report_task.explained_mistakes(mistakes, runs, classes, unloadable) is None
+    drawn_plain = [None, None, "image not found", None, "image changed since the run"]
+    assert report_task.explained_mistakes(mistakes, runs, classes, unloadable) == drawn_plain
     assert "no Grad-CAM of its mistakes (the backbone weights moved)" in capsys.readouterr().err
