@@ -275,7 +275,7 @@ def decoded_sets(sets):
 
 
 def predicted_sets(args, runs, sets):
-    """[(folder, items, labels, metrics, N x C log-probabilities)] of each set with images that decode:
+    """[(folder, items, images, labels, metrics, N x C log-probabilities)] of each set with images that decode:
     the run's prediction, or the ensemble's of the fold runs, whose models are built one after another."""
     decoded = decoded_sets(sets)
     outputs = [[] for _ in decoded]
@@ -283,8 +283,8 @@ def predicted_sets(args, runs, sets):
         backbone, model, forward, run = model_for(saved_run, args.weights, args.device, args.precision)
         for output, (_, _, images, labels) in zip(outputs, decoded):
             output.append(predict(backbone, model, forward, images, labels, run))
-    return [(folder, items, labels, *combined(output, labels))
-            for (folder, items, _, labels), output in zip(decoded, outputs)]
+    return [(folder, items, images, labels, *combined(output, labels))
+            for (folder, items, images, labels), output in zip(decoded, outputs)]
 
 
 EXPLAINED_AT_ONCE = 256  # images: 51 MB of heat maps, and each model loaded once for them
@@ -306,8 +306,7 @@ def write_explanations(args, runs, predicted, pictures, classes):
     """Each image's Grad-CAM picture: where the model found the evidence for the class it predicts.
     EXPLAINED_AT_ONCE images at a time: their heat maps in memory, the models loaded once for them."""
     make_folder(picture_place(args)[0], "--pictures")
-    for _, items, _, _, log_probs in predicted:
-        images, _, _ = decode_images([path for path, _ in items], decoded_cache(), desc="Grad-CAM")
+    for _, items, images, _, _, log_probs in predicted:  # the images as they were predicted, not read again
         probability, top = log_probs.exp().max(dim=1)
         with tqdm(total=len(items), desc="Grad-CAM pictures", unit="img", disable=None) as progress:
             for start in range(0, len(items), EXPLAINED_AT_ONCE):
@@ -334,7 +333,7 @@ def main(argv=None):
     explanations = explanation_pictures(sets, args)
     rows, scores = [], {}
     predicted = predicted_sets(args, runs, sets)
-    for folder, items, labels, metrics, log_probs in predicted:
+    for folder, items, _, labels, metrics, log_probs in predicted:
         rows += print_predictions(items, log_probs, classes, min(args.top, len(classes)))
         if folder is not None:
             scores[folder] = metrics

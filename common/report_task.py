@@ -56,8 +56,8 @@ def summarise(name, title, runs, metrics, out, how, epochs, course_report=None, 
     evidence, why, explained = task_evidence(folder, runs, title, how, explain)
     pictures = [(what, (runs[0] / file).relative_to(out).as_posix()) for file, what in RUN_PICTURES.items()
                 if (runs[0] / file).is_file() and (runs[0] / file).is_relative_to(out)]
-    return TaskResult(name, title, course_report, stats, read_config(runs[0]), evidence=evidence, no_evidence=why, explained=explained,
-                      runs=list(runs), course_setting=course_setting, pictures=pictures)
+    return TaskResult(name, title, course_report, stats, read_config(runs[0]), evidence=evidence, no_evidence=why,
+                      runs=list(runs), course_setting=course_setting, pictures=pictures, explained=explained)
 
 
 def task_evidence(folder, runs, title, how, explain=None):
